@@ -1,0 +1,318 @@
+//! The framing between the supervisor and its shards. As plain as
+//! qmail's: a delnum (u16, little-endian), a payload length (u32,
+//! little-endian), and the payload. No serde, no options.
+//!
+//! Supervisor → shard: a [`Job`] payload is messid, sender, recipient and
+//! limit key, each followed by one NUL.
+//! Shard → supervisor: a [`Done`] payload is the result body.
+
+/// A delivery handed to a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// qmail-send's delnum; the shard echoes it in its [`Done`].
+    pub delnum: u16,
+    /// As the command.
+    pub messid: Vec<u8>,
+    /// As the command.
+    pub sender: Vec<u8>,
+    /// As the command.
+    pub recipient: Vec<u8>,
+    /// The limit key the supervisor routed on.
+    pub key: Vec<u8>,
+}
+
+impl Job {
+    /// Appends the frame.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let fields = [&self.messid, &self.sender, &self.recipient, &self.key];
+        let len = fields.iter().map(|f| f.len() + 1).sum();
+        put_header(self.delnum, len, out);
+        for field in fields {
+            debug_assert!(!field.contains(&0), "NUL inside a job field");
+            out.extend_from_slice(field);
+            out.push(0);
+        }
+    }
+    /// Parses a payload; `None` if it is not four NUL-terminated fields.
+    pub fn from_payload(delnum: u16, payload: &[u8]) -> Option<Job> {
+        // Four terminators, the last of them the payload's last byte.
+        let body = payload.strip_suffix(&[0])?;
+        let mut fields = body.split(|&b| b == 0).map(<[u8]>::to_vec);
+        let job = Job {
+            delnum,
+            messid: fields.next()?,
+            sender: fields.next()?,
+            recipient: fields.next()?,
+            key: fields.next()?,
+        };
+        match fields.next() {
+            None => Some(job),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A result from a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Done {
+    /// The delnum it answers.
+    pub delnum: u16,
+    /// Status letter and text.
+    pub body: Vec<u8>,
+}
+
+impl Done {
+    /// Appends the frame.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_header(self.delnum, self.body.len(), out);
+        out.extend_from_slice(&self.body);
+    }
+}
+
+/// Bytes before a payload: delnum (2) and payload length (4).
+const HEADER: usize = 6;
+
+/// Appends delnum and payload length, both little-endian.
+fn put_header(delnum: u16, len: usize, out: &mut Vec<u8>) {
+    // A payload is a command's fields or a capped report body: far below
+    // 4 GiB, or something upstream is badly broken.
+    let len = u32::try_from(len).expect("frame payload over 4 GiB");
+    out.extend_from_slice(&delnum.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// Splits a byte stream into `(delnum, payload)` frames, any read
+/// boundary. Sans-I/O.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_payload: u32,
+    stage: FrameStage,
+}
+
+/// Where in a frame the next byte belongs.
+#[derive(Debug)]
+enum FrameStage {
+    /// Collecting the header; `have` of its bytes are in.
+    Header { bytes: [u8; HEADER], have: usize },
+    /// Collecting `len` payload bytes for `delnum`.
+    Payload { delnum: u16, len: usize, payload: Vec<u8> },
+    /// A length over the maximum was seen; nothing after it is trusted.
+    Broken { len: u32 },
+}
+
+impl FrameStage {
+    fn idle() -> FrameStage {
+        FrameStage::Header { bytes: [0; HEADER], have: 0 }
+    }
+}
+
+/// One decoded frame: the delnum and the payload. (An alias, so
+/// [`FrameDecoder::decode`]'s type reads at a glance.)
+pub type Frame = (u16, Vec<u8>);
+
+/// A frame whose length exceeds the decoder's maximum: the peer is broken
+/// and the stream cannot be trusted any further.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameTooLong {
+    /// The length it announced.
+    pub len: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads over `max_payload` bytes.
+    pub fn new(max_payload: u32) -> FrameDecoder {
+        FrameDecoder { max_payload, stage: FrameStage::idle() }
+    }
+    /// Consumes input up to the end of one frame, or all of it.
+    ///
+    /// Once a frame was too long, every later call consumes all its
+    /// input and answers the same error: the stream is out of step for
+    /// good.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+    ) -> (usize, Option<Result<Frame, FrameTooLong>>) {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match &mut self.stage {
+                FrameStage::Header { bytes, have } => {
+                    let take = rest.len().min(HEADER - *have);
+                    bytes[*have..*have + take].copy_from_slice(&rest[..take]);
+                    *have += take;
+                    used += take;
+                    if *have < HEADER {
+                        return (used, None);
+                    }
+                    let delnum = u16::from_le_bytes([bytes[0], bytes[1]]);
+                    let len = u32::from_le_bytes([
+                        bytes[2], bytes[3], bytes[4], bytes[5],
+                    ]);
+                    if len > self.max_payload {
+                        self.stage = FrameStage::Broken { len };
+                        return (used, Some(Err(FrameTooLong { len })));
+                    }
+                    // Within max_payload, which fits memory by the
+                    // caller's choice. Reserve only what a short frame
+                    // needs; a long one grows as its bytes arrive.
+                    let len = len as usize;
+                    let payload = Vec::with_capacity(len.min(64 * 1024));
+                    self.stage = FrameStage::Payload { delnum, len, payload };
+                }
+                FrameStage::Payload { delnum, len, payload } => {
+                    let take = rest.len().min(*len - payload.len());
+                    payload.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if payload.len() < *len {
+                        return (used, None);
+                    }
+                    let frame = (*delnum, std::mem::take(payload));
+                    self.stage = FrameStage::idle();
+                    return (used, Some(Ok(frame)));
+                }
+                FrameStage::Broken { len } => {
+                    let len = *len;
+                    return (input.len(), Some(Err(FrameTooLong { len })));
+                }
+            }
+        }
+    }
+    /// True between frames.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.stage, FrameStage::Header { have: 0, .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testutil::{cut_pairs, cuts_from, feed_cut};
+
+    fn job(delnum: u16, fields: [&[u8]; 4]) -> Job {
+        let [messid, sender, recipient, key] = fields.map(<[u8]>::to_vec);
+        Job { delnum, messid, sender, recipient, key }
+    }
+
+    fn decode_cut(max: u32, bytes: &[u8], cuts: &[usize]) -> Vec<Frame> {
+        let mut decoder = FrameDecoder::new(max);
+        let out = feed_cut(|b| decoder.decode(b), bytes, cuts);
+        assert!(decoder.is_idle(), "stream ended inside a frame");
+        out.into_iter().map(|f| f.expect("frame too long")).collect()
+    }
+
+    #[test]
+    fn layout_is_delnum_length_payload() {
+        let mut out = Vec::new();
+        Done { delnum: 0x0102, body: b"Kok".to_vec() }.encode(&mut out);
+        assert_eq!(out, [2, 1, 3, 0, 0, 0, b'K', b'o', b'k']);
+        out.clear();
+        job(300, [b"7/1", b"", b"u@d", b"d"]).encode(&mut out);
+        assert_eq!(out, b"\x2c\x01\x0b\0\0\x007/1\0\0u@d\0d\0");
+    }
+
+    #[test]
+    fn job_payloads() {
+        let j = job(9, [b"7/1", b"a@b", b"u@d", b"d"]);
+        let mut out = Vec::new();
+        j.encode(&mut out);
+        assert_eq!(Job::from_payload(9, &out[HEADER..]), Some(j));
+        let empty = job(0, [b"", b"", b"", b""]);
+        assert_eq!(Job::from_payload(0, b"\0\0\0\0"), Some(empty));
+        for bad in [
+            &b""[..],
+            b"\0",
+            b"\0\0\0",
+            b"a\0b\0c\0d",
+            b"a\0b\0c\0d\0\0",
+            b"a\0b\0c\0d\0e",
+            b"a\0b\0c\0d\0e\0",
+        ] {
+            assert_eq!(Job::from_payload(1, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_pair_of_read_boundaries_gives_the_same_frames() {
+        let mut bytes = Vec::new();
+        job(0, [b"7/1234567", b"", b"u@d1.test", b"d1.test"])
+            .encode(&mut bytes);
+        Done { delnum: 0, body: Vec::new() }.encode(&mut bytes);
+        Done { delnum: 0xffff, body: b"Z\0\0".to_vec() }.encode(&mut bytes);
+        let want: Vec<Frame> = vec![
+            (0, b"7/1234567\0\0u@d1.test\0d1.test\0".to_vec()),
+            (0, Vec::new()),
+            (0xffff, b"Z\0\0".to_vec()),
+        ];
+        assert_eq!(decode_cut(64, &bytes, &[]), want);
+        for cuts in cut_pairs(bytes.len()) {
+            assert_eq!(decode_cut(64, &bytes, &cuts), want);
+        }
+    }
+
+    #[test]
+    fn a_length_over_the_maximum_breaks_the_stream() {
+        let mut bytes = Vec::new();
+        Done { delnum: 1, body: vec![b'x'; 10] }.encode(&mut bytes);
+        Done { delnum: 2, body: vec![b'y'; 11] }.encode(&mut bytes);
+        Done { delnum: 3, body: vec![b'z'; 1] }.encode(&mut bytes);
+        let mut decoder = FrameDecoder::new(10);
+        let (used, first) = decoder.decode(&bytes);
+        assert_eq!(used, HEADER + 10);
+        assert_eq!(first, Some(Ok((1, vec![b'x'; 10]))));
+        let (used2, second) = decoder.decode(&bytes[used..]);
+        assert_eq!(used2, HEADER);
+        assert_eq!(second, Some(Err(FrameTooLong { len: 11 })));
+        assert!(!decoder.is_idle());
+        let rest = &bytes[used + used2..];
+        let again = decoder.decode(rest);
+        assert_eq!(again, (rest.len(), Some(Err(FrameTooLong { len: 11 }))));
+    }
+
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(1u8..=255, 0..10)
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_random_frames_round_trips(
+            jobs in prop::collection::vec(
+                (any::<u16>(), field(), field(), field(), field()), 0..4),
+            dones in prop::collection::vec(
+                (any::<u16>(), prop::collection::vec(any::<u8>(), 0..20)),
+                0..4),
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let jobs: Vec<Job> = jobs
+                .into_iter()
+                .map(|(delnum, messid, sender, recipient, key)| Job {
+                    delnum, messid, sender, recipient, key,
+                })
+                .collect();
+            let dones: Vec<Done> = dones
+                .into_iter()
+                .map(|(delnum, body)| Done { delnum, body })
+                .collect();
+            let mut bytes = Vec::new();
+            for j in &jobs {
+                j.encode(&mut bytes);
+            }
+            for d in &dones {
+                d.encode(&mut bytes);
+            }
+            let cuts = cuts_from(&raw_cuts, bytes.len());
+            let frames = decode_cut(u32::MAX, &bytes, &cuts);
+            prop_assert_eq!(frames.len(), jobs.len() + dones.len());
+            let (job_frames, done_frames) = frames.split_at(jobs.len());
+            for (j, (delnum, payload)) in jobs.iter().zip(job_frames) {
+                let parsed = Job::from_payload(*delnum, payload);
+                prop_assert_eq!(parsed.as_ref(), Some(j));
+            }
+            for (d, (delnum, payload)) in dones.iter().zip(done_frames) {
+                prop_assert_eq!(*delnum, d.delnum);
+                prop_assert_eq!(payload, &d.body);
+            }
+        }
+    }
+}

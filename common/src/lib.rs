@@ -1,0 +1,34 @@
+//! What the supervisor and the spawner shards share, and what can be
+//! tested without a process.
+//!
+//! This crate is **pure**: no file descriptors, no processes, no clock
+//! reads, no environment reads (callers pass the environment in). Bytes
+//! and values in, bytes and values out.
+//!
+//! - [`command`]: the incremental decoder (and the encoder, for emulators)
+//!   of the commands qmail-send writes to its spawner, in both framings.
+//! - [`record`]: the concurrency announcement and the result records the
+//!   spawner writes back, and a decoder for them.
+//! - [`refusal`]: every status text qmail-rspawn can send without running
+//!   qmail-remote, one variant each, and the letters.
+//! - [`report`]: how a finished qmail-remote (exit status plus output)
+//!   becomes one result body, exactly as qmail-rspawn's `report()`.
+//! - [`validate`]: the checks of a command that need no file, in
+//!   qmail's order.
+//! - [`domain`]: the recipient's host, its normalised limit key, and the
+//!   stable key → shard hash.
+//! - [`frame`]: the plain framing between the supervisor and its shards.
+//! - [`settings`]: the settings table, parsed from flags and environment.
+#![deny(missing_docs)]
+
+pub mod command;
+pub mod domain;
+pub mod frame;
+pub mod record;
+pub mod refusal;
+pub mod report;
+pub mod settings;
+pub mod validate;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,706 @@
+//! The settings table of the design: environment variables (qmail-start
+//! passes no arguments; an envdir sets them) and flags of the same
+//! meaning. Flags beat environment, environment beats defaults.
+//!
+//! This module only parses and checks syntax; it reads no environment
+//! itself (the caller passes a lookup function) and makes no syscalls.
+//! Defaults that need the machine (CPU count, uid lookups) are left as
+//! `None` for the supervisor to resolve.
+//!
+//! | variable | flag |
+//! | --- | --- |
+//! | `SHARDSPAWN_HOME` | `--home` |
+//! | `SHARDSPAWN_SHARDS` | `--shards` |
+//! | `SHARDSPAWN_DELNUM_BYTES` | `--delnum-bytes` |
+//! | `SHARDSPAWN_SLOTS` | `--slots` |
+//! | `QMAILREMOTE` | `--remote` |
+//! | `SHARDSPAWN_QUEUE_OWNER` | `--queue-owner` |
+//! | `SHARDSPAWN_LIMITS` | `--limits` |
+//! | `SHARDSPAWN_STATE_DIR` | `--state-dir` |
+//! | `SHARDSPAWN_HOLD_SECONDS` | `--hold-seconds` |
+//! | `SHARDSPAWN_HOLD_MAX` | `--hold-max` |
+//! | `SHARDSPAWN_MAX_RUNNING` | `--max-running` |
+//! | `SHARDSPAWN_LOG_DIR` | `--log-dir` |
+//!
+//! Values from the environment lose any trailing newlines (a file in an
+//! envdir usually ends in one). Numbers and the queue owner also lose
+//! surrounding spaces and tabs, from either source. A value that is empty
+//! after that is an error, not "unset": an envdir file left empty by
+//! mistake should not silently mean the default.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::command::DelnumWidth;
+
+/// Who must own message files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueOwner {
+    /// A user name, looked up at startup.
+    Name(String),
+    /// A numeric uid.
+    Uid(u32),
+}
+
+/// The parsed settings. `None` means "the default that needs the machine
+/// or other settings to be known", resolved by the supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// qmail home. Default `/var/qmail`.
+    pub home: PathBuf,
+    /// Shard processes; `None`: number of CPUs. At least 1, at most 1024.
+    pub shards: Option<u16>,
+    /// 1 or 2 delnum bytes. Default 1.
+    pub delnum_width: DelnumWidth,
+    /// Slots to announce; `None`: 255 with 1 byte, 32767 with 2. At least
+    /// 1; at most 255 with 1 byte and 65535 with 2.
+    pub slots: Option<u32>,
+    /// Program to run per delivery; `None`: `qmail-remote` via PATH.
+    pub remote: Option<OsString>,
+    /// Owner of message files. Default `qmailq`.
+    pub queue_owner: QueueOwner,
+    /// Limits file; `None`: `HOME/control/concurrencydomains`.
+    pub limits: Option<PathBuf>,
+    /// Live status directory. Default `/run/shardspawn`.
+    pub state_dir: PathBuf,
+    /// Longest a delivery waits for its key. Default 120 s; at least 1.
+    pub hold: Duration,
+    /// Most deliveries waiting per key; `None`: 4 × the key's limit.
+    pub hold_max: Option<u32>,
+    /// Most qmail-remote processes at once; `None`: the announced slots.
+    pub max_running: Option<u32>,
+    /// Where logs go; `None`: fd 2 (standard error).
+    pub log_dir: Option<PathBuf>,
+}
+
+/// A setting that did not parse. Displays as `SOURCE=VALUE: why`, e.g.
+/// `SHARDSPAWN_SLOTS=0: must be at least 1` or `--shards=x: not a
+/// number`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsError {
+    /// The variable or flag name.
+    pub source: String,
+    /// The value as given (lossy UTF-8).
+    pub value: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}: {}", self.source, self.value, self.why)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// The settings, one row of the table each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Name {
+    Home,
+    Shards,
+    DelnumBytes,
+    Slots,
+    Remote,
+    QueueOwner,
+    Limits,
+    StateDir,
+    HoldSeconds,
+    HoldMax,
+    MaxRunning,
+    LogDir,
+}
+
+/// The table of the module docs: setting, variable, flag.
+const TABLE: [(Name, &str, &str); 12] = [
+    (Name::Home, "SHARDSPAWN_HOME", "--home"),
+    (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
+    (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
+    (Name::Slots, "SHARDSPAWN_SLOTS", "--slots"),
+    (Name::Remote, "QMAILREMOTE", "--remote"),
+    (Name::QueueOwner, "SHARDSPAWN_QUEUE_OWNER", "--queue-owner"),
+    (Name::Limits, "SHARDSPAWN_LIMITS", "--limits"),
+    (Name::StateDir, "SHARDSPAWN_STATE_DIR", "--state-dir"),
+    (Name::HoldSeconds, "SHARDSPAWN_HOLD_SECONDS", "--hold-seconds"),
+    (Name::HoldMax, "SHARDSPAWN_HOLD_MAX", "--hold-max"),
+    (Name::MaxRunning, "SHARDSPAWN_MAX_RUNNING", "--max-running"),
+    (Name::LogDir, "SHARDSPAWN_LOG_DIR", "--log-dir"),
+];
+
+/// Most shard processes.
+const SHARDS_MAX: u64 = 1024;
+
+/// Longest hold we accept, in seconds. Far beyond any sane setting, and
+/// small enough that `Instant + hold` can never overflow (which panics).
+const HOLD_SECONDS_MAX: u64 = u32::MAX as u64;
+
+fn default_home() -> PathBuf {
+    PathBuf::from("/var/qmail")
+}
+
+fn default_queue_owner() -> QueueOwner {
+    QueueOwner::Name("qmailq".to_owned())
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/shardspawn")
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// The slots announced when none are set: the most each framing can
+/// address (32767 in two bytes, as big-concurrency qmail-send reads a
+/// delnum's high byte as signed).
+fn default_slots(width: DelnumWidth) -> u32 {
+    match width {
+        DelnumWidth::One => 255,
+        DelnumWidth::Two => 32767,
+    }
+}
+
+/// A value as given, and where it came from.
+#[derive(Debug)]
+struct Raw {
+    /// The variable or flag name.
+    source: String,
+    value: OsString,
+}
+
+impl Raw {
+    fn error(&self, why: impl Into<String>) -> SettingsError {
+        SettingsError {
+            source: self.source.clone(),
+            value: self.value.to_string_lossy().into_owned(),
+            why: why.into(),
+        }
+    }
+
+    /// The value with surrounding spaces and tabs removed; an error if
+    /// nothing is left.
+    fn trimmed(&self) -> Result<&[u8], SettingsError> {
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let bytes = self.value.as_bytes();
+        let start = bytes.iter().position(|b| !blank(b)).unwrap_or(0);
+        let end = bytes.iter().rposition(|b| !blank(b)).map_or(0, |i| i + 1);
+        match bytes.get(start..end) {
+            Some(t) if !t.is_empty() => Ok(t),
+            _ => Err(self.error("must not be empty")),
+        }
+    }
+
+    /// A decimal number within `min..=max`.
+    fn number(&self, min: u64, max: u64) -> Result<u64, SettingsError> {
+        let text = self.trimmed()?;
+        if !text.iter().all(u8::is_ascii_digit) {
+            return Err(self.error("not a number"));
+        }
+        // All digits, so only overflow fails, and that is over `max`.
+        let n = std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if n < min {
+            return Err(self.error(format!("must be at least {min}")));
+        }
+        if n > max {
+            return Err(self.error(format!("must be at most {max}")));
+        }
+        Ok(n)
+    }
+
+    /// A number that must fit a `u32`, at least 1.
+    fn count(&self) -> Result<u32, SettingsError> {
+        let n = self.number(1, u64::from(u32::MAX))?;
+        Ok(u32::try_from(n).expect("bounded above"))
+    }
+
+    /// A path or program, exactly as given; only emptiness is checked.
+    fn os_string(&self) -> Result<OsString, SettingsError> {
+        if self.value.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(self.value.clone())
+    }
+
+    fn path(&self) -> Result<PathBuf, SettingsError> {
+        self.os_string().map(PathBuf::from)
+    }
+
+    fn queue_owner(&self) -> Result<QueueOwner, SettingsError> {
+        let text = self.trimmed()?;
+        if text.iter().all(u8::is_ascii_digit) {
+            return self.uid().map(QueueOwner::Uid);
+        }
+        match std::str::from_utf8(text) {
+            Ok(name) => Ok(QueueOwner::Name(name.to_owned())),
+            Err(_) => Err(self.error("not a user name or uid")),
+        }
+    }
+
+    /// A uid: any `u32`, 0 included.
+    fn uid(&self) -> Result<u32, SettingsError> {
+        let n = self.number(0, u64::from(u32::MAX))?;
+        Ok(u32::try_from(n).expect("bounded above"))
+    }
+}
+
+/// Drops trailing newlines, as an envdir file usually has one.
+fn strip_newlines(value: OsString) -> OsString {
+    let mut bytes = value.into_vec();
+    while bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    OsString::from_vec(bytes)
+}
+
+/// Reads `args` into `raw`, each flag over what was there.
+fn read_flags(
+    args: &[OsString],
+    raw: &mut [Option<Raw>; TABLE.len()],
+) -> Result<(), SettingsError> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let bytes = arg.as_bytes();
+        if !bytes.starts_with(b"--") {
+            return Err(SettingsError {
+                source: "argument".to_owned(),
+                value: arg.to_string_lossy().into_owned(),
+                why: "not a flag".to_owned(),
+            });
+        }
+        let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => (&bytes[..eq], Some(&bytes[eq + 1..])),
+            None => (bytes, None),
+        };
+        let flag = String::from_utf8_lossy(name).into_owned();
+        let Some(row) = TABLE.iter().position(|&(_, _, f)| f == flag) else {
+            let value =
+                inline.map(String::from_utf8_lossy).unwrap_or_default();
+            return Err(SettingsError {
+                source: flag,
+                value: value.into_owned(),
+                why: "unknown flag".to_owned(),
+            });
+        };
+        let value = match inline {
+            Some(value) => OsStr::from_bytes(value).to_owned(),
+            // `--home --shards 4` is a forgotten value, not a home
+            // called "--shards"; such a value needs `--home=--shards`.
+            None => match args.next() {
+                Some(next) if !next.as_bytes().starts_with(b"--") => {
+                    next.clone()
+                }
+                _ => {
+                    return Err(SettingsError {
+                        source: flag,
+                        value: String::new(),
+                        why: "missing value".to_owned(),
+                    });
+                }
+            },
+        };
+        raw[row] = Some(Raw { source: flag, value });
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Parses `args` (flags only: `--name VALUE` or `--name=VALUE`, from
+    /// the table above) over the environment `env` over the defaults.
+    /// An unknown flag or a missing value is an error whose `source` is
+    /// the flag. Empty values are errors.
+    pub fn from_env_and_args(
+        env: &dyn Fn(&str) -> Option<OsString>,
+        args: &[OsString],
+    ) -> Result<Settings, SettingsError> {
+        let mut raw: [Option<Raw>; TABLE.len()] = Default::default();
+        for (slot, (_, var, _)) in raw.iter_mut().zip(TABLE) {
+            *slot = env(var).map(|value| Raw {
+                source: var.to_owned(),
+                value: strip_newlines(value),
+            });
+        }
+        read_flags(args, &mut raw)?;
+        let get = |name: Name| {
+            let row = TABLE.iter().position(|&(n, _, _)| n == name);
+            raw[row.expect("every name has a row")].as_ref()
+        };
+
+        let delnum_width = match get(Name::DelnumBytes) {
+            None => DelnumWidth::One,
+            Some(r) => match r.number(0, u64::MAX) {
+                Ok(1) => DelnumWidth::One,
+                Ok(2) => DelnumWidth::Two,
+                Ok(_) => return Err(r.error("must be 1 or 2")),
+                Err(e) => return Err(e),
+            },
+        };
+        // The width and the slots may come from different sources, so
+        // the slots are bounded only once both are known.
+        let slots = match get(Name::Slots) {
+            None => None,
+            Some(r) => {
+                let n = r.count()?;
+                let max = match delnum_width {
+                    DelnumWidth::One => 255,
+                    DelnumWidth::Two => 65535,
+                };
+                if n > max {
+                    let bytes = delnum_width.bytes();
+                    return Err(r.error(format!(
+                        "must be at most {max} with {bytes} delnum byte(s)"
+                    )));
+                }
+                Some(n)
+            }
+        };
+        let shards = match get(Name::Shards) {
+            None => None,
+            Some(r) => Some(
+                u16::try_from(r.number(1, SHARDS_MAX)?)
+                    .expect("bounded above"),
+            ),
+        };
+        let hold = match get(Name::HoldSeconds) {
+            None => default_hold(),
+            Some(r) => Duration::from_secs(r.number(1, HOLD_SECONDS_MAX)?),
+        };
+        Ok(Settings {
+            home: get(Name::Home)
+                .map(Raw::path)
+                .transpose()?
+                .unwrap_or_else(default_home),
+            shards,
+            delnum_width,
+            slots,
+            remote: get(Name::Remote).map(Raw::os_string).transpose()?,
+            queue_owner: get(Name::QueueOwner)
+                .map(Raw::queue_owner)
+                .transpose()?
+                .unwrap_or_else(default_queue_owner),
+            limits: get(Name::Limits).map(Raw::path).transpose()?,
+            state_dir: get(Name::StateDir)
+                .map(Raw::path)
+                .transpose()?
+                .unwrap_or_else(default_state_dir),
+            hold,
+            hold_max: get(Name::HoldMax).map(Raw::count).transpose()?,
+            max_running: get(Name::MaxRunning).map(Raw::count).transpose()?,
+            log_dir: get(Name::LogDir).map(Raw::path).transpose()?,
+        })
+    }
+
+    /// The slots to announce, before the supervisor lowers them to what
+    /// the machine allows: the setting, or 255 / 32767 by framing.
+    pub fn requested_slots(&self) -> u32 {
+        self.slots.unwrap_or_else(|| default_slots(self.delnum_width))
+    }
+
+    /// The limits file path, resolved against the home.
+    pub fn limits_path(&self) -> PathBuf {
+        // `join` keeps an absolute setting as it is.
+        match &self.limits {
+            Some(path) => self.home.join(path),
+            None => self.home.join("control/concurrencydomains"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Settings, SettingsError> {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        };
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        Settings::from_env_and_args(&lookup, &args)
+    }
+
+    fn error(source: &str, value: &str, why: &str) -> SettingsError {
+        SettingsError {
+            source: source.to_owned(),
+            value: value.to_owned(),
+            why: why.to_owned(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(&[], &[]).unwrap();
+        let want = Settings {
+            home: PathBuf::from("/var/qmail"),
+            shards: None,
+            delnum_width: DelnumWidth::One,
+            slots: None,
+            remote: None,
+            queue_owner: QueueOwner::Name("qmailq".to_owned()),
+            limits: None,
+            state_dir: PathBuf::from("/run/shardspawn"),
+            hold: Duration::from_secs(120),
+            hold_max: None,
+            max_running: None,
+            log_dir: None,
+        };
+        assert_eq!(s, want);
+        assert_eq!(s.requested_slots(), 255);
+        assert_eq!(
+            s.limits_path(),
+            PathBuf::from("/var/qmail/control/concurrencydomains")
+        );
+    }
+
+    #[test]
+    fn every_variable_and_every_flag() {
+        let env = [
+            ("SHARDSPAWN_HOME", "/q"),
+            ("SHARDSPAWN_SHARDS", "3"),
+            ("SHARDSPAWN_DELNUM_BYTES", "2"),
+            ("SHARDSPAWN_SLOTS", "1000"),
+            ("QMAILREMOTE", "/q/bin/qmail-remote"),
+            ("SHARDSPAWN_QUEUE_OWNER", "502"),
+            ("SHARDSPAWN_LIMITS", "/etc/limits"),
+            ("SHARDSPAWN_STATE_DIR", "/run/s"),
+            ("SHARDSPAWN_HOLD_SECONDS", "30"),
+            ("SHARDSPAWN_HOLD_MAX", "9"),
+            ("SHARDSPAWN_MAX_RUNNING", "800"),
+            ("SHARDSPAWN_LOG_DIR", "/var/log/s"),
+        ];
+        let want = Settings {
+            home: PathBuf::from("/q"),
+            shards: Some(3),
+            delnum_width: DelnumWidth::Two,
+            slots: Some(1000),
+            remote: Some(OsString::from("/q/bin/qmail-remote")),
+            queue_owner: QueueOwner::Uid(502),
+            limits: Some(PathBuf::from("/etc/limits")),
+            state_dir: PathBuf::from("/run/s"),
+            hold: Duration::from_secs(30),
+            hold_max: Some(9),
+            max_running: Some(800),
+            log_dir: Some(PathBuf::from("/var/log/s")),
+        };
+        assert_eq!(parse(&env, &[]).unwrap(), want);
+        let mut args = Vec::new();
+        for ((_, var, flag), (name, value)) in TABLE.iter().zip(env) {
+            assert_eq!(*var, name, "env table out of order");
+            args.push(format!("{flag}={value}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(parse(&[], &args).unwrap(), want);
+        assert_eq!(want.requested_slots(), 1000);
+        assert_eq!(want.limits_path(), PathBuf::from("/etc/limits"));
+    }
+
+    #[test]
+    fn flag_beats_environment_beats_default() {
+        let env = [("SHARDSPAWN_SHARDS", "3"), ("SHARDSPAWN_HOME", "/e")];
+        let s = parse(&env, &[]).unwrap();
+        assert_eq!((s.shards, s.home), (Some(3), PathBuf::from("/e")));
+        let s = parse(&env, &["--shards", "5"]).unwrap();
+        assert_eq!((s.shards, s.home), (Some(5), PathBuf::from("/e")));
+        let s = parse(&env, &["--home=/f", "--shards=6"]).unwrap();
+        assert_eq!((s.shards, s.home), (Some(6), PathBuf::from("/f")));
+        // The last of a repeated flag wins.
+        let s = parse(&env, &["--shards=6", "--shards", "7"]).unwrap();
+        assert_eq!(s.shards, Some(7));
+        // A flag replaces a bad environment value before it is parsed.
+        let env = [("SHARDSPAWN_SHARDS", "many")];
+        assert_eq!(parse(&env, &["--shards=2"]).unwrap().shards, Some(2));
+    }
+
+    #[test]
+    fn envdir_newlines_and_blanks_are_trimmed() {
+        let env = [
+            ("SHARDSPAWN_SHARDS", " 4\t\n"),
+            ("SHARDSPAWN_SLOTS", "200\n\n"),
+            ("SHARDSPAWN_HOME", "/q\n"),
+            ("SHARDSPAWN_QUEUE_OWNER", "qmailq\n"),
+        ];
+        let s = parse(&env, &[]).unwrap();
+        assert_eq!(s.shards, Some(4));
+        assert_eq!(s.slots, Some(200));
+        assert_eq!(s.home, PathBuf::from("/q"));
+        assert_eq!(s.queue_owner, QueueOwner::Name("qmailq".to_owned()));
+        // Flags: blanks around numbers too; paths are kept exactly.
+        let s =
+            parse(&[], &["--hold-seconds= 7 ", "--home", " /a b "]).unwrap();
+        assert_eq!(s.hold, Duration::from_secs(7));
+        assert_eq!(s.home, PathBuf::from(" /a b "));
+    }
+
+    #[test]
+    fn queue_owner_is_a_uid_or_a_name() {
+        let owner = |v: &str| parse(&[("SHARDSPAWN_QUEUE_OWNER", v)], &[]);
+        assert_eq!(owner("0").unwrap().queue_owner, QueueOwner::Uid(0));
+        assert_eq!(owner("502").unwrap().queue_owner, QueueOwner::Uid(502));
+        assert_eq!(
+            owner("qmail2").unwrap().queue_owner,
+            QueueOwner::Name("qmail2".to_owned())
+        );
+        assert_eq!(
+            owner("4294967296").unwrap_err().why,
+            "must be at most 4294967295"
+        );
+    }
+
+    #[test]
+    fn slots_are_bounded_by_the_width_from_any_source() {
+        let s = parse(&[("SHARDSPAWN_SLOTS", "300")], &["--delnum-bytes=2"]);
+        assert_eq!(s.unwrap().slots, Some(300));
+        let s = parse(&[("SHARDSPAWN_DELNUM_BYTES", "2")], &["--slots=65535"]);
+        assert_eq!(s.unwrap().requested_slots(), 65535);
+        let s = parse(&[("SHARDSPAWN_DELNUM_BYTES", "2")], &[]).unwrap();
+        assert_eq!(s.requested_slots(), 32767);
+        assert_eq!(
+            parse(&[("SHARDSPAWN_DELNUM_BYTES", "1\n")], &["--slots", "300"]),
+            Err(error(
+                "--slots",
+                "300",
+                "must be at most 255 with 1 delnum byte(s)"
+            ))
+        );
+        assert_eq!(
+            parse(&[("SHARDSPAWN_SLOTS", "65536")], &["--delnum-bytes=2"]),
+            Err(error(
+                "SHARDSPAWN_SLOTS",
+                "65536",
+                "must be at most 65535 with 2 delnum byte(s)"
+            ))
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        let table: &[(&str, &str, &str)] = &[
+            ("SHARDSPAWN_SHARDS", "0", "must be at least 1"),
+            ("SHARDSPAWN_SHARDS", "1025", "must be at most 1024"),
+            ("SHARDSPAWN_SHARDS", "x", "not a number"),
+            ("SHARDSPAWN_SHARDS", "-1", "not a number"),
+            ("SHARDSPAWN_SHARDS", "+1", "not a number"),
+            ("SHARDSPAWN_SHARDS", "1 2", "not a number"),
+            (
+                "SHARDSPAWN_SHARDS",
+                "99999999999999999999999",
+                "must be at most 1024",
+            ),
+            ("SHARDSPAWN_DELNUM_BYTES", "0", "must be 1 or 2"),
+            ("SHARDSPAWN_DELNUM_BYTES", "3", "must be 1 or 2"),
+            ("SHARDSPAWN_DELNUM_BYTES", "two", "not a number"),
+            ("SHARDSPAWN_SLOTS", "0", "must be at least 1"),
+            (
+                "SHARDSPAWN_SLOTS",
+                "256",
+                "must be at most 255 with 1 delnum byte(s)",
+            ),
+            ("SHARDSPAWN_HOLD_SECONDS", "0", "must be at least 1"),
+            (
+                "SHARDSPAWN_HOLD_SECONDS",
+                "4294967296",
+                "must be at most 4294967295",
+            ),
+            ("SHARDSPAWN_HOLD_SECONDS", "2m", "not a number"),
+            ("SHARDSPAWN_HOLD_MAX", "0", "must be at least 1"),
+            ("SHARDSPAWN_MAX_RUNNING", "0", "must be at least 1"),
+        ];
+        for (var, value, why) in table {
+            assert_eq!(
+                parse(&[(var, value)], &[]),
+                Err(error(var, value, why)),
+                "{var}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_values_are_errors_for_every_setting() {
+        for (_, var, flag) in TABLE {
+            for value in ["", "\n"] {
+                let want = error(var, "", "must not be empty");
+                assert_eq!(parse(&[(var, value)], &[]), Err(want), "{var}");
+            }
+            let want = error(flag, "", "must not be empty");
+            let arg = format!("{flag}=");
+            assert_eq!(parse(&[], &[&arg]), Err(want.clone()), "{flag}");
+            assert_eq!(parse(&[], &[flag, ""]), Err(want), "{flag}");
+        }
+        // Blanks only: empty for a number.
+        assert_eq!(
+            parse(&[("SHARDSPAWN_SLOTS", " \t\n")], &[]),
+            Err(error("SHARDSPAWN_SLOTS", " \t", "must not be empty"))
+        );
+    }
+
+    #[test]
+    fn bad_flags() {
+        let table: &[(&[&str], SettingsError)] = &[
+            (&["--frobnicate"], error("--frobnicate", "", "unknown flag")),
+            (&["--slot=5"], error("--slot", "5", "unknown flag")),
+            (&["--"], error("--", "", "unknown flag")),
+            (&["--slots"], error("--slots", "", "missing value")),
+            (
+                &["--home", "--shards", "4"],
+                error("--home", "", "missing value"),
+            ),
+            (&["-s", "4"], error("argument", "-s", "not a flag")),
+            (&["home=/q"], error("argument", "home=/q", "not a flag")),
+            (&["--shards=0"], error("--shards", "0", "must be at least 1")),
+        ];
+        for (args, want) in table {
+            assert_eq!(parse(&[], args).as_ref(), Err(want), "{args:?}");
+        }
+        // A value starting with "--" can still be given inline.
+        let s = parse(&[], &["--remote=--odd"]).unwrap();
+        assert_eq!(s.remote, Some(OsString::from("--odd")));
+    }
+
+    #[test]
+    fn non_utf8_values_survive() {
+        let args = [
+            OsString::from("--remote"),
+            OsString::from_vec(b"/x\xff".to_vec()),
+        ];
+        let s = Settings::from_env_and_args(&|_| None, &args).unwrap();
+        assert_eq!(s.remote, Some(OsString::from_vec(b"/x\xff".to_vec())));
+        let args = [OsString::from_vec(b"--log-dir=/l\xfe".to_vec())];
+        let s = Settings::from_env_and_args(&|_| None, &args).unwrap();
+        assert_eq!(
+            s.log_dir,
+            Some(PathBuf::from(OsString::from_vec(b"/l\xfe".to_vec())))
+        );
+    }
+
+    #[test]
+    fn display_is_source_equals_value_colon_why() {
+        let e = parse(&[("SHARDSPAWN_SLOTS", "0\n")], &[]).unwrap_err();
+        assert_eq!(e.to_string(), "SHARDSPAWN_SLOTS=0: must be at least 1");
+        let e = parse(&[], &["--shards", "x"]).unwrap_err();
+        assert_eq!(e.to_string(), "--shards=x: not a number");
+        let e = parse(&[], &["--nope"]).unwrap_err();
+        assert_eq!(e.to_string(), "--nope=: unknown flag");
+    }
+
+    #[test]
+    fn limits_path_resolves_against_home() {
+        let s = parse(&[("SHARDSPAWN_HOME", "/q")], &[]).unwrap();
+        assert_eq!(
+            s.limits_path(),
+            PathBuf::from("/q/control/concurrencydomains")
+        );
+        let s = parse(&[], &["--home=/q", "--limits=etc/limits"]).unwrap();
+        assert_eq!(s.limits_path(), PathBuf::from("/q/etc/limits"));
+        let s = parse(&[], &["--home=/q", "--limits=/etc/limits"]).unwrap();
+        assert_eq!(s.limits_path(), PathBuf::from("/etc/limits"));
+    }
+}
