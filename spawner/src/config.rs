@@ -1,0 +1,127 @@
+//! What a shard is told at start: the supervisor resolves the settings
+//! once and passes each shard its part as arguments, so a shard never
+//! re-reads the environment (which it passes to qmail-remote untouched).
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A shard's resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Which shard this is (0-based), for logs and status.
+    pub index: u16,
+    /// The program run per delivery; also its argv\[0\] (notqmail's
+    /// `QMAILREMOTE` rule). `qmail-remote` is found through PATH.
+    pub remote: OsString,
+    /// The uid that must own message files.
+    pub owner_uid: u32,
+    /// Most qmail-remote processes this shard runs at once.
+    pub max_running: u32,
+    /// Longest a delivery waits for its key before a `Z`.
+    pub hold: Duration,
+    /// Most deliveries waiting per key; `None`: 4 × the key's limit.
+    pub hold_max: Option<u32>,
+    /// The per-destination limits file, if limits are on.
+    pub limits: Option<PathBuf>,
+}
+
+impl ShardConfig {
+    /// The arguments that [`ShardConfig::from_args`] reads back.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--index".into(),
+            self.index.to_string().into(),
+            "--remote".into(),
+            self.remote.clone(),
+            "--owner-uid".into(),
+            self.owner_uid.to_string().into(),
+            "--max-running".into(),
+            self.max_running.to_string().into(),
+            "--hold-ms".into(),
+            self.hold.as_millis().to_string().into(),
+        ];
+        if let Some(n) = self.hold_max {
+            args.extend(["--hold-max".into(), n.to_string().into()]);
+        }
+        if let Some(path) = &self.limits {
+            args.extend(["--limits".into(), path.clone().into_os_string()]);
+        }
+        args
+    }
+
+    /// Parses what [`ShardConfig::to_args`] wrote. Only the supervisor
+    /// writes these, so an error names the argument and nothing more.
+    pub fn from_args(args: &[OsString]) -> Result<ShardConfig, String> {
+        let mut cfg = ShardConfig {
+            index: 0,
+            remote: OsString::from("qmail-remote"),
+            owner_uid: 0,
+            max_running: 1,
+            hold: Duration::from_secs(120),
+            hold_max: None,
+            limits: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{}: missing value", flag.display()))?;
+            match flag.to_str() {
+                Some("--index") => cfg.index = number(flag, value)?,
+                Some("--remote") => cfg.remote = value.clone(),
+                Some("--owner-uid") => cfg.owner_uid = number(flag, value)?,
+                Some("--max-running") => {
+                    cfg.max_running = number(flag, value)?
+                }
+                Some("--hold-ms") => {
+                    cfg.hold = Duration::from_millis(number(flag, value)?)
+                }
+                Some("--hold-max") => {
+                    cfg.hold_max = Some(number(flag, value)?)
+                }
+                Some("--limits") => cfg.limits = Some(value.into()),
+                _ => return Err(format!("{}: unknown flag", flag.display())),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &OsStr, v: &OsStr) -> Result<T, String> {
+    v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+        format!("{}={}: not a number", flag.display(), v.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_round_trip() {
+        let cfg = ShardConfig {
+            index: 3,
+            remote: "/usr/local/bin/qmail-remote x".into(),
+            owner_uid: 64011,
+            max_running: 4000,
+            hold: Duration::from_millis(1500),
+            hold_max: Some(9),
+            limits: Some("/var/qmail/control/concurrencydomains".into()),
+        };
+        assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let args: Vec<OsString> = vec!["--index".into(), "x".into()];
+        assert_eq!(
+            ShardConfig::from_args(&args),
+            Err("--index=x: not a number".to_string())
+        );
+        let args: Vec<OsString> = vec!["--bogus".into(), "1".into()];
+        assert!(
+            ShardConfig::from_args(&args).unwrap_err().contains("--bogus")
+        );
+    }
+}

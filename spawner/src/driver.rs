@@ -1,0 +1,379 @@
+//! The only code in a shard that waits. It turns what the kernel reports
+//! into [`Event`]s for the [`Core`] and carries out its [`Effect`]s
+//! through [`sys`].
+//!
+//! Descriptors: fd 0 job frames (read, non-blocking), fd 1 done frames
+//! (written, non-blocking, buffered), a signalfd for SIGCHLD, and one
+//! pipe per running delivery. All watched level-triggered in one epoll;
+//! each token packs (kind, slot generation, slot index), so an event for
+//! a slot that has since been reused is recognised and ignored.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use shardspawn_common::frame::{Done, FrameDecoder, Job};
+
+use crate::config::ShardConfig;
+use crate::core::{Core, Effect, Event, LimitFn, SlotId};
+use crate::log::Log;
+use crate::sys::{self, Interest, Poller};
+
+const JOBS: u64 = 0;
+const RESULTS: u64 = 1;
+const SIGNALS: u64 = 2;
+const OUTPUT: u64 = 3;
+
+/// Most bytes of one job frame (messid, sender, recipient, key): the
+/// supervisor never sends more than its field limit allows.
+pub const MAX_JOB: u32 = 1 << 20;
+
+fn token(kind: u64, id: SlotId) -> u64 {
+    kind << 62
+        | (u64::from(id.generation) & 0x3fff_ffff) << 32
+        | u64::from(id.index)
+}
+
+fn untoken(token: u64) -> (u64, SlotId) {
+    let id = SlotId {
+        index: token as u32,
+        generation: ((token >> 32) & 0x3fff_ffff) as u32,
+    };
+    (token >> 62, id)
+}
+
+struct Child {
+    generation: u32,
+    /// `None` once reaped.
+    pid: Option<Pid>,
+    /// `None` once at EOF.
+    output: Option<OwnedFd>,
+}
+
+/// Runs a shard until its job pipe reaches EOF and nothing is running or
+/// held. Returns the process exit code: 0, or 111 if setup failed.
+pub fn run(cfg: ShardConfig, limit_of: LimitFn) -> i32 {
+    let log = Log::new(format!("shard {}", cfg.index));
+    match Shard::new(cfg, limit_of, log.clone()) {
+        Ok(mut shard) => match shard.run() {
+            Ok(()) => 0,
+            Err(e) => {
+                log.fatal(format_args!("unable to wait for events: {e}"));
+                111
+            }
+        },
+        Err(e) => {
+            log.fatal(format_args!("unable to set up: {e}"));
+            111
+        }
+    }
+}
+
+struct Shard {
+    cfg: ShardConfig,
+    log: Log,
+    core: Core,
+    poller: Poller,
+    signals: nix::sys::signalfd::SignalFd,
+    stdin: io::Stdin,
+    stdout: io::Stdout,
+    decoder: FrameDecoder,
+    jobs_open: bool,
+    results_open: bool,
+    out: Vec<u8>,
+    out_watched: bool,
+    /// Per slot index: the child running there, if started.
+    children: Vec<Option<Child>>,
+    pids: HashMap<Pid, SlotId>,
+    buf: Vec<u8>,
+    effects: Vec<Effect>,
+}
+
+impl Shard {
+    fn new(
+        cfg: ShardConfig,
+        limit_of: LimitFn,
+        log: Log,
+    ) -> io::Result<Shard> {
+        let signals = sys::signal_fd(&[Signal::SIGCHLD])?;
+        let poller = Poller::new(1024)?;
+        let stdin = io::stdin();
+        let stdout = io::stdout();
+        sys::set_nonblocking(stdin.as_fd(), true)?;
+        sys::set_nonblocking(stdout.as_fd(), true)?;
+        let none = SlotId { index: 0, generation: 0 };
+        poller.add(stdin.as_fd(), Interest::Read, token(JOBS, none))?;
+        poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
+        let core =
+            Core::new(cfg.max_running, cfg.hold, cfg.hold_max, limit_of);
+        Ok(Shard {
+            cfg,
+            log,
+            core,
+            poller,
+            signals,
+            stdin,
+            stdout,
+            decoder: FrameDecoder::new(MAX_JOB),
+            jobs_open: true,
+            results_open: true,
+            out: Vec::new(),
+            out_watched: false,
+            children: Vec::new(),
+            pids: HashMap::new(),
+            buf: vec![0; 64 * 1024],
+            effects: Vec::new(),
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.log.info(format_args!(
+            "started: pid {}, remote {}, at most {} running",
+            std::process::id(),
+            self.cfg.remote.display(),
+            self.cfg.max_running
+        ));
+        loop {
+            if !self.jobs_open
+                && self.core.is_idle()
+                && (self.out.is_empty() || !self.results_open)
+            {
+                return Ok(());
+            }
+            self.poller.wait(self.core.next_deadline())?;
+            let now = Instant::now();
+            let tokens: Vec<u64> = self.poller.tokens().collect();
+            for t in tokens {
+                let (kind, id) = untoken(t);
+                match kind {
+                    JOBS => self.read_jobs(now),
+                    RESULTS => {}
+                    SIGNALS => self.reap(),
+                    _ => self.read_output(id),
+                }
+            }
+            self.core.handle(Event::Tick(now), &mut self.effects);
+            self.apply();
+            self.flush()?;
+            if cfg!(debug_assertions) {
+                self.core.check_invariants();
+            }
+        }
+    }
+
+    fn read_jobs(&mut self, now: Instant) {
+        if !self.jobs_open {
+            return;
+        }
+        match sys::read(self.stdin.as_fd(), &mut self.buf) {
+            Ok(Some(n)) => {
+                let mut rest = 0;
+                while rest < n {
+                    let (used, frame) =
+                        self.decoder.decode(&self.buf[rest..n]);
+                    rest += used;
+                    match frame {
+                        None => {}
+                        Some(Ok((delnum, payload))) => {
+                            match Job::from_payload(delnum, &payload) {
+                                Some(job) => self.core.handle(
+                                    Event::Job { job, now },
+                                    &mut self.effects,
+                                ),
+                                None => {
+                                    self.log.fatal(format_args!("malformed job frame for delnum {delnum}"));
+                                    std::process::exit(101);
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            self.log.fatal(format_args!(
+                                "job frame of {} bytes",
+                                e.len
+                            ));
+                            std::process::exit(101);
+                        }
+                    }
+                }
+            }
+            Ok(None) => self.close_jobs(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.log.warn(format_args!("unable to read jobs: {e}"));
+                self.close_jobs();
+            }
+        }
+    }
+
+    fn close_jobs(&mut self) {
+        self.jobs_open = false;
+        let _ = self.poller.delete(self.stdin.as_fd());
+    }
+
+    fn reap(&mut self) {
+        sys::drain_signals(&self.signals);
+        while let Some((pid, end)) = sys::reap() {
+            let Some(id) = self.pids.remove(&pid) else { continue };
+            if let Some(child) = self.child_mut(id) {
+                child.pid = None;
+            }
+            self.core.handle(Event::Exited(id, end), &mut self.effects);
+            self.forget_child(id);
+        }
+    }
+
+    fn child_mut(&mut self, id: SlotId) -> Option<&mut Child> {
+        match self.children.get_mut(id.index as usize) {
+            Some(Some(child)) if child.generation == id.generation => {
+                Some(child)
+            }
+            _ => None,
+        }
+    }
+
+    fn read_output(&mut self, id: SlotId) {
+        let Some(child) = self.children.get_mut(id.index as usize) else {
+            return;
+        };
+        let Some(child) =
+            child.as_mut().filter(|c| c.generation == id.generation)
+        else {
+            return;
+        };
+        let Some(fd) = child.output.as_ref() else { return };
+        match sys::read(fd.as_fd(), &mut self.buf) {
+            Ok(Some(n)) => {
+                self.core.handle(
+                    Event::Output(id, &self.buf[..n]),
+                    &mut self.effects,
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            end => {
+                if let Err(e) = end {
+                    self.log.warn(format_args!(
+                        "unable to read output of a child: {e}"
+                    ));
+                }
+                // Dropping the read end also removes it from the epoll.
+                child.output = None;
+                self.core.handle(Event::Eof(id), &mut self.effects);
+                self.forget_child(id);
+            }
+        }
+    }
+
+    /// Frees the child record once both its pid and its pipe are gone.
+    fn forget_child(&mut self, id: SlotId) {
+        if let Some(child) = self.child_mut(id)
+            && child.output.is_none()
+            && child.pid.is_none()
+        {
+            self.children[id.index as usize] = None;
+        }
+    }
+
+    fn apply(&mut self) {
+        while !self.effects.is_empty() {
+            let effects = std::mem::take(&mut self.effects);
+            for effect in effects {
+                match effect {
+                    Effect::Report { delnum, body } => {
+                        if self.results_open {
+                            Done { delnum, body }.encode(&mut self.out);
+                        }
+                    }
+                    Effect::Start { id, job } => self.start(id, job),
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, id: SlotId, job: Job) {
+        let started = sys::start(
+            &self.cfg.remote,
+            self.cfg.owner_uid,
+            &job.messid,
+            &job.sender,
+            &job.recipient,
+        );
+        match started {
+            Ok(started) => {
+                if let Err(e) = self.poller.add(
+                    started.output.as_fd(),
+                    Interest::Read,
+                    token(OUTPUT, id),
+                ) {
+                    // The child runs but we cannot watch its pipe: its
+                    // EOF would never be seen. Reading it at reap time is
+                    // not enough for a big output, so give up on it.
+                    self.log.warn(format_args!(
+                        "unable to watch a child's output: {e}"
+                    ));
+                }
+                let index = id.index as usize;
+                if self.children.len() <= index {
+                    self.children.resize_with(index + 1, || None);
+                }
+                self.pids.insert(started.pid, id);
+                self.children[index] = Some(Child {
+                    generation: id.generation,
+                    pid: Some(started.pid),
+                    output: Some(started.output),
+                });
+            }
+            Err(failure) => {
+                if let Some(e) = &failure.error {
+                    self.log.warn(format_args!(
+                        "unable to {} for delnum {}: {e}",
+                        failure.what, job.delnum
+                    ));
+                }
+                self.core.handle(
+                    Event::StartFailed(id, failure.body),
+                    &mut self.effects,
+                );
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.results_open {
+            self.out.clear();
+        }
+        let mut written = 0;
+        while written < self.out.len() {
+            match sys::write(self.stdout.as_fd(), &self.out[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.log.warn(format_args!(
+                        "unable to write results, dropping them: {e}"
+                    ));
+                    self.results_open = false;
+                    written = self.out.len();
+                }
+            }
+        }
+        self.out.drain(..written);
+        let want = !self.out.is_empty();
+        if want != self.out_watched {
+            let none = SlotId { index: 0, generation: 0 };
+            if want {
+                self.poller.add(
+                    self.stdout.as_fd(),
+                    Interest::Write,
+                    token(RESULTS, none),
+                )?;
+            } else {
+                self.poller.delete(self.stdout.as_fd())?;
+            }
+            self.out_watched = want;
+        }
+        Ok(())
+    }
+}

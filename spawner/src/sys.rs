@@ -1,0 +1,363 @@
+//! Every syscall a shard makes, behind small functions with one error
+//! convention (`io::Result`, errno kept). No `unsafe`: nix and std do the
+//! raw calls.
+//!
+//! Descriptors are created close-on-exec (std and `pipe2` both do), so a
+//! qmail-remote inherits exactly fds 0, 1 and 2 and nothing else.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use shardspawn_common::refusal::Refusal;
+use shardspawn_common::report::ChildEnd;
+
+/// Converts a nix error into an `io::Error` with the same errno.
+pub fn io_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Sets or clears O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io_err)?;
+    let mut flags = OFlag::from_bits_retain(flags);
+    flags.set(OFlag::O_NONBLOCK, on);
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io_err)?;
+    Ok(())
+}
+
+/// qmail's list of temporary errnos (`error_temp`): a child that cannot
+/// exec for one of these exits 111 (try again), for any other 100.
+pub fn errno_is_temporary(errno: i32) -> bool {
+    use Errno::*;
+    matches!(
+        Errno::from_raw(errno),
+        EINTR
+            | ENOMEM
+            | ETXTBSY
+            | EIO
+            | ETIMEDOUT
+            | EAGAIN
+            | EDEADLK
+            | EBUSY
+            | ENFILE
+            | EMFILE
+            | EFBIG
+            | ENOSPC
+            | ENETDOWN
+            | ENETUNREACH
+            | ENETRESET
+            | ECONNABORTED
+            | ECONNRESET
+            | ENOBUFS
+            | ETOOMANYREFS
+            | ECONNREFUSED
+            | EHOSTDOWN
+            | EHOSTUNREACH
+            | EUSERS
+            | EDQUOT
+            | ESTALE
+            | ENOLCK
+    )
+}
+
+/// A failure to start a delivery, with what to log.
+#[derive(Debug)]
+pub struct StartError {
+    /// The body qmail-send gets.
+    pub body: Vec<u8>,
+    /// What failed, for the log.
+    pub what: &'static str,
+    /// The errno behind it, if any.
+    pub error: Option<io::Error>,
+}
+
+impl StartError {
+    fn refusal(
+        refusal: Refusal,
+        what: &'static str,
+        e: Option<io::Error>,
+    ) -> Self {
+        StartError { body: refusal.body(), what, error: e }
+    }
+}
+
+/// A started qmail-remote: its pid and the read end of its output pipe
+/// (non-blocking; the parent's copy of the write end is already closed).
+#[derive(Debug)]
+pub struct Started {
+    /// The child.
+    pub pid: Pid,
+    /// Its output: stdout and stderr.
+    pub output: OwnedFd,
+}
+
+/// Opens the message, checks it as qmail-rspawn does (protocol §2.3 rows
+/// 10–13), makes the output pipe and runs `program host sender
+/// recipient` with the message on fd 0 and the pipe on fds 1 and 2.
+pub fn start(
+    program: &OsStr,
+    owner_uid: u32,
+    messid: &[u8],
+    sender: &[u8],
+    recipient: &[u8],
+) -> Result<Started, StartError> {
+    let host = match shardspawn_common::domain::host(recipient) {
+        Some(host) => host,
+        None => return Err(StartError::refusal(Refusal::NoHost, "", None)),
+    };
+    // O_NONBLOCK as qmail's open_read: a FIFO in the queue must not hang
+    // the shard. The flag stays on the description qmail-remote gets,
+    // as with stock, and means nothing for a regular file.
+    let message = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nonblock())
+        .open(OsStr::from_bytes(messid))
+        .map_err(|e| {
+            StartError::refusal(Refusal::OpenMessage, "open message", Some(e))
+        })?;
+    let meta = message.metadata().map_err(|e| {
+        StartError::refusal(Refusal::StatMessage, "fstat message", Some(e))
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(StartError::refusal(Refusal::WrongType, "", None));
+    }
+    if meta.uid() != owner_uid {
+        return Err(StartError::refusal(Refusal::WrongOwner, "", None));
+    }
+    let (read, write) = child_pipe().map_err(|e| {
+        StartError::refusal(Refusal::CreatePipe, "create pipe", Some(e))
+    })?;
+    let write2 = write.try_clone().map_err(|e| {
+        StartError::refusal(Refusal::CreatePipe, "create pipe", Some(e))
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.arg(OsStr::from_bytes(host))
+        .arg(OsStr::from_bytes(sender))
+        .arg(OsStr::from_bytes(recipient))
+        .stdin(Stdio::from(message))
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::from(write2));
+    match cmd.spawn() {
+        // The Child handle is dropped without waiting: the shard reaps
+        // every child itself with waitpid(-1).
+        Ok(child) => {
+            Ok(Started { pid: Pid::from_raw(child.id() as i32), output: read })
+        }
+        Err(e) => Err(spawn_failure(e)),
+    }
+}
+
+/// std reports a failed exec to the parent instead of running a child
+/// that exits; give qmail-send what stock would: a temporary errno is
+/// exit 111 (`Z`), any other exit 100 (`D`, so a missing program bounces,
+/// as with stock). EAGAIN and ENOMEM are the fork's own failures.
+fn spawn_failure(e: io::Error) -> StartError {
+    let errno = e.raw_os_error().unwrap_or(0);
+    if errno == Errno::EAGAIN as i32 || errno == Errno::ENOMEM as i32 {
+        return StartError::refusal(Refusal::Fork, "fork", Some(e));
+    }
+    let code = if errno_is_temporary(errno) { 111 } else { 100 };
+    StartError {
+        body: shardspawn_common::report::body_for(ChildEnd::Exited(code), b""),
+        what: "run qmail-remote",
+        error: Some(e),
+    }
+}
+
+fn libc_o_nonblock() -> i32 {
+    OFlag::O_NONBLOCK.bits()
+}
+
+/// A pipe whose read end is non-blocking (the shard's) and whose write
+/// end is blocking (the child's stdout must block as with stock); both
+/// close-on-exec.
+pub fn child_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
+    set_nonblocking(read.as_fd(), true)?;
+    Ok((read, write))
+}
+
+/// Reads into `buf`: `Ok(Some(n))` with n > 0, `Ok(None)` at EOF, or
+/// `Err` (WouldBlock when drained).
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+/// Writes what it can of `buf`; `Ok(0)` when the pipe is full.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+/// Blocks `signals` for the process and returns a non-blocking
+/// signalfd that reports them.
+pub fn signal_fd(signals: &[Signal]) -> io::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for &s in signals {
+        set.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io_err)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(io_err)
+}
+
+/// Empties a signalfd; returns the signals read.
+pub fn drain_signals(sfd: &SignalFd) -> Vec<i32> {
+    let mut got = Vec::new();
+    while let Ok(Some(info)) = sfd.read_signal() {
+        got.push(info.ssi_signo as i32);
+    }
+    got
+}
+
+/// Reaps one exited child without blocking: `None` when none is left to
+/// reap now.
+pub fn reap() -> Option<(Pid, ChildEnd)> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                return Some((pid, ChildEnd::Exited(code as u8)));
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                return Some((pid, ChildEnd::Signaled(sig as i32)));
+            }
+            Ok(WaitStatus::StillAlive) => return None,
+            // Stopped/continued children are not ends.
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return None, // ECHILD: nobody left.
+        }
+    }
+}
+
+/// An epoll instance and its event buffer.
+pub struct Poller {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    ready: usize,
+}
+
+/// What to wait for on a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Readable (or hung up).
+    Read,
+    /// Writable.
+    Write,
+}
+
+impl Interest {
+    fn flags(self) -> EpollFlags {
+        match self {
+            Interest::Read => EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+            Interest::Write => EpollFlags::EPOLLOUT,
+        }
+    }
+}
+
+impl Poller {
+    /// A new epoll with room for `capacity` events per wait.
+    pub fn new(capacity: usize) -> io::Result<Poller> {
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_err)?;
+        Ok(Poller {
+            epoll,
+            events: vec![EpollEvent::empty(); capacity],
+            ready: 0,
+        })
+    }
+
+    /// Watches `fd` (level-triggered) with `token`.
+    pub fn add(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: Interest,
+        token: u64,
+    ) -> io::Result<()> {
+        self.epoll
+            .add(fd, EpollEvent::new(interest.flags(), token))
+            .map_err(io_err)
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: Interest,
+        token: u64,
+    ) -> io::Result<()> {
+        let mut ev = EpollEvent::new(interest.flags(), token);
+        self.epoll.modify(fd, &mut ev).map_err(io_err)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll.delete(fd).map_err(io_err)
+    }
+
+    /// Waits until something is ready or `deadline` passes (never
+    /// returning before it: the timeout is rounded up to the next
+    /// millisecond). EINTR counts as a wake-up with nothing ready.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let timeout = match deadline {
+            None => nix::sys::epoll::EpollTimeout::NONE,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                let ms =
+                    left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
+                nix::sys::epoll::EpollTimeout::try_from(Duration::from_millis(
+                    ms as u64,
+                ))
+                .unwrap_or(nix::sys::epoll::EpollTimeout::MAX)
+            }
+        };
+        self.ready = match self.epoll.wait(&mut self.events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(io_err(e)),
+        };
+        Ok(())
+    }
+
+    /// The tokens of the last wait.
+    pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.events[..self.ready].iter().map(|e| e.data())
+    }
+}
+
+/// Lossy text of bytes for logs.
+pub fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// The program name qmail-rspawn runs when `QMAILREMOTE` is unset.
+pub fn default_remote() -> OsString {
+    OsString::from("qmail-remote")
+}
