@@ -1,0 +1,67 @@
+//! The command line: no arguments (as qmail-start runs it) or settings
+//! flags run the supervisor; `simulate` runs the demo; `shard` is how the
+//! supervisor starts its shards.
+
+use std::ffi::OsString;
+
+use shardspawn_common::settings::Settings;
+use shardspawn_spawner::ShardConfig;
+use shardspawn_spawner::log::Log;
+
+use crate::{mux, simulate, startup};
+
+const USAGE: &str = "\
+usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
+                  [--remote PROG] [--queue-owner USER|UID] [--limits FILE]
+                  [--state-dir DIR] [--hold-seconds N] [--hold-max N]
+                  [--max-running N] [--log-dir DIR]
+       shardspawn simulate [--help] [options]
+
+Run with no arguments as qmail-rspawn under qmail-start: settings come
+from the SHARDSPAWN_* environment variables (and QMAILREMOTE).
+";
+
+/// Runs the program; returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match args.first().and_then(|a| a.to_str()) {
+        Some("shard") => shard(&args[1..]),
+        Some("simulate") => simulate::main(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            0
+        }
+        _ => supervise(&args),
+    }
+}
+
+fn supervise(args: &[OsString]) -> i32 {
+    let log = Log::new("supervisor");
+    let settings =
+        match Settings::from_env_and_args(&|k| std::env::var_os(k), args) {
+            Ok(s) => s,
+            Err(e) => {
+                log.fatal(format_args!("bad setting: {e}"));
+                return 100;
+            }
+        };
+    let rt = match startup::prepare(&settings, &log) {
+        Ok(rt) => rt,
+        Err(fatal) => {
+            log.fatal(format_args!("{}", fatal.text()));
+            return fatal.code();
+        }
+    };
+    mux::run(rt, log)
+}
+
+fn shard(args: &[OsString]) -> i32 {
+    let cfg = match ShardConfig::from_args(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            Log::new("shard").fatal(format_args!("bad shard arguments: {e}"));
+            return 100;
+        }
+    };
+    shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX))
+}

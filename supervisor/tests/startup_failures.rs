@@ -1,0 +1,53 @@
+//! A fatal setup error exits without announcing: qmail-send must see EOF
+//! on the result pipe before any byte ("hath the daemon spawn no fire?"),
+//! never a concurrency it would then rely on.
+//!
+//! (This file also makes `cargo test` build the `shardspawn` and
+//! `shardspawn-fake-remote` binaries that the end-to-end tests in
+//! `tests/` run.)
+
+use std::process::{Command, Stdio};
+
+fn run(env: &[(&str, &str)]) -> (Option<i32>, Vec<u8>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardspawn"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run shardspawn");
+    (out.status.code(), out.stdout)
+}
+
+#[test]
+fn a_bad_setting_exits_100_without_announcing() {
+    let (code, stdout) = run(&[("SHARDSPAWN_SLOTS", "0")]);
+    assert_eq!(code, Some(100));
+    assert!(stdout.is_empty(), "announced {stdout:?}");
+    let (code, stdout) = run(&[("SHARDSPAWN_DELNUM_BYTES", "3")]);
+    assert_eq!(code, Some(100));
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn a_missing_queue_exits_111_without_announcing() {
+    let (code, stdout) =
+        run(&[("SHARDSPAWN_HOME", "/nonexistent/qmail-home-for-test")]);
+    assert_eq!(code, Some(111));
+    assert!(stdout.is_empty(), "announced {stdout:?}");
+}
+
+#[test]
+fn a_missing_queue_owner_exits_111_without_announcing() {
+    let home = std::env::temp_dir()
+        .join(format!("shardspawn-startup-{}", std::process::id()));
+    std::fs::create_dir_all(home.join("queue/mess")).unwrap();
+    let (code, stdout) = run(&[
+        ("SHARDSPAWN_HOME", home.to_str().unwrap()),
+        ("SHARDSPAWN_QUEUE_OWNER", "no-such-user-shardspawn"),
+    ]);
+    std::fs::remove_dir_all(&home).unwrap();
+    assert_eq!(code, Some(111));
+    assert!(stdout.is_empty(), "announced {stdout:?}");
+}
