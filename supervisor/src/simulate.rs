@@ -1,10 +1,316 @@
 //! `shardspawn simulate`: the real supervisor and shards, driven by an
-//! emulated qmail-send, running a stand-in qmail-remote. (Being written.)
+//! emulated qmail-send, running a stand-in qmail-remote, on a synthetic
+//! workload. Nothing of qmail needs to be installed.
+//!
+//! It makes a scratch qmail home with one message per delivery, starts
+//! this very binary as qmail-start would start qmail-rspawn (no
+//! arguments, settings in the environment, fd 2 to a log file), feeds it
+//! the deliveries as qmail-send would (lowest free delnum first, a new
+//! command as soon as a slot frees), shows progress, and ends with
+//! throughput, results by letter, and the peak concurrency each
+//! destination saw, as recorded by the stand-ins themselves.
 
 use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shardspawn_common::command::DelnumWidth;
+use shardspawn_harness::emulator::{Emulator, Options, Progress, Stderr};
+use shardspawn_harness::home::QmailHome;
+use shardspawn_harness::recorder::Recording;
+use shardspawn_harness::remote;
+use shardspawn_harness::workload;
+
+const USAGE: &str = "\
+usage: shardspawn simulate [--messages N] [--domains N] [--skew F]
+                           [--shards N] [--slots N] [--latency-ms N]
+                           [--seed N] [--keep]
+
+Runs the real supervisor and shards against an emulated qmail-send and a
+stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
+
+  --messages N    deliveries, one message each          (default 5000)
+  --domains N     destination domains d1.test ...       (default 50)
+  --skew F        Zipf skew of domain popularity; 0 is
+                  uniform, 1 gives d1.test the most     (default 1.0)
+  --shards N      spawner shards                        (default: CPUs)
+  --slots N       slots announced and used; over 255
+                  selects the 2-byte framing            (default 1000)
+  --latency-ms N  how long each stand-in delivery takes (default 50)
+  --seed N        workload seed                         (default 1)
+  --keep          keep the scratch qmail home and its logs
+";
+
+#[derive(Debug)]
+struct Plan {
+    messages: usize,
+    domains: usize,
+    skew: f64,
+    shards: Option<u16>,
+    slots: u32,
+    latency_ms: u64,
+    seed: u64,
+    keep: bool,
+}
+
+fn parse(args: &[OsString]) -> Result<Plan, String> {
+    let mut o = Plan {
+        messages: 5000,
+        domains: 50,
+        skew: 1.0,
+        shards: None,
+        slots: 1000,
+        latency_ms: 50,
+        seed: 1,
+        keep: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (arg, None),
+        };
+        if flag == "--keep" {
+            o.keep = true;
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .and_then(|v| v.to_str())
+                .ok_or(format!("{flag}: missing value"))?
+                .to_string(),
+        };
+        let bad = |why: &str| format!("{flag}={value}: {why}");
+        let num = |min: u64| -> Result<u64, String> {
+            let n: u64 = value.parse().map_err(|_| bad("not a number"))?;
+            if n < min {
+                return Err(bad(&format!("must be at least {min}")));
+            }
+            Ok(n)
+        };
+        match flag {
+            "--messages" => o.messages = num(1)? as usize,
+            "--domains" => o.domains = num(1)? as usize,
+            "--skew" => {
+                o.skew = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| bad("not a number >= 0"))?
+            }
+            "--shards" => {
+                o.shards = Some(
+                    u16::try_from(num(1)?).map_err(|_| bad("too many"))?,
+                )
+            }
+            "--slots" => {
+                let n = num(1)?;
+                if n > 65535 {
+                    return Err(bad("must be at most 65535"));
+                }
+                o.slots = n as u32;
+            }
+            "--latency-ms" => o.latency_ms = num(0)?,
+            "--seed" => o.seed = num(0)?,
+            _ => return Err(format!("{flag}: unknown flag")),
+        }
+    }
+    Ok(o)
+}
 
 /// Runs the demo; returns the exit code.
-pub fn main(_args: &[OsString]) -> i32 {
-    eprintln!("shardspawn simulate: not yet");
-    100
+pub fn main(args: &[OsString]) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return 0;
+    }
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("shardspawn simulate: {e}\n\n{USAGE}");
+            return 100;
+        }
+    };
+    match simulate(&o) {
+        Ok(clean) => {
+            if clean {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("shardspawn simulate: fatal: {e}");
+            111
+        }
+    }
+}
+
+fn simulate(o: &Plan) -> Result<bool, String> {
+    let me = std::env::current_exe()
+        .map_err(|e| format!("unable to find this program: {e}"))?;
+    let remote_bin = me.with_file_name("shardspawn-fake-remote");
+    if !remote_bin.exists() {
+        return Err(format!(
+            "unable to find the stand-in qmail-remote at {}; build it with \
+             `cargo build --release` (it is a binary of this package)",
+            remote_bin.display()
+        ));
+    }
+    let home =
+        QmailHome::new().map_err(|e| format!("unable to make a home: {e}"))?;
+    let record = home.path().join("deliveries.record");
+    let log = home.path().join("shardspawn.log");
+    let shards = o.shards.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(1024) as u16)
+            .unwrap_or(1)
+    });
+    let width = if o.slots > 255 { DelnumWidth::Two } else { DelnumWidth::One };
+
+    eprintln!(
+        "shardspawn simulate: writing {} messages to {} domains (skew {:.2})",
+        o.messages, o.domains, o.skew
+    );
+    let deliveries =
+        workload::generate(&home, o.messages, o.domains, o.skew, o.seed, "");
+
+    let mut cmd = Command::new(&me);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SHARDSPAWN_HOME", home.path())
+        .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
+        .env("SHARDSPAWN_SHARDS", shards.to_string())
+        .env("SHARDSPAWN_SLOTS", o.slots.to_string())
+        .env("SHARDSPAWN_DELNUM_BYTES", width_bytes(width))
+        .env("QMAILREMOTE", &remote_bin)
+        .env(remote::ENV_RECORD, &record)
+        .env(remote::ENV_LATENCY_MS, o.latency_ms.to_string());
+    let opts = Options { stderr: Stderr::File(log.clone()), ..Options::default() };
+    let mut emu = Emulator::start(cmd, width, opts)
+        .map_err(|e| format!("unable to start shardspawn: {e}"))?;
+    let slots = usize::from(emu.slots());
+    eprintln!(
+        "shardspawn simulate: shardspawn announced {slots} slots; {shards} \
+         shards; stand-in latency {} ms",
+        o.latency_ms
+    );
+
+    // Generous: every delivery one after another, plus a minute.
+    let patience = Duration::from_secs(60)
+        + Duration::from_millis(o.latency_ms * o.messages as u64 / 10);
+    let mut last = Instant::now();
+    let report = emu.run_with_progress(
+        &deliveries,
+        slots,
+        Instant::now() + patience,
+        |p: &Progress| {
+            if last.elapsed() >= Duration::from_millis(500) || p.done == p.total
+            {
+                last = Instant::now();
+                progress(p);
+            }
+        },
+    );
+    eprintln!();
+    emu.close_commands();
+    let exit = emu.wait_exit(Instant::now() + Duration::from_secs(30));
+
+    let recording = Recording::read(&record)
+        .map_err(|e| format!("unable to read {}: {e}", record.display()))?;
+    let peaks = recording.peak_by(|host| host.to_string());
+    let mut volume = std::collections::BTreeMap::<String, usize>::new();
+    for d in &deliveries {
+        let host = shardspawn_common::domain::host(&d.recipient)
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .unwrap_or_default();
+        *volume.entry(host).or_default() += 1;
+    }
+
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "shardspawn simulate: {} deliveries, {} domains (skew {:.2}), {} \
+         shards, {} slots, stand-in latency {} ms",
+        o.messages, o.domains, o.skew, shards, slots, o.latency_ms
+    );
+    let _ = writeln!(out, "  elapsed          {:.2} s", secs);
+    let _ = writeln!(
+        out,
+        "  throughput       {:.0} deliveries/s",
+        report.letters.total() as f64 / secs
+    );
+    let l = report.letters;
+    let _ = writeln!(
+        out,
+        "  results          K {}  Z {}  D {}  other {}",
+        l.k, l.z, l.d, l.other
+    );
+    let _ = writeln!(out, "  max in flight    {}", report.max_in_flight);
+    let _ = writeln!(
+        out,
+        "  peak running     {} qmail-remote processes at once",
+        recording.peak()
+    );
+    let _ = writeln!(out, "  violations       {}", report.violations.len());
+    for v in report.violations.iter().take(5) {
+        let _ = writeln!(out, "    {v}");
+    }
+    let _ = writeln!(
+        out,
+        "  shardspawn exit  {}",
+        exit.map_or("did not exit".to_string(), |s| s.to_string())
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  {:<16} {:>10} {:>8}", "domain", "deliveries", "peak");
+    let mut by_volume: Vec<(&String, &usize)> = volume.iter().collect();
+    by_volume.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (host, n) in by_volume.iter().take(10) {
+        let peak = peaks.get(*host).copied().unwrap_or(0);
+        let _ = writeln!(out, "  {host:<16} {n:>10} {peak:>8}");
+    }
+    if by_volume.len() > 10 {
+        let _ = writeln!(out, "  ({} more domains)", by_volume.len() - 10);
+    }
+    let warnings = std::fs::read_to_string(&log).unwrap_or_default();
+    let warnings: Vec<&str> = warnings
+        .lines()
+        .filter(|l| l.contains(": warning: ") || l.contains(": fatal: "))
+        .collect();
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\n  shardspawn logged {} warnings:", warnings.len());
+        for w in warnings.iter().take(10) {
+            let _ = writeln!(out, "    {w}");
+        }
+    }
+    let clean = report.is_clean() && exit.is_some_and(|s| s.success());
+    if o.keep {
+        let kept: PathBuf = home.path().to_path_buf();
+        std::mem::forget(home);
+        let _ = writeln!(out, "\n  kept {}", kept.display());
+    }
+    Ok(clean)
+}
+
+fn width_bytes(width: DelnumWidth) -> &'static str {
+    match width {
+        DelnumWidth::One => "1",
+        DelnumWidth::Two => "2",
+    }
+}
+
+fn progress(p: &Progress) {
+    let rate = p.done as f64 / p.elapsed.as_secs_f64().max(1e-9);
+    eprint!(
+        "\r  {:>7}/{} done  {:>6} in flight  {:>7.0}/s  K {} Z {} D {}   ",
+        p.done, p.total, p.in_flight, rate, p.letters.k, p.letters.z,
+        p.letters.d
+    );
 }
