@@ -56,6 +56,18 @@ fn fmix64(mut k: u64) -> u64 {
     k
 }
 
+/// Writes `key` with every byte outside printable ASCII as `?`: keys
+/// come from recipients, and a status line or log line must stay one
+/// line of text.
+pub fn printable(key: &[u8]) -> String {
+    key.iter()
+        .map(|&b| match b {
+            0x21..=0x7e => b as char,
+            _ => '?',
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,16 +18,21 @@
 //! - [`domain`]: the recipient's host, its normalised limit key, and the
 //!   stable key → shard hash.
 //! - [`frame`]: the plain framing between the supervisor and its shards.
+//! - [`limits`]: the per-destination limits file, and which key and
+//!   limit a domain is counted under.
 //! - [`settings`]: the settings table, parsed from flags and environment.
+//! - [`status`]: the live status files a shard and the supervisor publish.
 #![deny(missing_docs)]
 
 pub mod command;
 pub mod domain;
 pub mod frame;
+pub mod limits;
 pub mod record;
 pub mod refusal;
 pub mod report;
 pub mod settings;
+pub mod status;
 pub mod validate;
 
 #[cfg(test)]

@@ -193,10 +193,7 @@ impl Refusal {
 /// hold a NUL (it would end the record early and shift every record after
 /// it), and a newline would split qmail-send's log line.
 fn put_key(key: &[u8], out: &mut Vec<u8>) {
-    out.extend(key.iter().map(|&b| match b {
-        0x21..=0x7e => b,
-        _ => b'?',
-    }));
+    out.extend_from_slice(crate::domain::printable(key).as_bytes());
 }
 
 #[cfg(test)]

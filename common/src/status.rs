@@ -1,0 +1,385 @@
+//! The live status files in the state directory, and their format.
+//!
+//! Each shard writes `shardN` and the supervisor writes `supervisor`,
+//! each to `NAME.new` first and then renamed, so a reader never sees half
+//! a file. The format is plain text, one `name value` pair a line, the
+//! first line naming the format and its version, so `cat` is a status
+//! tool too:
+//!
+//! ```text
+//! shardspawn-status 1 shard
+//! shard 3
+//! pid 4242
+//! started 1764336000
+//! updated 1764336012
+//! running 12
+//! held 3
+//! received 1234
+//! reported 1219
+//! deferred_by_limit 4
+//! key gmail.com running 10 held 3 limit 10 peak 10 started 400 held_total 37 deferred 4
+//! ```
+//!
+//! Times are Unix seconds. `key` lines list the busiest keys (running
+//! plus held), a key written with every byte outside `0x21..=0x7e` as
+//! `?`. Unknown lines are ignored by readers, so fields can be added
+//! without a new version; a changed meaning needs one.
+
+use std::fmt::Write as _;
+
+pub use crate::domain::printable;
+
+/// The first word of every status file.
+pub const MAGIC: &str = "shardspawn-status";
+/// The format version this crate writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What one key looks like in a shard right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The limit key, printable.
+    pub key: String,
+    /// qmail-remote processes running for it.
+    pub running: u32,
+    /// Deliveries waiting for it.
+    pub held: u32,
+    /// Its limit.
+    pub limit: u32,
+    /// The most that ran at once since the shard started.
+    pub peak: u32,
+    /// Deliveries started for it since the shard started.
+    pub started: u64,
+    /// Deliveries that had to wait for it, in all.
+    pub held_total: u64,
+    /// Deliveries answered with a `Z` because of its limit.
+    pub deferred: u64,
+}
+
+/// What a shard publishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// Its index.
+    pub shard: u16,
+    /// Its pid.
+    pub pid: u32,
+    /// When it started.
+    pub started: u64,
+    /// When this was written.
+    pub updated: u64,
+    /// qmail-remote processes running.
+    pub running: u32,
+    /// Deliveries waiting.
+    pub held: u32,
+    /// Jobs received since start.
+    pub received: u64,
+    /// Results sent since start.
+    pub reported: u64,
+    /// Results that were deferrals because of a limit.
+    pub deferred_by_limit: u64,
+    /// The busiest keys, busiest first.
+    pub keys: Vec<KeyStatus>,
+}
+
+/// What the supervisor publishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SupervisorStatus {
+    /// Its pid.
+    pub pid: u32,
+    /// When it started.
+    pub started: u64,
+    /// When this was written.
+    pub updated: u64,
+    /// Slots announced.
+    pub slots: u32,
+    /// Delnum bytes (1 or 2).
+    pub delnum_bytes: u8,
+    /// Shard processes.
+    pub shards: u16,
+    /// Deliveries in flight (sent to a shard, not answered).
+    pub in_flight: u32,
+    /// Result records written since start.
+    pub results: u64,
+    /// Shard restarts since start.
+    pub restarts: u64,
+}
+
+fn header(out: &mut String, kind: &str) {
+    let _ = writeln!(out, "{MAGIC} {VERSION} {kind}");
+}
+
+/// Checks the first line; returns the other lines.
+fn body<'a>(
+    text: &'a str,
+    kind: &str,
+) -> Result<impl Iterator<Item = (&'a str, &'a str)>, String> {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    let mut words = first.split(' ');
+    if words.next() != Some(MAGIC) {
+        return Err("not a shardspawn status file".to_string());
+    }
+    match words.next().and_then(|v| v.parse::<u32>().ok()) {
+        Some(VERSION) => {}
+        Some(v) => return Err(format!("status format {v}, not {VERSION}")),
+        None => return Err("no format version".to_string()),
+    }
+    if words.next() != Some(kind) {
+        return Err(format!("not a {kind} status file"));
+    }
+    Ok(lines.filter_map(|l| l.split_once(' ')))
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("{name}: not a number: {v}"))
+}
+
+impl KeyStatus {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "key {} running {} held {} limit {} peak {} started {} \
+             held_total {} deferred {}",
+            self.key,
+            self.running,
+            self.held,
+            self.limit,
+            self.peak,
+            self.started,
+            self.held_total,
+            self.deferred
+        );
+    }
+
+    fn parse(v: &str) -> Result<KeyStatus, String> {
+        let mut words = v.split(' ');
+        let mut k = KeyStatus {
+            key: words.next().unwrap_or("").to_string(),
+            ..KeyStatus::default()
+        };
+        while let (Some(name), Some(value)) = (words.next(), words.next()) {
+            match name {
+                "running" => k.running = num(name, value)?,
+                "held" => k.held = num(name, value)?,
+                "limit" => k.limit = num(name, value)?,
+                "peak" => k.peak = num(name, value)?,
+                "started" => k.started = num(name, value)?,
+                "held_total" => k.held_total = num(name, value)?,
+                "deferred" => k.deferred = num(name, value)?,
+                _ => {}
+            }
+        }
+        Ok(k)
+    }
+}
+
+impl ShardStatus {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(&mut out, "shard");
+        let _ = writeln!(out, "shard {}", self.shard);
+        let _ = writeln!(out, "pid {}", self.pid);
+        let _ = writeln!(out, "started {}", self.started);
+        let _ = writeln!(out, "updated {}", self.updated);
+        let _ = writeln!(out, "running {}", self.running);
+        let _ = writeln!(out, "held {}", self.held);
+        let _ = writeln!(out, "received {}", self.received);
+        let _ = writeln!(out, "reported {}", self.reported);
+        let _ = writeln!(out, "deferred_by_limit {}", self.deferred_by_limit);
+        for k in &self.keys {
+            k.render(&mut out);
+        }
+        out
+    }
+
+    /// Reads what [`ShardStatus::render`] wrote.
+    pub fn parse(text: &str) -> Result<ShardStatus, String> {
+        let mut s = ShardStatus::default();
+        for (name, v) in body(text, "shard")? {
+            match name {
+                "shard" => s.shard = num(name, v)?,
+                "pid" => s.pid = num(name, v)?,
+                "started" => s.started = num(name, v)?,
+                "updated" => s.updated = num(name, v)?,
+                "running" => s.running = num(name, v)?,
+                "held" => s.held = num(name, v)?,
+                "received" => s.received = num(name, v)?,
+                "reported" => s.reported = num(name, v)?,
+                "deferred_by_limit" => s.deferred_by_limit = num(name, v)?,
+                "key" => s.keys.push(KeyStatus::parse(v)?),
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// The same counters in Prometheus' text format, for
+    /// node_exporter's textfile collector.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let shard = self.shard;
+        for (name, help, value) in [
+            (
+                "running",
+                "qmail-remote processes running",
+                u64::from(self.running),
+            ),
+            ("held", "deliveries waiting for their key", u64::from(self.held)),
+            ("received_total", "deliveries received", self.received),
+            ("reported_total", "results sent", self.reported),
+            (
+                "deferred_by_limit_total",
+                "deliveries deferred by a limit",
+                self.deferred_by_limit,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP shardspawn_{name} {help}");
+            let kind =
+                if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# TYPE shardspawn_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "shardspawn_{name}{{shard=\"{shard}\"}} {value}"
+            );
+        }
+        out
+    }
+}
+
+impl SupervisorStatus {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(&mut out, "supervisor");
+        let _ = writeln!(out, "pid {}", self.pid);
+        let _ = writeln!(out, "started {}", self.started);
+        let _ = writeln!(out, "updated {}", self.updated);
+        let _ = writeln!(out, "slots {}", self.slots);
+        let _ = writeln!(out, "delnum_bytes {}", self.delnum_bytes);
+        let _ = writeln!(out, "shards {}", self.shards);
+        let _ = writeln!(out, "in_flight {}", self.in_flight);
+        let _ = writeln!(out, "results {}", self.results);
+        let _ = writeln!(out, "restarts {}", self.restarts);
+        out
+    }
+
+    /// Reads what [`SupervisorStatus::render`] wrote.
+    pub fn parse(text: &str) -> Result<SupervisorStatus, String> {
+        let mut s = SupervisorStatus::default();
+        for (name, v) in body(text, "supervisor")? {
+            match name {
+                "pid" => s.pid = num(name, v)?,
+                "started" => s.started = num(name, v)?,
+                "updated" => s.updated = num(name, v)?,
+                "slots" => s.slots = num(name, v)?,
+                "delnum_bytes" => s.delnum_bytes = num(name, v)?,
+                "shards" => s.shards = num(name, v)?,
+                "in_flight" => s.in_flight = num(name, v)?,
+                "results" => s.results = num(name, v)?,
+                "restarts" => s.restarts = num(name, v)?,
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard() -> ShardStatus {
+        ShardStatus {
+            shard: 3,
+            pid: 4242,
+            started: 1_764_336_000,
+            updated: 1_764_336_012,
+            running: 12,
+            held: 3,
+            received: 1234,
+            reported: 1219,
+            deferred_by_limit: 4,
+            keys: vec![
+                KeyStatus {
+                    key: "=google".into(),
+                    running: 10,
+                    held: 3,
+                    limit: 10,
+                    peak: 10,
+                    started: 400,
+                    held_total: 37,
+                    deferred: 4,
+                },
+                KeyStatus {
+                    key: "a.test".into(),
+                    running: 2,
+                    limit: 20,
+                    ..KeyStatus::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn shard_status_round_trips() {
+        let s = shard();
+        assert_eq!(ShardStatus::parse(&s.render()), Ok(s));
+    }
+
+    #[test]
+    fn supervisor_status_round_trips() {
+        let s = SupervisorStatus {
+            pid: 1,
+            started: 2,
+            updated: 3,
+            slots: 32767,
+            delnum_bytes: 2,
+            shards: 4,
+            in_flight: 5,
+            results: 6,
+            restarts: 7,
+        };
+        assert_eq!(SupervisorStatus::parse(&s.render()), Ok(s));
+    }
+
+    #[test]
+    fn the_format_is_what_the_docs_show() {
+        let text = shard().render();
+        assert!(
+            text.starts_with("shardspawn-status 1 shard\nshard 3\npid 4242\n")
+        );
+        assert!(text.contains(
+            "\nkey =google running 10 held 3 limit 10 peak 10 started 400 \
+             held_total 37 deferred 4\n"
+        ));
+    }
+
+    #[test]
+    fn readers_refuse_other_files_and_versions_and_skip_unknown_lines() {
+        assert!(ShardStatus::parse("hello\n").is_err());
+        assert!(ShardStatus::parse("shardspawn-status 2 shard\n").is_err());
+        assert!(
+            ShardStatus::parse("shardspawn-status 1 supervisor\n").is_err()
+        );
+        let s = ShardStatus::parse(
+            "shardspawn-status 1 shard\nshard 2\nnew_field 9\n",
+        )
+        .unwrap();
+        assert_eq!(s.shard, 2);
+        assert!(
+            ShardStatus::parse("shardspawn-status 1 shard\npid x\n").is_err()
+        );
+    }
+
+    #[test]
+    fn keys_are_printable() {
+        assert_eq!(printable(b"a b\n\0\xff.test"), "a?b???.test");
+    }
+
+    #[test]
+    fn prometheus_lines_carry_the_shard_label() {
+        let p = shard().prometheus();
+        assert!(p.contains("shardspawn_running{shard=\"3\"} 12\n"));
+        assert!(p.contains("# TYPE shardspawn_received_total counter\n"));
+    }
+}
