@@ -8,7 +8,7 @@ use shardspawn_common::settings::Settings;
 use shardspawn_spawner::ShardConfig;
 use shardspawn_spawner::log::Log;
 
-use crate::{mux, simulate, startup};
+use crate::{limits_cmd, mux, simulate, startup};
 
 const USAGE: &str = "\
 usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
@@ -16,6 +16,8 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
                   [--state-dir DIR] [--hold-seconds N] [--hold-max N]
                   [--max-running N] [--log-dir DIR]
        shardspawn simulate [--help] [options]
+       shardspawn limits check [FILE]
+       shardspawn limits explain DOMAIN...
 
 Run with no arguments as qmail-rspawn under qmail-start: settings come
 from the SHARDSPAWN_* environment variables (and QMAILREMOTE).
@@ -27,6 +29,7 @@ pub fn main() -> i32 {
     match args.first().and_then(|a| a.to_str()) {
         Some("shard") => shard(&args[1..]),
         Some("simulate") => simulate::main(&args[1..]),
+        Some("limits") => limits_cmd::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

@@ -1,0 +1,158 @@
+//! `shardspawn limits check [FILE]` and `shardspawn limits explain
+//! DOMAIN...`: what an admin asks before and after changing the limits
+//! file, without a running spawner.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use shardspawn_common::domain;
+use shardspawn_common::limits::{Limits, MatchedRule, Rule};
+use shardspawn_common::settings::Settings;
+
+const USAGE: &str = "\
+usage: shardspawn limits check [FILE]
+       shardspawn limits explain DOMAIN...
+
+check: validates the limits file (default: the SHARDSPAWN_LIMITS setting,
+else HOME/control/concurrencydomains) and says what it holds.
+explain: for each domain (or address), the rule that matches, the limit
+key, the limit, and the shard that owns the key at the current shard
+count (SHARDSPAWN_SHARDS, else the number of CPUs).
+";
+
+/// How the limits file reads: absent (every domain gets the default), or
+/// parsed, or an error text for the log.
+pub fn load(path: &Path) -> Result<Option<Limits>, String> {
+    match std::fs::read(path) {
+        Ok(text) => Limits::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("unable to read {}: {e}", path.display())),
+    }
+}
+
+/// Runs `limits ...`; returns the exit code.
+pub fn main(args: &[OsString]) -> i32 {
+    let settings =
+        match Settings::from_env_and_args(&|k| std::env::var_os(k), &[]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("shardspawn limits: bad setting: {e}");
+                return 100;
+            }
+        };
+    match args.first().and_then(|a| a.to_str()) {
+        Some("check") if args.len() <= 2 => {
+            let path = args
+                .get(1)
+                .map_or_else(|| settings.limits_path(), PathBuf::from);
+            check(&path, args.len() == 2)
+        }
+        Some("explain") if args.len() >= 2 => {
+            let shards = settings.shards.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().min(1024) as u16)
+                    .unwrap_or(1)
+            });
+            explain(&settings.limits_path(), shards, &args[1..])
+        }
+        _ => {
+            eprint!("{USAGE}");
+            100
+        }
+    }
+}
+
+fn check(path: &Path, named: bool) -> i32 {
+    match load(path) {
+        Ok(Some(limits)) => {
+            let (mut domains, mut subdomains, mut groups) = (0, 0, 0);
+            for (_, rule) in limits.rules() {
+                match rule {
+                    Rule::Domain(..) => domains += 1,
+                    Rule::Subdomain(..) => subdomains += 1,
+                    Rule::Group(..) => groups += 1,
+                    Rule::Default(_) => {}
+                }
+            }
+            println!(
+                "{}: ok: default limit {}, {domains} domain rules, \
+                 {subdomains} subdomain rules, {groups} groups",
+                path.display(),
+                limits.default_limit()
+            );
+            0
+        }
+        Ok(None) if !named => {
+            println!(
+                "{}: absent: every domain is its own key with the default \
+                 limit of {}",
+                path.display(),
+                Limits::absent().default_limit()
+            );
+            0
+        }
+        Ok(None) => {
+            eprintln!("shardspawn limits: {}: no such file", path.display());
+            111
+        }
+        Err(e) => {
+            eprintln!("shardspawn limits: {e}");
+            if e.starts_with("unable to read") { 111 } else { 100 }
+        }
+    }
+}
+
+fn explain(path: &Path, shards: u16, domains: &[OsString]) -> i32 {
+    let limits = match load(path) {
+        Ok(limits) => limits,
+        Err(e) => {
+            eprintln!("shardspawn limits: {e}");
+            return 100;
+        }
+    };
+    let (limits, source) = match limits {
+        Some(l) => (l, path.display().to_string()),
+        None => (Limits::absent(), format!("{} (absent)", path.display())),
+    };
+    let rules: Vec<(usize, &Rule)> = limits.rules().collect();
+    let line_text = |line: usize| {
+        rules
+            .iter()
+            .find(|(l, _)| *l == line)
+            .map_or_else(String::new, |(_, r)| r.to_string())
+    };
+    for arg in domains {
+        let bytes = arg.as_encoded_bytes();
+        let host = domain::host(bytes).unwrap_or(bytes);
+        let d = domain::normalise(host);
+        let m = limits.lookup(&d);
+        let rule = match &m.rule {
+            MatchedRule::Exact { line } => {
+                format!("{source} line {line} '{}'", line_text(*line))
+            }
+            MatchedRule::Subdomain { line, .. } => {
+                format!("{source} line {line} '{}'", line_text(*line))
+            }
+            MatchedRule::Default { line: Some(line) } => {
+                format!(
+                    "{source} line {line} '{}' (default)",
+                    line_text(*line)
+                )
+            }
+            MatchedRule::Default { line: None } => {
+                "the built-in default".to_string()
+            }
+        };
+        println!(
+            "{}: rule {rule}; key {}; limit {}; shard {} of {shards}",
+            domain::printable(&d),
+            domain::printable(&m.key),
+            m.limit,
+            domain::shard_for(&m.key, shards)
+        );
+    }
+    0
+}
