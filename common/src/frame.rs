@@ -1,10 +1,20 @@
 //! The framing between the supervisor and its shards. As plain as
-//! qmail's: a delnum (u16, little-endian), a payload length (u32,
-//! little-endian), and the payload. No serde, no options.
+//! qmail's: a kind byte, a delnum (u16, little-endian), a payload length
+//! (u32, little-endian), and the payload. No serde, no options.
 //!
-//! Supervisor → shard: a [`Job`] payload is messid, sender, recipient and
-//! limit key, each followed by one NUL.
-//! Shard → supervisor: a [`Done`] payload is the result body.
+//! Supervisor → shard: a [`Job`] (kind [`JOB`]) payload is messid,
+//! sender, recipient and limit key, each followed by one NUL; a limits
+//! frame (kind [`LIMITS`], delnum 0) carries the text of the limits file
+//! the supervisor loaded, so that supervisor and shards never disagree
+//! on it. Shard → supervisor: a [`Done`] (kind [`DONE`]) payload is the
+//! result body.
+
+/// Kind byte of a [`Job`] frame.
+pub const JOB: u8 = b'J';
+/// Kind byte of a [`Done`] frame.
+pub const DONE: u8 = b'D';
+/// Kind byte of a limits frame: the limits file's text.
+pub const LIMITS: u8 = b'L';
 
 /// A delivery handed to a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +36,7 @@ impl Job {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let fields = [&self.messid, &self.sender, &self.recipient, &self.key];
         let len = fields.iter().map(|f| f.len() + 1).sum();
-        put_header(self.delnum, len, out);
+        put_header(JOB, self.delnum, len, out);
         for field in fields {
             debug_assert!(!field.contains(&0), "NUL inside a job field");
             out.extend_from_slice(field);
@@ -64,25 +74,32 @@ pub struct Done {
 impl Done {
     /// Appends the frame.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_header(self.delnum, self.body.len(), out);
+        put_header(DONE, self.delnum, self.body.len(), out);
         out.extend_from_slice(&self.body);
     }
 }
 
-/// Bytes before a payload: delnum (2) and payload length (4).
-const HEADER: usize = 6;
+/// Appends a limits frame carrying `text`, the limits file as read.
+pub fn encode_limits(text: &[u8], out: &mut Vec<u8>) {
+    put_header(LIMITS, 0, text.len(), out);
+    out.extend_from_slice(text);
+}
 
-/// Appends delnum and payload length, both little-endian.
-fn put_header(delnum: u16, len: usize, out: &mut Vec<u8>) {
+/// Bytes before a payload: kind (1), delnum (2), payload length (4).
+const HEADER: usize = 7;
+
+/// Appends kind, delnum and payload length, numbers little-endian.
+fn put_header(kind: u8, delnum: u16, len: usize, out: &mut Vec<u8>) {
     // A payload is a command's fields or a capped report body: far below
     // 4 GiB, or something upstream is badly broken.
     let len = u32::try_from(len).expect("frame payload over 4 GiB");
+    out.push(kind);
     out.extend_from_slice(&delnum.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
 }
 
-/// Splits a byte stream into `(delnum, payload)` frames, any read
-/// boundary. Sans-I/O.
+/// Splits a byte stream into `(kind, delnum, payload)` frames, any read
+/// boundary. Sans-I/O; it does not judge kinds.
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_payload: u32,
@@ -95,7 +112,7 @@ enum FrameStage {
     /// Collecting the header; `have` of its bytes are in.
     Header { bytes: [u8; HEADER], have: usize },
     /// Collecting `len` payload bytes for `delnum`.
-    Payload { delnum: u16, len: usize, payload: Vec<u8> },
+    Payload { kind: u8, delnum: u16, len: usize, payload: Vec<u8> },
     /// A length over the maximum was seen; nothing after it is trusted.
     Broken { len: u32 },
 }
@@ -106,9 +123,9 @@ impl FrameStage {
     }
 }
 
-/// One decoded frame: the delnum and the payload. (An alias, so
+/// One decoded frame: kind, delnum and payload. (An alias, so
 /// [`FrameDecoder::decode`]'s type reads at a glance.)
-pub type Frame = (u16, Vec<u8>);
+pub type Frame = (u8, u16, Vec<u8>);
 
 /// A frame whose length exceeds the decoder's maximum: the peer is broken
 /// and the stream cannot be trusted any further.
@@ -144,9 +161,10 @@ impl FrameDecoder {
                     if *have < HEADER {
                         return (used, None);
                     }
-                    let delnum = u16::from_le_bytes([bytes[0], bytes[1]]);
+                    let kind = bytes[0];
+                    let delnum = u16::from_le_bytes([bytes[1], bytes[2]]);
                     let len = u32::from_le_bytes([
-                        bytes[2], bytes[3], bytes[4], bytes[5],
+                        bytes[3], bytes[4], bytes[5], bytes[6],
                     ]);
                     if len > self.max_payload {
                         self.stage = FrameStage::Broken { len };
@@ -157,16 +175,17 @@ impl FrameDecoder {
                     // needs; a long one grows as its bytes arrive.
                     let len = len as usize;
                     let payload = Vec::with_capacity(len.min(64 * 1024));
-                    self.stage = FrameStage::Payload { delnum, len, payload };
+                    self.stage =
+                        FrameStage::Payload { kind, delnum, len, payload };
                 }
-                FrameStage::Payload { delnum, len, payload } => {
+                FrameStage::Payload { kind, delnum, len, payload } => {
                     let take = rest.len().min(*len - payload.len());
                     payload.extend_from_slice(&rest[..take]);
                     used += take;
                     if payload.len() < *len {
                         return (used, None);
                     }
-                    let frame = (*delnum, std::mem::take(payload));
+                    let frame = (*kind, *delnum, std::mem::take(payload));
                     self.stage = FrameStage::idle();
                     return (used, Some(Ok(frame)));
                 }
@@ -203,13 +222,16 @@ mod tests {
     }
 
     #[test]
-    fn layout_is_delnum_length_payload() {
+    fn layout_is_kind_delnum_length_payload() {
         let mut out = Vec::new();
         Done { delnum: 0x0102, body: b"Kok".to_vec() }.encode(&mut out);
-        assert_eq!(out, [2, 1, 3, 0, 0, 0, b'K', b'o', b'k']);
+        assert_eq!(out, [b'D', 2, 1, 3, 0, 0, 0, b'K', b'o', b'k']);
         out.clear();
         job(300, [b"7/1", b"", b"u@d", b"d"]).encode(&mut out);
-        assert_eq!(out, b"\x2c\x01\x0b\0\0\x007/1\0\0u@d\0d\0");
+        assert_eq!(out, b"J\x2c\x01\x0b\0\0\x007/1\0\0u@d\0d\0");
+        out.clear();
+        encode_limits(b":5\n", &mut out);
+        assert_eq!(out, b"L\0\0\x03\0\0\0:5\n");
     }
 
     #[test]
@@ -240,10 +262,12 @@ mod tests {
             .encode(&mut bytes);
         Done { delnum: 0, body: Vec::new() }.encode(&mut bytes);
         Done { delnum: 0xffff, body: b"Z\0\0".to_vec() }.encode(&mut bytes);
+        encode_limits(b"", &mut bytes);
         let want: Vec<Frame> = vec![
-            (0, b"7/1234567\0\0u@d1.test\0d1.test\0".to_vec()),
-            (0, Vec::new()),
-            (0xffff, b"Z\0\0".to_vec()),
+            (JOB, 0, b"7/1234567\0\0u@d1.test\0d1.test\0".to_vec()),
+            (DONE, 0, Vec::new()),
+            (DONE, 0xffff, b"Z\0\0".to_vec()),
+            (LIMITS, 0, Vec::new()),
         ];
         assert_eq!(decode_cut(64, &bytes, &[]), want);
         for cuts in cut_pairs(bytes.len()) {
@@ -260,7 +284,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(10);
         let (used, first) = decoder.decode(&bytes);
         assert_eq!(used, HEADER + 10);
-        assert_eq!(first, Some(Ok((1, vec![b'x'; 10]))));
+        assert_eq!(first, Some(Ok((DONE, 1, vec![b'x'; 10]))));
         let (used2, second) = decoder.decode(&bytes[used..]);
         assert_eq!(used2, HEADER);
         assert_eq!(second, Some(Err(FrameTooLong { len: 11 })));
@@ -305,11 +329,13 @@ mod tests {
             let frames = decode_cut(u32::MAX, &bytes, &cuts);
             prop_assert_eq!(frames.len(), jobs.len() + dones.len());
             let (job_frames, done_frames) = frames.split_at(jobs.len());
-            for (j, (delnum, payload)) in jobs.iter().zip(job_frames) {
+            for (j, (kind, delnum, payload)) in jobs.iter().zip(job_frames) {
+                prop_assert_eq!(*kind, JOB);
                 let parsed = Job::from_payload(*delnum, payload);
                 prop_assert_eq!(parsed.as_ref(), Some(j));
             }
-            for (d, (delnum, payload)) in dones.iter().zip(done_frames) {
+            for (d, (kind, delnum, payload)) in dones.iter().zip(done_frames) {
+                prop_assert_eq!(*kind, DONE);
                 prop_assert_eq!(*delnum, d.delnum);
                 prop_assert_eq!(payload, &d.body);
             }

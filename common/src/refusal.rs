@@ -94,6 +94,14 @@ pub enum Refusal {
         /// How many were waiting.
         waiting: u32,
     },
+    /// Ours: held longer than the hold bound because every delivery
+    /// process the shard may run was busy (its key was under its limit).
+    BusyExpired {
+        /// The shard's cap on running processes.
+        cap: u32,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// Ours: the spawner shard that owned this delivery died.
     ShardLost {
         /// Which shard.
@@ -122,6 +130,7 @@ impl Refusal {
             | Fork
             | HoldExpired { .. }
             | HoldFull { .. }
+            | BusyExpired { .. }
             | ShardLost { .. } => Letter::Deferral,
         }
     }
@@ -164,6 +173,15 @@ impl Refusal {
                 let text = format!(
                     " is at its limit of {limit}; {waiting} deliveries \
                      already wait for it. (#4.4.5)\n"
+                );
+                out.extend_from_slice(text.as_bytes());
+                return;
+            }
+            BusyExpired { cap, waited } => {
+                let text = format!(
+                    "shardspawn: all {cap} delivery processes were busy; \
+                     held {}s, longer than the hold limit. (#4.3.0)\n",
+                    waited.as_secs()
                 );
                 out.extend_from_slice(text.as_bytes());
                 return;
@@ -274,6 +292,14 @@ mod tests {
                   deliveries already wait for it. (#4.4.5)\n",
             ),
             (
+                Refusal::BusyExpired {
+                    cap: 250,
+                    waited: Duration::from_millis(120_999),
+                },
+                b"Zshardspawn: all 250 delivery processes were busy; held \
+                  120s, longer than the hold limit. (#4.3.0)\n",
+            ),
+            (
                 Refusal::ShardLost { shard: 3 },
                 b"Zshardspawn: spawner shard 3 died; will try again. \
                   (#4.3.0)\n",
@@ -300,7 +326,7 @@ mod tests {
 
     /// How many variants there are. Adding one breaks `ordinal` below
     /// until it has a number, and the golden table until it has a row.
-    const VARIANTS: usize = 17;
+    const VARIANTS: usize = 18;
 
     fn ordinal(refusal: &Refusal) -> usize {
         use Refusal::*;
@@ -321,7 +347,8 @@ mod tests {
             Fork => 13,
             HoldExpired { .. } => 14,
             HoldFull { .. } => 15,
-            ShardLost { .. } => 16,
+            BusyExpired { .. } => 16,
+            ShardLost { .. } => 17,
         }
     }
 

@@ -22,8 +22,9 @@ pub struct ShardConfig {
     pub hold: Duration,
     /// Most deliveries waiting per key; `None`: 4 × the key's limit.
     pub hold_max: Option<u32>,
-    /// The per-destination limits file, if limits are on.
-    pub limits: Option<PathBuf>,
+    /// Where to publish live status (`shardN`, `shardN.prom`); `None`:
+    /// nowhere.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ShardConfig {
@@ -44,8 +45,8 @@ impl ShardConfig {
         if let Some(n) = self.hold_max {
             args.extend(["--hold-max".into(), n.to_string().into()]);
         }
-        if let Some(path) = &self.limits {
-            args.extend(["--limits".into(), path.clone().into_os_string()]);
+        if let Some(path) = &self.state_dir {
+            args.extend(["--state-dir".into(), path.clone().into_os_string()]);
         }
         args
     }
@@ -60,7 +61,7 @@ impl ShardConfig {
             max_running: 1,
             hold: Duration::from_secs(120),
             hold_max: None,
-            limits: None,
+            state_dir: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -80,7 +81,7 @@ impl ShardConfig {
                 Some("--hold-max") => {
                     cfg.hold_max = Some(number(flag, value)?)
                 }
-                Some("--limits") => cfg.limits = Some(value.into()),
+                Some("--state-dir") => cfg.state_dir = Some(value.into()),
                 _ => return Err(format!("{}: unknown flag", flag.display())),
             }
         }
@@ -107,7 +108,7 @@ mod tests {
             max_running: 4000,
             hold: Duration::from_millis(1500),
             hold_max: Some(9),
-            limits: Some("/var/qmail/control/concurrencydomains".into()),
+            state_dir: Some("/run/shardspawn".into()),
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
     }

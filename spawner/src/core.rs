@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use shardspawn_common::frame::Job;
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
+use shardspawn_common::status::{KeyStatus, printable};
 
 /// A slot of the shard's table and the generation of its occupant, so a
 /// late event for a finished delivery can never touch the next one.
@@ -117,7 +118,18 @@ struct KeyState {
     held: VecDeque<Held>,
     /// In `Core::ready`: could start but for the shard's running cap.
     queued: bool,
+    /// Most running at once since the key was first seen.
+    peak: u32,
+    /// Deliveries started, held, and refused for it, in all.
+    started: u64,
+    held_total: u64,
+    deferred: u64,
 }
+
+/// Idle keys are remembered (with their counters, for the status page)
+/// until there are this many keys; past it, an idle key is forgotten, so
+/// keys from outside cannot grow the map without bound.
+const KEY_MEMORY: usize = 4096;
 
 /// The per-destination limits a shard obeys: the limit of a key, or
 /// `u32::MAX` for none.
@@ -234,6 +246,10 @@ impl Core {
             running: 0,
             held: VecDeque::new(),
             queued: false,
+            peak: 0,
+            started: 0,
+            held_total: 0,
+            deferred: 0,
         });
         let may_start = state.held.is_empty() && state.running < state.limit;
         if may_start && self.running < self.max_running {
@@ -247,6 +263,7 @@ impl Core {
         let waiting = u32::try_from(state.held.len()).unwrap_or(u32::MAX);
         if waiting >= hold_max {
             self.counters.deferred_by_limit += 1;
+            state.deferred += 1;
             let refusal = Refusal::HoldFull {
                 key: key.to_vec(),
                 limit: state.limit,
@@ -257,6 +274,7 @@ impl Core {
         }
         let deadline = now + self.hold;
         state.held.push_back(Held { job, since: now, deadline });
+        state.held_total += 1;
         self.held += 1;
         self.deadlines.push_back((deadline, key.clone()));
         if may_start && !state.queued {
@@ -281,6 +299,8 @@ impl Core {
         };
         if let Some(state) = self.keys.get_mut(&key) {
             state.running += 1;
+            state.started += 1;
+            state.peak = state.peak.max(state.running);
         }
         self.running += 1;
         self.slots[index as usize] = Slot::Busy(Running {
@@ -373,10 +393,18 @@ impl Core {
             let held = state.held.pop_front().expect("front exists");
             self.held -= 1;
             self.counters.deferred_by_limit += 1;
-            let refusal = Refusal::HoldExpired {
-                key: key.to_vec(),
-                limit: state.limit,
-                waited: now.saturating_duration_since(held.since),
+            state.deferred += 1;
+            let waited = now.saturating_duration_since(held.since);
+            // Name what it really waited for: its key's limit, or a
+            // process slot of the shard.
+            let refusal = if state.running >= state.limit {
+                Refusal::HoldExpired {
+                    key: key.to_vec(),
+                    limit: state.limit,
+                    waited,
+                }
+            } else {
+                Refusal::BusyExpired { cap: self.max_running, waited }
             };
             self.report(held.job.delnum, refusal.body(), effects);
             self.forget_if_unused(&key);
@@ -393,15 +421,65 @@ impl Core {
         effects.push(Effect::Report { delnum, body });
     }
 
-    /// Drops a key with nothing running or held, so keys from outside
-    /// cannot grow the map without bound.
+    /// Drops a key with nothing running or held once more than
+    /// [`KEY_MEMORY`] keys are known.
     fn forget_if_unused(&mut self, key: &Key) {
-        if let Some(state) = self.keys.get(key)
+        if self.keys.len() > KEY_MEMORY
+            && let Some(state) = self.keys.get(key)
             && state.running == 0
             && state.held.is_empty()
         {
             self.keys.remove(key);
         }
+    }
+
+    /// New limits: every known key takes its new limit now. Running
+    /// deliveries are never stopped; a raised limit lets held ones start
+    /// at once, a lowered one lets fewer start from now on.
+    pub fn set_limits(
+        &mut self,
+        limit_of: LimitFn,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.limit_of = limit_of;
+        for state in self.keys.values_mut() {
+            state.limit = (self.limit_of)(&state.key).max(1);
+            if !state.held.is_empty()
+                && state.running < state.limit
+                && !state.queued
+            {
+                state.queued = true;
+                self.ready.push_back(state.key.clone());
+            }
+        }
+        self.schedule(effects);
+    }
+
+    /// The `top` busiest keys (running plus held, then most started),
+    /// for the status page.
+    pub fn key_status(&self, top: usize) -> Vec<KeyStatus> {
+        let mut keys: Vec<&KeyState> = self.keys.values().collect();
+        keys.sort_by(|a, b| {
+            let busy = |k: &KeyState| k.running as usize + k.held.len();
+            busy(b)
+                .cmp(&busy(a))
+                .then(b.held_total.cmp(&a.held_total))
+                .then(b.started.cmp(&a.started))
+                .then(a.key.cmp(&b.key))
+        });
+        keys.into_iter()
+            .take(top)
+            .map(|k| KeyStatus {
+                key: printable(&k.key),
+                running: k.running,
+                held: k.held.len() as u32,
+                limit: k.limit,
+                peak: k.peak,
+                started: k.started,
+                held_total: k.held_total,
+                deferred: k.deferred,
+            })
+            .collect()
     }
 
     fn running_mut(&mut self, id: SlotId) -> Option<&mut Running> {

@@ -9,18 +9,24 @@
 //! a slot that has since been reused is recognised and ignored.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use shardspawn_common::frame::{Done, FrameDecoder, Job};
+use shardspawn_common::frame::{Done, FrameDecoder, JOB, Job, LIMITS};
+use shardspawn_common::limits::Limits;
+use shardspawn_common::status::ShardStatus;
 
 use crate::config::ShardConfig;
 use crate::core::{Core, Effect, Event, LimitFn, SlotId};
 use crate::log::Log;
+use crate::spawn;
 use crate::sys::{self, Interest, Poller};
 
 const JOBS: u64 = 0;
@@ -91,7 +97,22 @@ struct Shard {
     pids: HashMap<Pid, SlotId>,
     buf: Vec<u8>,
     effects: Vec<Effect>,
+    /// When it started, for the status page.
+    started: SystemTime,
+    /// When to publish status next.
+    next_status: Instant,
+    /// A status write failed and was logged; do not log it again.
+    status_failed: bool,
+    /// How every child is spawned, and the program, made once.
+    attr: spawn::Attr,
+    program: CString,
 }
+
+/// How often a shard publishes its status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How many keys the status page lists.
+const STATUS_KEYS: usize = 20;
 
 impl Shard {
     fn new(
@@ -110,6 +131,7 @@ impl Shard {
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
         let core =
             Core::new(cfg.max_running, cfg.hold, cfg.hold_max, limit_of);
+        let cfg_remote = cfg.remote.clone();
         Ok(Shard {
             cfg,
             log,
@@ -127,6 +149,16 @@ impl Shard {
             pids: HashMap::new(),
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
+            started: SystemTime::now(),
+            next_status: Instant::now(),
+            status_failed: false,
+            attr: spawn::Attr::new()?,
+            program: CString::new(cfg_remote.into_vec()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NUL in the remote",
+                )
+            })?,
         })
     }
 
@@ -142,9 +174,17 @@ impl Shard {
                 && self.core.is_idle()
                 && (self.out.is_empty() || !self.results_open)
             {
+                self.publish();
                 return Ok(());
             }
-            self.poller.wait(self.core.next_deadline())?;
+            let mut deadline = self.core.next_deadline();
+            if self.cfg.state_dir.is_some() {
+                deadline =
+                    Some(deadline.map_or(self.next_status, |d| {
+                        d.min(self.next_status)
+                    }));
+            }
+            self.poller.wait(deadline)?;
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
             for t in tokens {
@@ -159,9 +199,55 @@ impl Shard {
             self.core.handle(Event::Tick(now), &mut self.effects);
             self.apply();
             self.flush()?;
+            if now >= self.next_status {
+                self.publish();
+                self.next_status = now + STATUS_EVERY;
+            }
             if cfg!(debug_assertions) {
                 self.core.check_invariants();
             }
+        }
+    }
+
+    /// Writes `shardN` and `shardN.prom` in the state directory, each to
+    /// `.new` first and renamed, so a reader never sees half a file.
+    fn publish(&mut self) {
+        let Some(dir) = &self.cfg.state_dir else { return };
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        };
+        let counters = self.core.counters();
+        let status = ShardStatus {
+            shard: self.cfg.index,
+            pid: std::process::id(),
+            started: unix(self.started),
+            updated: unix(SystemTime::now()),
+            running: self.core.running(),
+            held: self.core.held(),
+            received: counters.received,
+            reported: counters.reported,
+            deferred_by_limit: counters.deferred_by_limit,
+            keys: self.core.key_status(STATUS_KEYS),
+        };
+        let name = format!("shard{}", self.cfg.index);
+        let result = write_atomically(dir, &name, status.render().as_bytes())
+            .and_then(|()| {
+                write_atomically(
+                    dir,
+                    &format!("{name}.prom"),
+                    status.prometheus().as_bytes(),
+                )
+            });
+        match result {
+            Ok(()) => self.status_failed = false,
+            Err(e) if !self.status_failed => {
+                self.status_failed = true;
+                self.log.warn(format_args!(
+                    "unable to write status in {}: {e}",
+                    dir.display()
+                ));
+            }
+            Err(_) => {}
         }
     }
 
@@ -178,17 +264,8 @@ impl Shard {
                     rest += used;
                     match frame {
                         None => {}
-                        Some(Ok((delnum, payload))) => {
-                            match Job::from_payload(delnum, &payload) {
-                                Some(job) => self.core.handle(
-                                    Event::Job { job, now },
-                                    &mut self.effects,
-                                ),
-                                None => {
-                                    self.log.fatal(format_args!("malformed job frame for delnum {delnum}"));
-                                    std::process::exit(101);
-                                }
-                            }
+                        Some(Ok((kind, delnum, payload))) => {
+                            self.frame(kind, delnum, &payload, now)
                         }
                         Some(Err(e)) => {
                             self.log.fatal(format_args!(
@@ -205,6 +282,46 @@ impl Shard {
             Err(e) => {
                 self.log.warn(format_args!("unable to read jobs: {e}"));
                 self.close_jobs();
+            }
+        }
+    }
+
+    /// One frame from the supervisor. Anything malformed means the
+    /// supervisor and this shard disagree on the framing: an internal
+    /// error (exit 101), which the supervisor answers for us.
+    fn frame(&mut self, kind: u8, delnum: u16, payload: &[u8], now: Instant) {
+        match kind {
+            JOB => match Job::from_payload(delnum, payload) {
+                Some(job) => self
+                    .core
+                    .handle(Event::Job { job, now }, &mut self.effects),
+                None => {
+                    self.log.fatal(format_args!(
+                        "malformed job frame for delnum {delnum}"
+                    ));
+                    std::process::exit(101);
+                }
+            },
+            LIMITS => match Limits::parse(payload) {
+                Ok(limits) => {
+                    self.log.info(format_args!(
+                        "limits in force: default {}, {} rules",
+                        limits.default_limit(),
+                        limits.rules().count()
+                    ));
+                    let limit_of: LimitFn =
+                        Box::new(move |key| limits.limit_of_key(key));
+                    self.core.set_limits(limit_of, &mut self.effects);
+                }
+                Err(e) => {
+                    // The supervisor checked this text before sending it.
+                    self.log.fatal(format_args!("limits frame: {e}"));
+                    std::process::exit(101);
+                }
+            },
+            _ => {
+                self.log.fatal(format_args!("frame of unknown kind {kind}"));
+                std::process::exit(101);
             }
         }
     }
@@ -295,7 +412,8 @@ impl Shard {
 
     fn start(&mut self, id: SlotId, job: Job) {
         let started = sys::start(
-            &self.cfg.remote,
+            &self.attr,
+            &self.program,
             self.cfg.owner_uid,
             &job.messid,
             &job.sender,
@@ -376,4 +494,15 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// Writes `dir/name.new` and renames it to `dir/name`.
+pub fn write_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let new = dir.join(format!("{name}.new"));
+    std::fs::write(&new, bytes)?;
+    std::fs::rename(&new, dir.join(name))
 }

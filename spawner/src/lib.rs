@@ -31,6 +31,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod log;
+pub mod spawn;
 pub mod sys;
 
 pub use config::ShardConfig;

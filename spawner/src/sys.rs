@@ -1,16 +1,15 @@
 //! Every syscall a shard makes, behind small functions with one error
-//! convention (`io::Result`, errno kept). No `unsafe`: nix and std do the
-//! raw calls.
+//! convention (`io::Result`, errno kept). No `unsafe` here: nix and std
+//! do the raw calls, and [`crate::spawn`] the one nix does not offer.
 //!
 //! Descriptors are created close-on-exec (std and `pipe2` both do), so a
 //! qmail-remote inherits exactly fds 0, 1 and 2 and nothing else.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -23,6 +22,8 @@ use nix::unistd::Pid;
 
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::ChildEnd;
+
+use crate::spawn;
 
 /// Converts a nix error into an `io::Error` with the same errno.
 pub fn io_err(e: Errno) -> io::Error {
@@ -108,7 +109,8 @@ pub struct Started {
 /// 10–13), makes the output pipe and runs `program host sender
 /// recipient` with the message on fd 0 and the pipe on fds 1 and 2.
 pub fn start(
-    program: &OsStr,
+    attr: &spawn::Attr,
+    program: &CStr,
     owner_uid: u32,
     messid: &[u8],
     sender: &[u8],
@@ -123,7 +125,7 @@ pub fn start(
     // as with stock, and means nothing for a regular file.
     let message = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc_o_nonblock())
+        .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(OsStr::from_bytes(messid))
         .map_err(|e| {
             StartError::refusal(Refusal::OpenMessage, "open message", Some(e))
@@ -140,28 +142,22 @@ pub fn start(
     let (read, write) = child_pipe().map_err(|e| {
         StartError::refusal(Refusal::CreatePipe, "create pipe", Some(e))
     })?;
-    let write2 = write.try_clone().map_err(|e| {
-        StartError::refusal(Refusal::CreatePipe, "create pipe", Some(e))
-    })?;
-    let mut cmd = Command::new(program);
-    cmd.arg(OsStr::from_bytes(host))
-        .arg(OsStr::from_bytes(sender))
-        .arg(OsStr::from_bytes(recipient))
-        .stdin(Stdio::from(message))
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::from(write2));
-    match cmd.spawn() {
-        // The Child handle is dropped without waiting: the shard reaps
-        // every child itself with waitpid(-1).
-        Ok(child) => {
-            Ok(Started { pid: Pid::from_raw(child.id() as i32), output: read })
-        }
+    // The fields come from NUL-terminated frames: they hold no NUL.
+    let arg = |b: &[u8]| CString::new(b).expect("a command field has no NUL");
+    let (host, sender, recipient) = (arg(host), arg(sender), arg(recipient));
+    let argv =
+        [program, host.as_c_str(), sender.as_c_str(), recipient.as_c_str()];
+    match spawn::spawn(attr, &argv, message.as_fd(), write.as_fd()) {
+        // The parent's copies of the message and the write end close
+        // here; EOF on `read` then means the child and anything it
+        // started are done writing.
+        Ok(pid) => Ok(Started { pid, output: read }),
         Err(e) => Err(spawn_failure(e)),
     }
 }
 
-/// std reports a failed exec to the parent instead of running a child
-/// that exits; give qmail-send what stock would: a temporary errno is
+/// posix_spawn reports a failed exec to the parent instead of running a
+/// child that exits; give qmail-send what stock would: a temporary errno is
 /// exit 111 (`Z`), any other exit 100 (`D`, so a missing program bounces,
 /// as with stock). EAGAIN and ENOMEM are the fork's own failures.
 fn spawn_failure(e: io::Error) -> StartError {
@@ -175,10 +171,6 @@ fn spawn_failure(e: io::Error) -> StartError {
         what: "run qmail-remote",
         error: Some(e),
     }
-}
-
-fn libc_o_nonblock() -> i32 {
-    OFlag::O_NONBLOCK.bits()
 }
 
 /// A pipe whose read end is non-blocking (the shard's) and whose write
@@ -355,9 +347,4 @@ impl Poller {
 /// Lossy text of bytes for logs.
 pub fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
-}
-
-/// The program name qmail-rspawn runs when `QMAILREMOTE` is unset.
-pub fn default_remote() -> OsString {
-    OsString::from("qmail-remote")
 }

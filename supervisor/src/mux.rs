@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -16,16 +16,26 @@ use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
 use shardspawn_common::domain;
-use shardspawn_common::frame::Job;
+use shardspawn_common::frame::{DONE, Job, encode_limits};
 use shardspawn_common::record;
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::ChildEnd;
+use shardspawn_common::status::SupervisorStatus;
 use shardspawn_common::validate;
 use shardspawn_spawner::log::Log;
 use shardspawn_spawner::sys::{self, Interest, Poller};
 
 use crate::shards::Shard;
-use crate::startup::{FIELD_LIMIT, Runtime};
+use shardspawn_spawner::driver::write_atomically;
+
+use crate::startup::{self, FIELD_LIMIT, LimitsSource, Runtime};
+
+/// How often the limits file is looked at (qmail-start's children never
+/// get qmail-send's HUP, so a change must be noticed by itself).
+const LIMITS_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the supervisor publishes its status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 const QMAIL: u64 = 0;
 const SIGNALS: u64 = 1;
@@ -86,6 +96,13 @@ struct Mux {
     shards: Vec<Shard>,
     /// Shard processes that are gone from `shards` but not yet reaped.
     dying: Vec<Pid>,
+    /// When to look at the limits file again, and to publish status.
+    next_limits_check: Instant,
+    next_status: Instant,
+    started: SystemTime,
+    results: u64,
+    restarts: u64,
+    status_failed: bool,
     buf: Vec<u8>,
 }
 
@@ -112,6 +129,12 @@ impl Mux {
             out: Vec::new(),
             shards,
             dying: Vec::new(),
+            next_limits_check: Instant::now() + LIMITS_EVERY,
+            next_status: Instant::now(),
+            started: SystemTime::now(),
+            results: 0,
+            restarts: 0,
+            status_failed: false,
             buf: vec![0; 64 * 1024],
         })
     }
@@ -133,6 +156,11 @@ impl Mux {
     fn start_shard(&mut self, i: usize) -> io::Result<()> {
         let shard = &mut self.shards[i];
         shard.start(&self.rt.shard)?;
+        // A new shard learns the limits before any job: the outbox holds
+        // only whole frames while a shard is down.
+        let mut first = Vec::new();
+        encode_limits(&self.rt.limits.text, &mut first);
+        shard.outbox.splice(0..0, first);
         let live = shard.live.as_ref().expect("just started");
         self.poller.add(
             live.results.as_fd(),
@@ -157,8 +185,12 @@ impl Mux {
                 }
                 return Ok(());
             }
-            let deadline =
-                self.shards.iter().filter_map(|s| s.restart_at).min();
+            let deadline = self
+                .shards
+                .iter()
+                .filter_map(|s| s.restart_at)
+                .chain([self.next_limits_check, self.next_status])
+                .min();
             self.poller.wait(deadline)?;
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
@@ -181,10 +213,18 @@ impl Mux {
                 }
             }
             self.restart_due(now);
+            if now >= self.next_limits_check {
+                self.next_limits_check = now + LIMITS_EVERY;
+                self.reload_limits(false);
+            }
             for i in 0..self.shards.len() {
                 self.flush_jobs(i);
             }
             self.flush_out();
+            if now >= self.next_status {
+                self.next_status = now + STATUS_EVERY;
+                self.publish();
+            }
         }
     }
 
@@ -266,7 +306,7 @@ impl Mux {
     fn signals(&mut self) {
         for signo in sys::drain_signals(&self.signals) {
             if signo == Signal::SIGHUP as i32 {
-                self.log.info(format_args!("SIGHUP: nothing to reload"));
+                self.reload_limits(true);
             }
         }
         while let Some((pid, end)) = sys::reap() {
@@ -275,6 +315,74 @@ impl Mux {
                 self.log
                     .warn(format_args!("shard process {pid} ended: {end:?}"));
             }
+        }
+    }
+
+    /// Reads the limits file again if it changed (or if `force`, on
+    /// SIGHUP). A good file goes to every shard, in order with the jobs,
+    /// and applies to the next spawns; a broken one is logged and the
+    /// limits in force stay.
+    fn reload_limits(&mut self, force: bool) {
+        let path = self.rt.limits.path.clone();
+        if !force && startup::stamp(&path) == self.rt.limits.stamp {
+            return;
+        }
+        match LimitsSource::read(&path) {
+            Ok(new) => {
+                if new.text == self.rt.limits.text && !force {
+                    self.rt.limits.stamp = new.stamp;
+                    return;
+                }
+                self.log.info(format_args!(
+                    "limits reloaded from {}: default {}, {} rules",
+                    path.display(),
+                    new.limits.default_limit(),
+                    new.limits.rules().count()
+                ));
+                self.rt.limits = new;
+                for shard in &mut self.shards {
+                    if shard.live.is_some() {
+                        encode_limits(&self.rt.limits.text, &mut shard.outbox);
+                    }
+                }
+            }
+            Err(e) => {
+                // Remember the stamp: one warning per broken version.
+                self.rt.limits.stamp = startup::stamp(&path);
+                self.log.warn(format_args!(
+                    "limits not reloaded, keeping the ones in force: {e}"
+                ));
+            }
+        }
+    }
+
+    /// Writes the `supervisor` status file.
+    fn publish(&mut self) {
+        let Some(dir) = &self.rt.state_dir else { return };
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        };
+        let status = SupervisorStatus {
+            pid: std::process::id(),
+            started: unix(self.started),
+            updated: unix(SystemTime::now()),
+            slots: self.rt.slots,
+            delnum_bytes: self.rt.width.bytes() as u8,
+            shards: self.rt.shards,
+            in_flight: self.shards.iter().map(|s| s.in_flight).sum(),
+            results: self.results,
+            restarts: self.restarts,
+        };
+        match write_atomically(dir, "supervisor", status.render().as_bytes()) {
+            Ok(()) => self.status_failed = false,
+            Err(e) if !self.status_failed => {
+                self.status_failed = true;
+                self.log.warn(format_args!(
+                    "unable to write status in {}: {e}",
+                    dir.display()
+                ));
+            }
+            Err(_) => {}
         }
     }
 
@@ -300,7 +408,13 @@ impl Mux {
             at += used;
             match frame {
                 None => {}
-                Some(Ok((delnum, mut body))) => {
+                Some(Ok((kind, _, _))) if kind != DONE => {
+                    self.log.warn(format_args!(
+                        "shard {i} sent a frame of kind {kind}; killing it"
+                    ));
+                    return self.shard_down(i, now, "sent garbage");
+                }
+                Some(Ok((_, delnum, mut body))) => {
                     if self.owner.get(usize::from(delnum)) != Some(&(i as u16))
                     {
                         self.log.warn(format_args!(
@@ -384,6 +498,7 @@ impl Mux {
                 continue;
             }
             self.shards[i].restarts += 1;
+            self.restarts += 1;
             if let Err(e) = self.start_shard(i) {
                 let shard = &mut self.shards[i];
                 shard.live = None;
@@ -427,6 +542,7 @@ impl Mux {
     }
 
     fn record(&mut self, delnum: u16, body: &[u8]) {
+        self.results += 1;
         if self.writing {
             record::encode(self.rt.width, delnum, body, &mut self.out);
         }

@@ -104,9 +104,8 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
                     .ok_or_else(|| bad("not a number >= 0"))?
             }
             "--shards" => {
-                o.shards = Some(
-                    u16::try_from(num(1)?).map_err(|_| bad("too many"))?,
-                )
+                o.shards =
+                    Some(u16::try_from(num(1)?).map_err(|_| bad("too many"))?)
             }
             "--slots" => {
                 let n = num(1)?;
@@ -171,7 +170,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
             .map(|n| n.get().min(1024) as u16)
             .unwrap_or(1)
     });
-    let width = if o.slots > 255 { DelnumWidth::Two } else { DelnumWidth::One };
+    let width =
+        if o.slots > 255 { DelnumWidth::Two } else { DelnumWidth::One };
 
     eprintln!(
         "shardspawn simulate: writing {} messages to {} domains (skew {:.2})",
@@ -191,7 +191,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         .env("QMAILREMOTE", &remote_bin)
         .env(remote::ENV_RECORD, &record)
         .env(remote::ENV_LATENCY_MS, o.latency_ms.to_string());
-    let opts = Options { stderr: Stderr::File(log.clone()), ..Options::default() };
+    let opts =
+        Options { stderr: Stderr::File(log.clone()), ..Options::default() };
     let mut emu = Emulator::start(cmd, width, opts)
         .map_err(|e| format!("unable to start shardspawn: {e}"))?;
     let slots = usize::from(emu.slots());
@@ -210,7 +211,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         slots,
         Instant::now() + patience,
         |p: &Progress| {
-            if last.elapsed() >= Duration::from_millis(500) || p.done == p.total
+            if last.elapsed() >= Duration::from_millis(500)
+                || p.done == p.total
             {
                 last = Instant::now();
                 progress(p);
@@ -269,7 +271,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         exit.map_or("did not exit".to_string(), |s| s.to_string())
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "  {:<16} {:>10} {:>8}", "domain", "deliveries", "peak");
+    let _ =
+        writeln!(out, "  {:<16} {:>10} {:>8}", "domain", "deliveries", "peak");
     let mut by_volume: Vec<(&String, &usize)> = volume.iter().collect();
     by_volume.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (host, n) in by_volume.iter().take(10) {
@@ -285,7 +288,11 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         .filter(|l| l.contains(": warning: ") || l.contains(": fatal: "))
         .collect();
     if !warnings.is_empty() {
-        let _ = writeln!(out, "\n  shardspawn logged {} warnings:", warnings.len());
+        let _ = writeln!(
+            out,
+            "\n  shardspawn logged {} warnings:",
+            warnings.len()
+        );
         for w in warnings.iter().take(10) {
             let _ = writeln!(out, "    {w}");
         }
@@ -310,7 +317,12 @@ fn progress(p: &Progress) {
     let rate = p.done as f64 / p.elapsed.as_secs_f64().max(1e-9);
     eprint!(
         "\r  {:>7}/{} done  {:>6} in flight  {:>7.0}/s  K {} Z {} D {}   ",
-        p.done, p.total, p.in_flight, rate, p.letters.k, p.letters.z,
+        p.done,
+        p.total,
+        p.in_flight,
+        rate,
+        p.letters.k,
+        p.letters.z,
         p.letters.d
     );
 }

@@ -7,12 +7,13 @@ use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Uid, User};
 
 use shardspawn_common::command::DelnumWidth;
+use shardspawn_common::limits::Limits;
 use shardspawn_common::settings::{QueueOwner, Settings};
 use shardspawn_spawner::ShardConfig;
 use shardspawn_spawner::log::Log;
@@ -54,6 +55,47 @@ impl Fatal {
     }
 }
 
+/// What identifies one version of the limits file, to notice a change:
+/// inode, size and modification time, or `None` while it is absent.
+pub type Stamp = Option<(u64, u64, i64, i64)>;
+
+/// The stamp of the file at `path` now.
+pub fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The limits in force and where they came from.
+#[derive(Clone, Debug)]
+pub struct LimitsSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Its stamp when read.
+    pub stamp: Stamp,
+    /// What it said (empty when absent): sent to every shard.
+    pub text: Vec<u8>,
+    /// Parsed.
+    pub limits: Limits,
+}
+
+impl LimitsSource {
+    /// Reads the file; absent means every domain gets the default.
+    pub fn read(path: &Path) -> Result<LimitsSource, String> {
+        let stamp = stamp(path);
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(format!("unable to read {}: {e}", path.display()));
+            }
+        };
+        let limits = Limits::parse(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(LimitsSource { path: path.to_path_buf(), stamp, text, limits })
+    }
+}
+
 /// The resolved run-time configuration.
 #[derive(Clone, Debug)]
 pub struct Runtime {
@@ -65,12 +107,22 @@ pub struct Runtime {
     pub shards: u16,
     /// What each shard is told, but its index.
     pub shard: ShardConfig,
+    /// The per-destination limits.
+    pub limits: LimitsSource,
+    /// Where the supervisor publishes its status, if it can.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Does qmail-rspawn's startup duties and resolves the settings. On
 /// success the working directory is `HOME/queue/mess`.
 pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
-    let home = &settings.home;
+    let home = std::path::absolute(&settings.home).map_err(|e| {
+        Fatal::Temporary(format!(
+            "unable to find {}: {e}",
+            settings.home.display()
+        ))
+    })?;
+    let home = &home;
     std::env::set_current_dir(home)
         .and_then(|()| std::env::set_current_dir("queue/mess"))
         .map_err(|e| {
@@ -96,6 +148,37 @@ pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
         },
     };
     clean_tcpto(Path::new("../lock/tcpto"));
+
+    // Relative to the home, like every qmail control file; the home is
+    // made absolute first, as the working directory is queue/mess now.
+    let limits_path =
+        Settings { home: home.clone(), ..settings.clone() }.limits_path();
+    let limits = LimitsSource::read(&limits_path).map_err(|e| {
+        if e.starts_with("unable to read") {
+            Fatal::Temporary(e)
+        } else {
+            Fatal::Config(e)
+        }
+    })?;
+    log.info(format_args!(
+        "limits from {}{}: default {}, {} rules",
+        limits_path.display(),
+        if limits.stamp.is_none() { " (absent)" } else { "" },
+        limits.limits.default_limit(),
+        limits.limits.rules().count()
+    ));
+    let state_dir = home.join(&settings.state_dir);
+    let state_dir = match std::fs::create_dir_all(&state_dir) {
+        Ok(()) => Some(state_dir),
+        Err(e) => {
+            log.warn(format_args!(
+                "unable to create the state directory {}: {e}; no status \
+                 will be published",
+                state_dir.display()
+            ));
+            None
+        }
+    };
 
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
@@ -132,9 +215,13 @@ pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
         }
     }
     let slots = u32::try_from(slots).unwrap_or(u32::MAX).max(1);
+    // The global cap is kept as an equal share per shard: the sum never
+    // exceeds it, and no shard has to ask another for room.
     let max_running = settings
         .max_running
         .unwrap_or(slots)
+        .div_ceil(u32::from(shards))
+        .max(1)
         .min(u32::try_from(per_shard_fds).unwrap_or(u32::MAX))
         .min(u32::try_from(procs).unwrap_or(u32::MAX));
 
@@ -153,8 +240,10 @@ pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
             max_running,
             hold: settings.hold,
             hold_max: settings.hold_max,
-            limits: None,
+            state_dir: state_dir.clone(),
         },
+        limits,
+        state_dir,
     })
 }
 

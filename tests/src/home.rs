@@ -27,6 +27,13 @@ pub const ENV_KEEP_TMP: &str = "SHARDSPAWN_KEEP_TMP";
 /// Homes made by this process so far: part of each unique name.
 static MADE: AtomicUsize = AtomicUsize::new(0);
 
+/// The limits file, relative to the home.
+pub const LIMITS: &str = "control/concurrencydomains";
+
+/// What [`QmailHome::new`] writes there: a default limit so high that
+/// nothing is limited.
+pub const NO_LIMITS: &[u8] = b"# written by the test harness\n:65535\n";
+
 /// A temporary qmail home, removed on drop unless [`ENV_KEEP_TMP`] is set.
 #[derive(Debug)]
 pub struct QmailHome {
@@ -61,6 +68,10 @@ impl QmailHome {
         fs::create_dir_all(home.path.join("queue/lock"))?;
         fs::write(home.tcpto_path(), [0xFF; TCPTO_LEN])?;
         fs::create_dir_all(home.path.join("control"))?;
+        // Without a limits file every domain would be held to the
+        // default of 20 at once; tests that are not about limits want
+        // none, and tests that are write their own (or remove this).
+        fs::write(home.path.join(LIMITS), NO_LIMITS)?;
         Ok(home)
     }
 
