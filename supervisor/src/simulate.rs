@@ -16,7 +16,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use shardspawn_common::command::DelnumWidth;
+use shardspawn_common::domain::{self, printable};
+use shardspawn_common::limits::Limits;
+use shardspawn_common::status::{KeyStatus, ShardStatus};
 use shardspawn_harness::emulator::{Emulator, Options, Progress, Stderr};
 use shardspawn_harness::home::QmailHome;
 use shardspawn_harness::recorder::Recording;
@@ -26,7 +31,8 @@ use shardspawn_harness::workload;
 const USAGE: &str = "\
 usage: shardspawn simulate [--messages N] [--domains N] [--skew F]
                            [--shards N] [--slots N] [--latency-ms N]
-                           [--seed N] [--keep]
+                           [--seed N] [--limits FILE] [--hold-seconds N]
+                           [--keep]
 
 Runs the real supervisor and shards against an emulated qmail-send and a
 stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
@@ -40,6 +46,9 @@ stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
                   selects the 2-byte framing            (default 1000)
   --latency-ms N  how long each stand-in delivery takes (default 50)
   --seed N        workload seed                         (default 1)
+  --limits FILE   per-destination limits file, in the syntax of
+                  control/concurrencydomains          (default: none)
+  --hold-seconds N  longest a delivery waits for its key (default 120)
   --keep          keep the scratch qmail home and its logs
 ";
 
@@ -52,6 +61,8 @@ struct Plan {
     slots: u32,
     latency_ms: u64,
     seed: u64,
+    limits: Option<PathBuf>,
+    hold_seconds: Option<u64>,
     keep: bool,
 }
 
@@ -64,6 +75,8 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
         slots: 1000,
         latency_ms: 50,
         seed: 1,
+        limits: None,
+        hold_seconds: None,
         keep: false,
     };
     let mut it = args.iter();
@@ -116,6 +129,8 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
             }
             "--latency-ms" => o.latency_ms = num(0)?,
             "--seed" => o.seed = num(0)?,
+            "--limits" => o.limits = Some(PathBuf::from(&value)),
+            "--hold-seconds" => o.hold_seconds = Some(num(1)?),
             _ => return Err(format!("{flag}: unknown flag")),
         }
     }
@@ -179,6 +194,23 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     );
     let deliveries =
         workload::generate(&home, o.messages, o.domains, o.skew, o.seed, "");
+    // No --limits: nothing is limited (not the product's default of 20
+    // per domain), so that runs with and without limits compare.
+    let limits_text = match &o.limits {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| format!("unable to read {}: {e}", path.display()))?,
+        None => b":65535\n".to_vec(),
+    };
+    let limits = Limits::parse(&limits_text).map_err(|e| {
+        format!(
+            "{}: {e}",
+            o.limits
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        )
+    })?;
+    home.write_file("control/concurrencydomains", &limits_text)
+        .map_err(|e| format!("unable to write the limits file: {e}"))?;
 
     let mut cmd = Command::new(&me);
     cmd.env_clear()
@@ -188,9 +220,13 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         .env("SHARDSPAWN_SHARDS", shards.to_string())
         .env("SHARDSPAWN_SLOTS", o.slots.to_string())
         .env("SHARDSPAWN_DELNUM_BYTES", width_bytes(width))
+        .env("SHARDSPAWN_STATE_DIR", "state")
         .env("QMAILREMOTE", &remote_bin)
         .env(remote::ENV_RECORD, &record)
         .env(remote::ENV_LATENCY_MS, o.latency_ms.to_string());
+    if let Some(h) = o.hold_seconds {
+        cmd.env("SHARDSPAWN_HOLD_SECONDS", h.to_string());
+    }
     let opts =
         Options { stderr: Stderr::File(log.clone()), ..Options::default() };
     let mut emu = Emulator::start(cmd, width, opts)
@@ -225,13 +261,26 @@ fn simulate(o: &Plan) -> Result<bool, String> {
 
     let recording = Recording::read(&record)
         .map_err(|e| format!("unable to read {}: {e}", record.display()))?;
-    let peaks = recording.peak_by(|host| host.to_string());
-    let mut volume = std::collections::BTreeMap::<String, usize>::new();
+    let key_of = |host: &[u8]| limits.lookup(&domain::normalise(host)).key;
+    let peaks = recording.peak_by(|host| printable(&key_of(host.as_bytes())));
+    // Per key: deliveries, and the limit.
+    let mut volume = BTreeMap::<String, (usize, u32)>::new();
     for d in &deliveries {
-        let host = shardspawn_common::domain::host(&d.recipient)
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .unwrap_or_default();
-        *volume.entry(host).or_default() += 1;
+        let host = domain::host(&d.recipient).unwrap_or_default();
+        let m = limits.lookup(&domain::normalise(host));
+        volume.entry(printable(&m.key)).or_insert((0, m.limit)).0 += 1;
+    }
+    // What the shards counted: held and deferred per key, from their
+    // last status files.
+    let mut counted = BTreeMap::<String, KeyStatus>::new();
+    for i in 0..shards {
+        let path = home.path().join(format!("state/shard{i}"));
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        if let Ok(status) = ShardStatus::parse(&text) {
+            for k in status.keys {
+                counted.insert(k.key.clone(), k);
+            }
+        }
     }
 
     let secs = report.elapsed.as_secs_f64().max(1e-9);
@@ -240,8 +289,16 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     let _ = writeln!(
         out,
         "shardspawn simulate: {} deliveries, {} domains (skew {:.2}), {} \
-         shards, {} slots, stand-in latency {} ms",
-        o.messages, o.domains, o.skew, shards, slots, o.latency_ms
+         shards, {} slots, stand-in latency {} ms, limits {}",
+        o.messages,
+        o.domains,
+        o.skew,
+        shards,
+        slots,
+        o.latency_ms,
+        o.limits
+            .as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string())
     );
     let _ = writeln!(out, "  elapsed          {:.2} s", secs);
     let _ = writeln!(
@@ -271,16 +328,29 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         exit.map_or("did not exit".to_string(), |s| s.to_string())
     );
     let _ = writeln!(out);
-    let _ =
-        writeln!(out, "  {:<16} {:>10} {:>8}", "domain", "deliveries", "peak");
-    let mut by_volume: Vec<(&String, &usize)> = volume.iter().collect();
-    by_volume.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (host, n) in by_volume.iter().take(10) {
-        let peak = peaks.get(*host).copied().unwrap_or(0);
-        let _ = writeln!(out, "  {host:<16} {n:>10} {peak:>8}");
+    let _ = writeln!(
+        out,
+        "  {:<16} {:>10} {:>6} {:>6} {:>8} {:>9}",
+        "key", "deliveries", "limit", "peak", "held", "deferred"
+    );
+    let mut by_volume: Vec<(&String, &(usize, u32))> = volume.iter().collect();
+    by_volume.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+    for (key, (n, limit)) in by_volume.iter().take(12) {
+        let peak = peaks.get(*key).copied().unwrap_or(0);
+        let limit =
+            if *limit >= 65535 { "-".to_string() } else { limit.to_string() };
+        let (held, deferred) = counted
+            .get(*key)
+            .map_or(("?".to_string(), "?".to_string()), |k| {
+                (k.held_total.to_string(), k.deferred.to_string())
+            });
+        let _ = writeln!(
+            out,
+            "  {key:<16} {n:>10} {limit:>6} {peak:>6} {held:>8} {deferred:>9}"
+        );
     }
-    if by_volume.len() > 10 {
-        let _ = writeln!(out, "  ({} more domains)", by_volume.len() - 10);
+    if by_volume.len() > 12 {
+        let _ = writeln!(out, "  ({} more keys)", by_volume.len() - 12);
     }
     let warnings = std::fs::read_to_string(&log).unwrap_or_default();
     let warnings: Vec<&str> = warnings
