@@ -1,6 +1,7 @@
 //! The command line: no arguments (as qmail-start runs it) or settings
-//! flags run the supervisor; `simulate` runs the demo; `shard` is how the
-//! supervisor starts its shards.
+//! flags run the supervisor; `simulate` runs the demo; `limits` and
+//! `status` are the admin's tools; `shard` is how the supervisor starts
+//! its shards.
 
 use std::ffi::OsString;
 
@@ -8,7 +9,7 @@ use shardspawn_common::settings::Settings;
 use shardspawn_spawner::ShardConfig;
 use shardspawn_spawner::log::Log;
 
-use crate::{limits_cmd, mux, simulate, startup};
+use crate::{limits_cmd, mux, simulate, startup, status_cmd};
 
 const USAGE: &str = "\
 usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
@@ -18,6 +19,7 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
        shardspawn simulate [--help] [options]
        shardspawn limits check [FILE]
        shardspawn limits explain DOMAIN...
+       shardspawn status [--json] [--keys N] [--state-dir DIR]
 
 Run with no arguments as qmail-rspawn under qmail-start: settings come
 from the SHARDSPAWN_* environment variables (and QMAILREMOTE).
@@ -30,6 +32,7 @@ pub fn main() -> i32 {
         Some("shard") => shard(&args[1..]),
         Some("simulate") => simulate::main(&args[1..]),
         Some("limits") => limits_cmd::main(&args[1..]),
+        Some("status") => status_cmd::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

@@ -23,3 +23,4 @@ pub mod mux;
 pub mod shards;
 pub mod simulate;
 pub mod startup;
+pub mod status_cmd;

@@ -1,0 +1,411 @@
+//! `shardspawn status`: the `qmail-qstat` of shardspawn. It reads only
+//! what the supervisor and shards publish in the state directory, never
+//! touches their pipes, and says plainly when nothing is running or what
+//! it reads is stale.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use shardspawn_common::settings::Settings;
+use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
+
+const USAGE: &str = "\
+usage: shardspawn status [--json] [--keys N] [--state-dir DIR]
+
+Shows the running spawner, each shard, and the busiest limit keys, from
+the status files in the state directory (SHARDSPAWN_STATE_DIR under
+SHARDSPAWN_HOME, default /run/shardspawn). Exit 0: running; 1: not
+running, or its status is stale; 111: the state directory is unreadable.
+";
+
+/// Status files older than this are stale: every process rewrites its
+/// file each second.
+const STALE_AFTER: u64 = 5;
+
+/// What a process's status file says about it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Alive and its file is fresh.
+    Up,
+    /// Alive, but its file has not been rewritten lately.
+    Stale,
+    /// Its pid is gone.
+    Down,
+}
+
+impl State {
+    fn word(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Stale => "stale",
+            State::Down => "down",
+        }
+    }
+}
+
+fn state_of(pid: u32, updated: u64, now: u64) -> State {
+    let alive = i32::try_from(pid).is_ok_and(|p| {
+        p > 0
+            && matches!(
+                kill(Pid::from_raw(p), None),
+                Ok(()) | Err(Errno::EPERM)
+            )
+    });
+    if !alive {
+        State::Down
+    } else if now.saturating_sub(updated) > STALE_AFTER {
+        State::Stale
+    } else {
+        State::Up
+    }
+}
+
+/// Runs `status ...`; returns the exit code.
+pub fn main(args: &[OsString]) -> i32 {
+    let mut json = false;
+    let mut top = 10usize;
+    let mut dir: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--json") => json = true,
+            Some("--keys") => {
+                match it.next().and_then(|v| v.to_str()?.parse().ok()) {
+                    Some(n) => top = n,
+                    None => return usage(),
+                }
+            }
+            Some("--state-dir") => match it.next() {
+                Some(v) => dir = Some(PathBuf::from(v)),
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            match Settings::from_env_and_args(&|k| std::env::var_os(k), &[]) {
+                Ok(s) => s.home.join(&s.state_dir),
+                Err(e) => {
+                    eprintln!("shardspawn status: bad setting: {e}");
+                    return 100;
+                }
+            }
+        }
+    };
+    match gather(&dir) {
+        Ok(view) => {
+            if json {
+                print!("{}", view.json(top));
+            } else {
+                print!("{}", view.text(top));
+            }
+            if view.supervisor.as_ref().is_some_and(|(_, s)| *s == State::Up) {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "shardspawn status: unable to read {}: {e}",
+                dir.display()
+            );
+            111
+        }
+    }
+}
+
+fn usage() -> i32 {
+    eprint!("{USAGE}");
+    100
+}
+
+/// Everything the state directory says.
+pub struct View {
+    /// The directory read.
+    pub dir: PathBuf,
+    /// When it was read (Unix seconds).
+    pub now: u64,
+    /// The supervisor's status, if it has written one.
+    pub supervisor: Option<(SupervisorStatus, State)>,
+    /// Each shard's, by index.
+    pub shards: Vec<(ShardStatus, State)>,
+}
+
+/// Reads the state directory.
+pub fn gather(dir: &Path) -> std::io::Result<View> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut shards = Vec::new();
+    let mut supervisor = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_shard = name.strip_prefix("shard").is_some_and(|n| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        if name != "supervisor" && !is_shard {
+            continue;
+        }
+        // A file replaced or removed between listing and reading is
+        // simply skipped: the next run sees the new one.
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        if is_shard {
+            if let Ok(s) = ShardStatus::parse(&text) {
+                let state = state_of(s.pid, s.updated, now);
+                shards.push((s, state));
+            }
+        } else if let Ok(s) = SupervisorStatus::parse(&text) {
+            let state = state_of(s.pid, s.updated, now);
+            supervisor = Some((s, state));
+        }
+    }
+    shards.sort_by_key(|(s, _)| s.shard);
+    Ok(View { dir: dir.to_path_buf(), now, supervisor, shards })
+}
+
+impl View {
+    /// The busiest keys over all live shards: (shard, key).
+    fn keys(&self, top: usize) -> Vec<(u16, &KeyStatus)> {
+        let mut keys: Vec<(u16, &KeyStatus)> = self
+            .shards
+            .iter()
+            .filter(|(_, state)| *state != State::Down)
+            .flat_map(|(s, _)| s.keys.iter().map(move |k| (s.shard, k)))
+            .collect();
+        keys.sort_by(|(_, a), (_, b)| {
+            (b.running + b.held)
+                .cmp(&(a.running + a.held))
+                .then(b.deferred.cmp(&a.deferred))
+                .then(b.started.cmp(&a.started))
+        });
+        keys.truncate(top);
+        keys
+    }
+
+    /// The human-readable page.
+    pub fn text(&self, top: usize) -> String {
+        let mut out = String::new();
+        match &self.supervisor {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "shardspawn: not running (no status in {})",
+                    self.dir.display()
+                );
+            }
+            Some((s, state)) => {
+                let _ = writeln!(
+                    out,
+                    "shardspawn: {} (pid {}) {} seconds, {} shards, {} slots \
+                     ({}-byte delnums), {} in flight, {} results, {} shard \
+                     restarts{}",
+                    state.word(),
+                    s.pid,
+                    self.now.saturating_sub(s.started),
+                    s.shards,
+                    s.slots,
+                    s.delnum_bytes,
+                    s.in_flight,
+                    s.results,
+                    s.restarts,
+                    match state {
+                        State::Up => String::new(),
+                        _ => format!(
+                            "; last update {} seconds ago",
+                            self.now.saturating_sub(s.updated)
+                        ),
+                    }
+                );
+            }
+        }
+        if !self.shards.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<6} {:<6} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9}",
+                "shard",
+                "state",
+                "pid",
+                "up(s)",
+                "running",
+                "held",
+                "received",
+                "reported",
+                "deferred"
+            );
+            for (s, state) in &self.shards {
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:<6} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9}",
+                    s.shard,
+                    state.word(),
+                    s.pid,
+                    self.now.saturating_sub(s.started),
+                    s.running,
+                    s.held,
+                    s.received,
+                    s.reported,
+                    s.deferred_by_limit
+                );
+            }
+        }
+        let keys = self.keys(top);
+        if !keys.is_empty() {
+            let _ = writeln!(out, "busiest keys:");
+            let _ = writeln!(
+                out,
+                "{:<24} {:>5} {:>8} {:>6} {:>6} {:>6} {:>9}",
+                "key", "shard", "running", "held", "limit", "peak", "deferred"
+            );
+            for (shard, k) in keys {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>5} {:>8} {:>6} {:>6} {:>6} {:>9}",
+                    k.key,
+                    shard,
+                    k.running,
+                    k.held,
+                    k.limit,
+                    k.peak,
+                    k.deferred
+                );
+            }
+        }
+        out
+    }
+
+    /// The same as one JSON object, for scripts.
+    pub fn json(&self, top: usize) -> String {
+        let mut out = String::from("{");
+        let _ = write!(
+            out,
+            "\"state_dir\":{},\"now\":{}",
+            quote(&self.dir.to_string_lossy()),
+            self.now
+        );
+        match &self.supervisor {
+            None => out.push_str(",\"supervisor\":null"),
+            Some((s, state)) => {
+                let _ = write!(
+                    out,
+                    ",\"supervisor\":{{\"state\":\"{}\",\"pid\":{},\"started\":{},\
+                     \"updated\":{},\"slots\":{},\"delnum_bytes\":{},\"shards\":{},\
+                     \"in_flight\":{},\"results\":{},\"restarts\":{}}}",
+                    state.word(),
+                    s.pid,
+                    s.started,
+                    s.updated,
+                    s.slots,
+                    s.delnum_bytes,
+                    s.shards,
+                    s.in_flight,
+                    s.results,
+                    s.restarts
+                );
+            }
+        }
+        out.push_str(",\"shards\":[");
+        for (i, (s, state)) in self.shards.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"shard\":{},\"state\":\"{}\",\"pid\":{},\"started\":{},\
+                 \"updated\":{},\"running\":{},\"held\":{},\"received\":{},\
+                 \"reported\":{},\"deferred_by_limit\":{}}}",
+                s.shard,
+                state.word(),
+                s.pid,
+                s.started,
+                s.updated,
+                s.running,
+                s.held,
+                s.received,
+                s.reported,
+                s.deferred_by_limit
+            );
+        }
+        out.push_str("],\"keys\":[");
+        for (i, (shard, k)) in self.keys(top).into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"key\":{},\"shard\":{},\"running\":{},\"held\":{},\
+                 \"limit\":{},\"peak\":{},\"started\":{},\"held_total\":{},\
+                 \"deferred\":{}}}",
+                quote(&k.key),
+                shard,
+                k.running,
+                k.held,
+                k.limit,
+                k.peak,
+                k.started,
+                k.held_total,
+                k.deferred
+            );
+        }
+        out.push_str("]}\n");
+        out
+    }
+}
+
+/// A JSON string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    #[test]
+    fn a_dead_pid_is_down_and_an_old_update_is_stale() {
+        let me = std::process::id();
+        assert_eq!(state_of(me, 100, 100), State::Up);
+        assert_eq!(state_of(me, 100, 100 + STALE_AFTER + 1), State::Stale);
+        assert_eq!(state_of(0, 100, 100), State::Down);
+        assert_eq!(state_of(u32::MAX, 100, 100), State::Down);
+    }
+
+    #[test]
+    fn an_empty_directory_reads_as_not_running() {
+        let dir = std::env::temp_dir()
+            .join(format!("shardspawn-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let view = gather(&dir).unwrap();
+        assert!(view.supervisor.is_none());
+        assert!(view.text(10).contains("not running"));
+        assert!(view.json(10).contains("\"supervisor\":null"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
