@@ -21,6 +21,7 @@
 //! | `SHARDSPAWN_HOLD_MAX` | `--hold-max` |
 //! | `SHARDSPAWN_MAX_RUNNING` | `--max-running` |
 //! | `SHARDSPAWN_LOG_DIR` | `--log-dir` |
+//! | `SHARDSPAWN_LOGGER` | `--logger` |
 //!
 //! Values from the environment lose any trailing newlines (a file in an
 //! envdir usually ends in one). Numbers and the queue owner also lose
@@ -74,6 +75,10 @@ pub struct Settings {
     pub max_running: Option<u32>,
     /// Where logs go; `None`: fd 2 (standard error).
     pub log_dir: Option<PathBuf>,
+    /// The logger program and its arguments (split on blanks), run for
+    /// each log directory with the directory appended; `None`: `multilog
+    /// t` or `svlogd -tt`, whichever is found.
+    pub logger: Option<Vec<OsString>>,
 }
 
 /// A setting that did not parse. Displays as `SOURCE=VALUE: why`, e.g.
@@ -112,10 +117,11 @@ enum Name {
     HoldMax,
     MaxRunning,
     LogDir,
+    Logger,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 12] = [
+const TABLE: [(Name, &str, &str); 13] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -128,6 +134,7 @@ const TABLE: [(Name, &str, &str); 12] = [
     (Name::HoldMax, "SHARDSPAWN_HOLD_MAX", "--hold-max"),
     (Name::MaxRunning, "SHARDSPAWN_MAX_RUNNING", "--max-running"),
     (Name::LogDir, "SHARDSPAWN_LOG_DIR", "--log-dir"),
+    (Name::Logger, "SHARDSPAWN_LOGGER", "--logger"),
 ];
 
 /// Most shard processes.
@@ -225,6 +232,20 @@ impl Raw {
             return Err(self.error("must not be empty"));
         }
         Ok(self.value.clone())
+    }
+
+    /// A command line: words split on blanks, at least one.
+    fn words(&self) -> Result<Vec<OsString>, SettingsError> {
+        let text = self.trimmed()?;
+        let words: Vec<OsString> = text
+            .split(|b| *b == b' ' || *b == b'\t')
+            .filter(|w| !w.is_empty())
+            .map(|w| OsString::from_vec(w.to_vec()))
+            .collect();
+        if words.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(words)
     }
 
     fn path(&self) -> Result<PathBuf, SettingsError> {
@@ -392,6 +413,7 @@ impl Settings {
             hold_max: get(Name::HoldMax).map(Raw::count).transpose()?,
             max_running: get(Name::MaxRunning).map(Raw::count).transpose()?,
             log_dir: get(Name::LogDir).map(Raw::path).transpose()?,
+            logger: get(Name::Logger).map(Raw::words).transpose()?,
         })
     }
 
@@ -452,6 +474,7 @@ mod tests {
             hold_max: None,
             max_running: None,
             log_dir: None,
+            logger: None,
         };
         assert_eq!(s, want);
         assert_eq!(s.requested_slots(), 255);
@@ -476,6 +499,7 @@ mod tests {
             ("SHARDSPAWN_HOLD_MAX", "9"),
             ("SHARDSPAWN_MAX_RUNNING", "800"),
             ("SHARDSPAWN_LOG_DIR", "/var/log/s"),
+            ("SHARDSPAWN_LOGGER", "multilog t s999999"),
         ];
         let want = Settings {
             home: PathBuf::from("/q"),
@@ -490,6 +514,9 @@ mod tests {
             hold_max: Some(9),
             max_running: Some(800),
             log_dir: Some(PathBuf::from("/var/log/s")),
+            logger: Some(
+                ["multilog", "t", "s999999"].map(OsString::from).to_vec(),
+            ),
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
         let mut args = Vec::new();

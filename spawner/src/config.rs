@@ -25,6 +25,11 @@ pub struct ShardConfig {
     /// Where to publish live status (`shardN`, `shardN.prom`); `None`:
     /// nowhere.
     pub state_dir: Option<PathBuf>,
+    /// The log directory; the shard logs into `shardN` under it, through
+    /// `logger`. `None`: fd 2 as inherited.
+    pub log_dir: Option<PathBuf>,
+    /// The logger program and its arguments (the directory is appended).
+    pub logger: Vec<OsString>,
 }
 
 impl ShardConfig {
@@ -48,6 +53,12 @@ impl ShardConfig {
         if let Some(path) = &self.state_dir {
             args.extend(["--state-dir".into(), path.clone().into_os_string()]);
         }
+        if let Some(path) = &self.log_dir {
+            args.extend(["--log-dir".into(), path.clone().into_os_string()]);
+        }
+        for word in &self.logger {
+            args.extend(["--logger-arg".into(), word.clone()]);
+        }
         args
     }
 
@@ -62,6 +73,8 @@ impl ShardConfig {
             hold: Duration::from_secs(120),
             hold_max: None,
             state_dir: None,
+            log_dir: None,
+            logger: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -82,6 +95,8 @@ impl ShardConfig {
                     cfg.hold_max = Some(number(flag, value)?)
                 }
                 Some("--state-dir") => cfg.state_dir = Some(value.into()),
+                Some("--log-dir") => cfg.log_dir = Some(value.into()),
+                Some("--logger-arg") => cfg.logger.push(value.clone()),
                 _ => return Err(format!("{}: unknown flag", flag.display())),
             }
         }
@@ -109,6 +124,8 @@ mod tests {
             hold: Duration::from_millis(1500),
             hold_max: Some(9),
             state_dir: Some("/run/shardspawn".into()),
+            log_dir: Some("/var/log/shardspawn".into()),
+            logger: vec!["multilog".into(), "t".into(), "s99999".into()],
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
     }

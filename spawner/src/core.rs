@@ -153,6 +153,16 @@ pub struct Core {
     hold_max: Option<u32>,
     limit_of: LimitFn,
     counters: Counters,
+    notes: Notes,
+}
+
+/// What happened since the driver last asked, for the log: keys that
+/// began holding deliveries (with their limits). Deferrals are in
+/// [`Counters`].
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Keys that went from running freely to holding, with their limit.
+    pub saturated: Vec<(Rc<[u8]>, u32)>,
 }
 
 impl Core {
@@ -178,6 +188,7 @@ impl Core {
             hold_max,
             limit_of,
             counters: Counters::default(),
+            notes: Notes::default(),
         }
     }
 
@@ -237,6 +248,11 @@ impl Core {
         self.counters
     }
 
+    /// What happened since the last call, for the log.
+    pub fn take_notes(&mut self) -> Notes {
+        std::mem::take(&mut self.notes)
+    }
+
     fn admit(&mut self, job: Job, now: Instant, effects: &mut Vec<Effect>) {
         let key: Key = Rc::from(job.key.as_slice());
         let limit_of = &self.limit_of;
@@ -273,6 +289,10 @@ impl Core {
             return;
         }
         let deadline = now + self.hold;
+        if state.held.is_empty() && !may_start {
+            // From running freely to holding: worth a log line.
+            self.notes.saturated.push((key.clone(), state.limit));
+        }
         state.held.push_back(Held { job, since: now, deadline });
         state.held_total += 1;
         self.held += 1;

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 use shardspawn_common::frame::{Done, FrameDecoder, JOB, Job, LIMITS};
 use shardspawn_common::limits::Limits;
-use shardspawn_common::status::ShardStatus;
+use shardspawn_common::status::{ShardStatus, printable};
 
 use crate::config::ShardConfig;
 use crate::core::{Core, Effect, Event, LimitFn, SlotId};
@@ -103,6 +103,8 @@ struct Shard {
     next_status: Instant,
     /// A status write failed and was logged; do not log it again.
     status_failed: bool,
+    /// Deferrals by limit already reported in the log.
+    deferred_logged: u64,
     /// How every child is spawned, and the program, made once.
     attr: spawn::Attr,
     program: CString,
@@ -152,6 +154,7 @@ impl Shard {
             started: SystemTime::now(),
             next_status: Instant::now(),
             status_failed: false,
+            deferred_logged: 0,
             attr: spawn::Attr::new()?,
             program: CString::new(cfg_remote.into_vec()).map_err(|_| {
                 io::Error::new(
@@ -175,6 +178,7 @@ impl Shard {
                 && (self.out.is_empty() || !self.results_open)
             {
                 self.publish();
+                self.log_notes();
                 return Ok(());
             }
             let mut deadline = self.core.next_deadline();
@@ -201,11 +205,49 @@ impl Shard {
             self.flush()?;
             if now >= self.next_status {
                 self.publish();
+                self.log_notes();
                 self.next_status = now + STATUS_EVERY;
             }
             if cfg!(debug_assertions) {
                 self.core.check_invariants();
             }
+        }
+    }
+
+    /// Once a second at most: which keys began holding, and how many
+    /// deliveries were deferred by a limit. One line each, however busy.
+    fn log_notes(&mut self) {
+        let mut notes = self.core.take_notes();
+        // A key can saturate, drain and saturate again within a second.
+        let mut seen = std::collections::HashSet::new();
+        notes.saturated.retain(|(key, _)| seen.insert(key.clone()));
+        if !notes.saturated.is_empty() {
+            let shown: Vec<String> = notes
+                .saturated
+                .iter()
+                .take(5)
+                .map(|(key, limit)| format!("{} ({limit})", printable(key)))
+                .collect();
+            let more = notes.saturated.len().saturating_sub(shown.len());
+            self.log.info(format_args!(
+                "holding deliveries for keys at their limit: {}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let deferred = self.core.counters().deferred_by_limit;
+        if deferred > self.deferred_logged {
+            self.log.warn(format_args!(
+                "deferred {} deliveries that waited too long or found too many \
+                 waiting ({} since start)",
+                deferred - self.deferred_logged,
+                deferred
+            ));
+            self.deferred_logged = deferred;
         }
     }
 
@@ -446,9 +488,11 @@ impl Shard {
             }
             Err(failure) => {
                 if let Some(e) = &failure.error {
+                    // No delnum in the line: a run of the same failure is
+                    // then one line and a count.
                     self.log.warn(format_args!(
-                        "unable to {} for delnum {}: {e}",
-                        failure.what, job.delnum
+                        "unable to {}: {e}; deferred",
+                        failure.what
                     ));
                 }
                 self.core.handle(

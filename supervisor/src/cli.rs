@@ -51,7 +51,14 @@ fn supervise(args: &[OsString]) -> i32 {
                 return 100;
             }
         };
-    let rt = match startup::prepare(&settings, &log) {
+    let logs = match startup::start_logging(&settings) {
+        Ok(logs) => logs,
+        Err(fatal) => {
+            log.fatal(format_args!("{}", fatal.text()));
+            return fatal.code();
+        }
+    };
+    let rt = match startup::prepare(&settings, &logs, &log) {
         Ok(rt) => rt,
         Err(fatal) => {
             log.fatal(format_args!("{}", fatal.text()));
@@ -69,5 +76,19 @@ fn shard(args: &[OsString]) -> i32 {
             return 100;
         }
     };
+    if let Some(dir) = &cfg.log_dir {
+        let dir = dir.join(format!("shard{}", cfg.index));
+        if let Err(e) =
+            shardspawn_spawner::log::start_logger(&dir, &cfg.logger)
+        {
+            // Logging into the supervisor's log instead is better than
+            // not delivering.
+            Log::new(format!("shard {}", cfg.index)).warn(format_args!(
+                "unable to start the logger in {}: {e}",
+                dir.display()
+            ));
+        }
+    }
+    // Until the supervisor's limits frame, which comes before any job.
     shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX))
 }

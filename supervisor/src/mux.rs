@@ -270,7 +270,16 @@ impl Mux {
                     }
                     let host =
                         domain::host(&cmd.recipient).unwrap_or_default();
-                    let key = domain::normalise(host);
+                    // Routed, and counted by its shard, on the limit key
+                    // (`=NAME` for a group's members), not the domain:
+                    // a group's domains must meet on one shard, in one
+                    // count.
+                    let key = self
+                        .rt
+                        .limits
+                        .limits
+                        .lookup(&domain::normalise(host))
+                        .key;
                     let s = domain::shard_for(&key, self.rt.shards);
                     self.owner[usize::from(cmd.delnum)] = s;
                     let shard = &mut self.shards[usize::from(s)];
@@ -313,7 +322,7 @@ impl Mux {
             self.dying.retain(|&p| p != pid);
             if end != ChildEnd::Exited(0) {
                 self.log
-                    .warn(format_args!("shard process {pid} ended: {end:?}"));
+                    .warn(format_args!("child process {pid} ended: {end:?}"));
             }
         }
     }

@@ -113,9 +113,49 @@ pub struct Runtime {
     pub state_dir: Option<PathBuf>,
 }
 
+/// Where the logs go: the log directory (absolute) and the logger.
+#[derive(Clone, Debug, Default)]
+pub struct LogSetup {
+    /// `SHARDSPAWN_LOG_DIR`, made absolute; `None`: fd 2.
+    pub dir: Option<PathBuf>,
+    /// The logger's argv (the role's directory is appended).
+    pub logger: Vec<OsString>,
+}
+
+/// Starts the supervisor's own logger in `DIR/supervisor`, if a log
+/// directory is set; done first, so every later line reaches it.
+pub fn start_logging(settings: &Settings) -> Result<LogSetup, Fatal> {
+    let Some(dir) = &settings.log_dir else { return Ok(LogSetup::default()) };
+    let dir = std::path::absolute(dir).map_err(|e| {
+        Fatal::Temporary(format!("unable to find {}: {e}", dir.display()))
+    })?;
+    let logger =
+        shardspawn_spawner::log::choose_logger(settings.logger.as_deref())
+            .ok_or_else(|| {
+                Fatal::Config(
+                "SHARDSPAWN_LOG_DIR is set, but neither multilog nor svlogd \
+                 is in PATH: name a logger with SHARDSPAWN_LOGGER"
+                    .to_string(),
+            )
+            })?;
+    shardspawn_spawner::log::start_logger(&dir.join("supervisor"), &logger)
+        .map_err(|e| {
+            Fatal::Temporary(format!(
+                "unable to start the logger {} in {}: {e}",
+                logger[0].display(),
+                dir.join("supervisor").display()
+            ))
+        })?;
+    Ok(LogSetup { dir: Some(dir), logger })
+}
+
 /// Does qmail-rspawn's startup duties and resolves the settings. On
 /// success the working directory is `HOME/queue/mess`.
-pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
+pub fn prepare(
+    settings: &Settings,
+    logs: &LogSetup,
+    log: &Log,
+) -> Result<Runtime, Fatal> {
     let home = std::path::absolute(&settings.home).map_err(|e| {
         Fatal::Temporary(format!(
             "unable to find {}: {e}",
@@ -215,15 +255,18 @@ pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
         }
     }
     let slots = u32::try_from(slots).unwrap_or(u32::MAX).max(1);
-    // The global cap is kept as an equal share per shard: the sum never
-    // exceeds it, and no shard has to ask another for room.
-    let max_running = settings
-        .max_running
-        .unwrap_or(slots)
-        .div_ceil(u32::from(shards))
-        .max(1)
-        .min(u32::try_from(per_shard_fds).unwrap_or(u32::MAX))
-        .min(u32::try_from(procs).unwrap_or(u32::MAX));
+    // A cap that was set is kept as an equal share per shard: the sum
+    // never exceeds it, and no shard has to ask another for room. With
+    // none, the slots are the cap: qmail-send never has more in flight,
+    // so any shard may run them all. (A share of the slots would hold
+    // the shard of a big domain to 1/N of them, and defer the rest.)
+    let max_running = match settings.max_running {
+        Some(cap) => cap.div_ceil(u32::from(shards)),
+        None => slots,
+    }
+    .max(1)
+    .min(u32::try_from(per_shard_fds).unwrap_or(u32::MAX))
+    .min(u32::try_from(procs).unwrap_or(u32::MAX));
 
     let remote = settings
         .remote
@@ -241,6 +284,8 @@ pub fn prepare(settings: &Settings, log: &Log) -> Result<Runtime, Fatal> {
             hold: settings.hold,
             hold_max: settings.hold_max,
             state_dir: state_dir.clone(),
+            log_dir: logs.dir.clone(),
+            logger: logs.logger.clone(),
         },
         limits,
         state_dir,
