@@ -10,7 +10,8 @@
 //!
 //! Logging never blocks a delivery: fd 2 is non-blocking, a line that
 //! does not fit is counted and the count is logged once there is room
-//! again, and a line repeated at once is counted, not written again.
+//! again, and a line repeated within seconds is counted, and the count
+//! written with the next different line.
 
 use std::cell::RefCell;
 use std::ffi::{CString, OsString};
@@ -20,6 +21,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -55,10 +57,15 @@ struct State {
     channel: Option<Channel>,
     /// Lines that found no room in the pipe since the last one that did.
     dropped: u64,
-    /// The last line written, and how often it came again since.
+    /// The last line written, when, and how often it came again since.
     last: String,
+    last_at: Option<Instant>,
     repeats: u64,
 }
+
+/// A line equal to the last one, within this long of it, is counted
+/// instead of written.
+const REPEAT_WINDOW: Duration = Duration::from_secs(10);
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
@@ -157,7 +164,9 @@ impl Log {
         line.push('\n');
         STATE.with(|s| {
             let mut state = s.borrow_mut();
-            if line == state.last {
+            let recent =
+                state.last_at.is_some_and(|at| at.elapsed() < REPEAT_WINDOW);
+            if line == state.last && recent {
                 state.repeats += 1;
                 return;
             }
@@ -186,6 +195,7 @@ impl Log {
             }
             emit(&mut state, &line);
             state.last = line;
+            state.last_at = Some(Instant::now());
         });
     }
 
