@@ -320,6 +320,15 @@ impl Mux {
         }
         while let Some((pid, end)) = sys::reap() {
             self.dying.retain(|&p| p != pid);
+            // Reaped before its pipe said EOF: the pid is free for reuse,
+            // so it must not be killed or waited for later.
+            for shard in &mut self.shards {
+                if let Some(live) = shard.live.as_mut()
+                    && live.pid == pid
+                {
+                    live.reaped = true;
+                }
+            }
             if end != ChildEnd::Exited(0) {
                 self.log
                     .warn(format_args!("child process {pid} ended: {end:?}"));
@@ -462,13 +471,17 @@ impl Mux {
             {
                 let _ = self.poller.delete(jobs.as_fd());
             }
-            self.dying.push(live.pid);
+            if !live.reaped {
+                self.dying.push(live.pid);
+            }
         }
         let held = shard.in_flight;
         if held > 0 || self.reading {
             // It may still be alive with its pipe closed; make sure, so
             // no qmail-remote result can arrive from it any more.
-            if let Some(live) = &shard.live {
+            if let Some(live) = &shard.live
+                && !live.reaped
+            {
                 let _ = nix::sys::signal::kill(live.pid, Signal::SIGKILL);
             }
         }

@@ -45,6 +45,9 @@ pub struct Live {
     pub jobs_watched: bool,
     /// When it started.
     pub started: Instant,
+    /// Already reaped (SIGCHLD came before its pipe's EOF): its pid may
+    /// belong to another process by now.
+    pub reaped: bool,
 }
 
 /// One shard slot of the supervisor.
@@ -112,6 +115,7 @@ impl Shard {
             decoder: FrameDecoder::new(MAX_DONE),
             jobs_watched: false,
             started: Instant::now(),
+            reaped: false,
         });
         self.restart_at = None;
         Ok(())

@@ -5,7 +5,9 @@
 //! reads the concurrency announcement, and from then on a reader thread
 //! decodes result records and queues them with the instant they arrived.
 //! The test side sends commands ([`Emulator::send`], or raw bytes for
-//! hostile input) and takes records ([`Emulator::recv`]) with a deadline.
+//! hostile input) and takes records ([`Emulator::recv`]) with a deadline,
+//! and can hang up either pipe ([`Emulator::close_commands`],
+//! [`Emulator::close_results`]).
 //!
 //! Every record is checked against the books: its delnum must be one that
 //! was sent and not yet answered, as qmail-send requires ("delivery report
@@ -18,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -218,6 +220,9 @@ pub struct Emulator {
     violations: Vec<String>,
     busy_reuses: Vec<u16>,
     results_closed: bool,
+    /// Write end of the reader thread's hang-up pipe: dropping it makes
+    /// the reader close the result pipe ([`Emulator::close_results`]).
+    hang_up: Option<OwnedFd>,
     exit: Option<ExitStatus>,
 }
 
@@ -287,9 +292,12 @@ impl Emulator {
         opts: &Options,
     ) -> io::Result<Emulator> {
         let (tx, rx) = mpsc::channel();
+        let (hung_up, hang_up) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(io::Error::from)?;
         std::thread::Builder::new()
             .name("emulator-results".into())
-            .spawn(move || read_results(results, width, tx))?;
+            .spawn(move || read_results(results, hung_up, width, tx))?;
         // From here on, Drop kills the child on every error path.
         let mut emu = Emulator {
             child,
@@ -303,6 +311,7 @@ impl Emulator {
             violations: Vec::new(),
             busy_reuses: Vec::new(),
             results_closed: false,
+            hang_up: Some(hang_up),
             exit: None,
         };
         match emu.events.recv_timeout(opts.announce_within) {
@@ -488,6 +497,19 @@ impl Emulator {
     /// exits.
     pub fn close_commands(&mut self) {
         self.commands = None;
+    }
+
+    /// Closes the read end of the result pipe, as if qmail-send had gone
+    /// away from it: the spawner's next write to fd 1 fails with EPIPE.
+    /// Records that arrived before are taken and booked as usual; returns
+    /// once the pipe is closed, after which [`Emulator::results_closed`]
+    /// is true and nothing more can arrive. The command pipe stays open.
+    pub fn close_results(&mut self) {
+        self.hang_up = None;
+        // The reader is never stuck in a read (it polls the hang-up pipe
+        // too), so its Closed event follows at once.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Next::Record(..) = self.next(deadline) {}
     }
 
     /// Waits until the spawner exits, up to `deadline`. On timeout it is
@@ -717,13 +739,35 @@ impl Drop for Emulator {
 }
 
 /// The reader thread: the announcement, then records, then EOF. Each
-/// record is stamped when it is decoded.
-fn read_results(mut results: File, width: DelnumWidth, tx: Sender<Event>) {
+/// record is stamped when it is decoded. When `hung_up` reports the
+/// emulator's end gone, it stops and drops (closes) `results`.
+fn read_results(
+    mut results: File,
+    hung_up: OwnedFd,
+    width: DelnumWidth,
+    tx: Sender<Event>,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let need = width.bytes();
     let mut announcement = Vec::with_capacity(need);
     let mut decoder = RecordDecoder::new(width);
     let mut buf = vec![0u8; 16 * 1024];
     let error = loop {
+        let mut fds = [
+            PollFd::new(results.as_fd(), PollFlags::POLLIN),
+            PollFd::new(hung_up.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Some(io::Error::from(e)),
+        }
+        if fds[1].any().unwrap_or(false) {
+            // The test hung up on purpose: not the spawner's doing.
+            drop(results);
+            let _ = tx.send(Event::Closed { mid_record: false, error: None });
+            return;
+        }
         let n = match results.read(&mut buf) {
             Ok(0) => break None,
             Ok(n) => n,
@@ -1141,6 +1185,27 @@ mod tests {
                 "result stream ended inside a record".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn close_results_gives_the_spawner_epipe() {
+        let _lock = fork_lock();
+        // Announces, waits for a line, then writes a record: with the
+        // read end closed that write raises SIGPIPE (default in sh).
+        let mut emu = Emulator::start(
+            sh(r"printf '\001'; read x; printf '\000Kok\000'; exit 3"),
+            DelnumWidth::One,
+            Options::default(),
+        )
+        .unwrap();
+        emu.close_results();
+        assert!(emu.results_closed());
+        emu.send_raw(b"go\n").unwrap();
+        let status = emu.wait_exit(secs(10)).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(nix::libc::SIGPIPE), "{status:?}");
+        assert!(emu.recv(secs(1)).is_none());
+        assert!(emu.violations().is_empty(), "{:?}", emu.violations());
     }
 
     #[test]
