@@ -493,13 +493,7 @@ impl Mux {
             self.log.info(format_args!("shard {i} finished"));
             return;
         }
-        let lost = Refusal::ShardLost { shard: i as u16 }.body();
-        for delnum in 0..self.owner.len() {
-            if self.owner[delnum] == i as u16 {
-                self.owner[delnum] = FREE;
-                self.record(delnum as u16, &lost);
-            }
-        }
+        self.answer_lost(i);
         if !self.reading {
             self.shards[i].restart_at = None;
         }
@@ -513,6 +507,19 @@ impl Mux {
         ));
     }
 
+    /// Answers every delnum shard `i` holds with the shard-lost `Z`.
+    fn answer_lost(&mut self, i: usize) {
+        let lost = Refusal::ShardLost { shard: i as u16 }.body();
+        for delnum in 0..self.owner.len() {
+            if self.owner[delnum] == i as u16 {
+                self.owner[delnum] = FREE;
+                self.record(delnum as u16, &lost);
+            }
+        }
+        self.shards[i].outbox.clear();
+        self.shards[i].in_flight = 0;
+    }
+
     fn restart_due(&mut self, now: Instant) {
         for i in 0..self.shards.len() {
             let due = self.shards[i].restart_at.is_some_and(|at| at <= now);
@@ -522,11 +529,18 @@ impl Mux {
             self.shards[i].restarts += 1;
             self.restarts += 1;
             if let Err(e) = self.start_shard(i) {
+                let held = self.shards[i].in_flight;
+                // What waited for it cannot wait for ever.
+                self.answer_lost(i);
                 let shard = &mut self.shards[i];
                 shard.live = None;
                 shard.went_down(now);
+                if !self.reading {
+                    shard.restart_at = None;
+                }
                 self.log.warn(format_args!(
-                    "unable to restart shard {i}: {e}; trying again in {} ms",
+                    "unable to restart shard {i}: {e}; answered {held} \
+                     deliveries with a deferral; trying again in {} ms",
                     self.shards[i].backoff.as_millis()
                 ));
             }

@@ -126,8 +126,10 @@ impl Shard {
     /// to five seconds.
     pub fn went_down(&mut self, now: Instant) {
         let started = self.live.take().map(|l| l.started);
+        // A start that failed counts as young: never retry in a tight
+        // loop.
         let young =
-            started.is_some_and(|s| now.duration_since(s) < STABLE_AFTER);
+            started.is_none_or(|s| now.duration_since(s) < STABLE_AFTER);
         self.backoff = if young {
             (self.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX)
         } else {
