@@ -8,7 +8,7 @@
 //! each token packs (kind, slot generation, slot index), so an event for
 //! a slot that has since been reused is recognised and ignored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -97,6 +97,10 @@ struct Shard {
     pids: HashMap<Pid, SlotId>,
     buf: Vec<u8>,
     effects: Vec<Effect>,
+    /// Starts the core decided on, not yet carried out.
+    starts: VecDeque<(SlotId, Job)>,
+    /// The tokens of the last wait (kept to reuse its allocation).
+    tokens: Vec<u64>,
     /// When it started, for the status page.
     started: SystemTime,
     /// When to publish status next.
@@ -109,6 +113,10 @@ struct Shard {
     attr: spawn::Attr,
     program: CString,
 }
+
+/// Most children started per loop pass, so that ends keep being noticed
+/// and reported while a burst of jobs is started.
+const START_BATCH: usize = 32;
 
 /// How often a shard publishes its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -151,6 +159,8 @@ impl Shard {
             pids: HashMap::new(),
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
+            starts: VecDeque::new(),
+            tokens: Vec::new(),
             started: SystemTime::now(),
             next_status: Instant::now(),
             status_failed: false,
@@ -188,10 +198,16 @@ impl Shard {
                         d.min(self.next_status)
                     }));
             }
+            if !self.starts.is_empty() {
+                // Starts are waiting: only look, do not sleep.
+                deadline = Some(Instant::now());
+            }
             self.poller.wait(deadline)?;
             let now = Instant::now();
-            let tokens: Vec<u64> = self.poller.tokens().collect();
-            for t in tokens {
+            self.tokens.clear();
+            self.tokens.extend(self.poller.tokens());
+            for i in 0..self.tokens.len() {
+                let t = self.tokens[i];
                 let (kind, id) = untoken(t);
                 match kind {
                     JOBS => self.read_jobs(now),
@@ -201,6 +217,13 @@ impl Shard {
                 }
             }
             self.core.handle(Event::Tick(now), &mut self.effects);
+            // Results first: a child that ended must not wait for a
+            // batch of spawns (each costs a clone and an exec) to be
+            // reported. Then a bounded batch of starts, and back to the
+            // kernel for more ends.
+            self.apply();
+            self.flush()?;
+            self.start_some();
             self.apply();
             self.flush()?;
             if now >= self.next_status {
@@ -436,19 +459,28 @@ impl Shard {
         }
     }
 
+    /// Carries out the core's effects: reports are encoded for fd 1 at
+    /// once, starts are queued for [`Shard::start_some`].
     fn apply(&mut self) {
-        while !self.effects.is_empty() {
-            let effects = std::mem::take(&mut self.effects);
-            for effect in effects {
-                match effect {
-                    Effect::Report { delnum, body } => {
-                        if self.results_open {
-                            Done { delnum, body }.encode(&mut self.out);
-                        }
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Report { delnum, body } => {
+                    if self.results_open {
+                        Done { delnum, body }.encode(&mut self.out);
                     }
-                    Effect::Start { id, job } => self.start(id, job),
                 }
+                Effect::Start { id, job } => self.starts.push_back((id, job)),
             }
+        }
+    }
+
+    /// Starts at most [`START_BATCH`] queued deliveries. The core counted
+    /// them as running when it decided, so holding them here a moment
+    /// changes no limit.
+    fn start_some(&mut self) {
+        for _ in 0..START_BATCH {
+            let Some((id, job)) = self.starts.pop_front() else { break };
+            self.start(id, job);
         }
     }
 
