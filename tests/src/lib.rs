@@ -44,6 +44,7 @@
 
 pub mod emulator;
 pub mod home;
+pub mod qmail_start;
 pub mod recorder;
 pub mod remote;
 mod sys;
