@@ -47,6 +47,7 @@ fn supervise(args: &[OsString]) -> i32 {
         match Settings::from_env_and_args(&|k| std::env::var_os(k), args) {
             Ok(s) => s,
             Err(e) => {
+                last_words_logger();
                 log.fatal(format_args!("bad setting: {e}"));
                 return 100;
             }
@@ -66,6 +67,25 @@ fn supervise(args: &[OsString]) -> i32 {
         }
     };
     mux::run(rt, log)
+}
+
+/// The settings did not parse, so the logger was not started; under
+/// qmail-start fd 2 is closed and the fatal line would vanish. Try the
+/// log directory and logger as the environment spells them, so the
+/// admin sees why shardspawn will not start.
+fn last_words_logger() {
+    let Some(dir) = std::env::var_os("SHARDSPAWN_LOG_DIR") else { return };
+    let named: Option<Vec<OsString>> = std::env::var("SHARDSPAWN_LOGGER")
+        .ok()
+        .map(|l| l.split_whitespace().map(OsString::from).collect());
+    let named = named.filter(|argv| !argv.is_empty());
+    let Some(logger) =
+        shardspawn_spawner::log::choose_logger(named.as_deref())
+    else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir).join("supervisor");
+    let _ = shardspawn_spawner::log::start_logger(&dir, &logger);
 }
 
 fn shard(args: &[OsString]) -> i32 {

@@ -51,3 +51,35 @@ fn a_missing_queue_owner_exits_111_without_announcing() {
     assert_eq!(code, Some(111));
     assert!(stdout.is_empty(), "announced {stdout:?}");
 }
+
+#[test]
+fn a_bad_setting_is_logged_in_the_log_dir_even_with_fd_2_closed() {
+    // Under qmail-start fd 2 is closed: the fatal line must reach the
+    // log directory the environment names, or the admin never learns why
+    // remote delivery stopped. (Needs multilog: CI installs daemontools.)
+    let dir = std::env::temp_dir()
+        .join(format!("shardspawn-lastwords-{}", std::process::id()));
+    let logs = dir.join("logs");
+    let (code, stdout) = run(&[
+        ("PATH", "/usr/bin:/bin"),
+        ("SHARDSPAWN_SLOTS", "0"),
+        ("SHARDSPAWN_LOG_DIR", logs.to_str().unwrap()),
+    ]);
+    assert_eq!(code, Some(100));
+    assert!(stdout.is_empty());
+    let current = logs.join("supervisor/current");
+    let want = "fatal: bad setting: SHARDSPAWN_SLOTS=0: must be at least 1";
+    // multilog writes when its input ends, which is now; give it a while.
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&current).unwrap_or_default();
+        if text.contains(want) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(text.contains(want), "log: {text:?}");
+}
