@@ -109,8 +109,8 @@ struct Shard {
     status_failed: bool,
     /// Deferrals by limit already reported in the log.
     deferred_logged: u64,
-    /// How every child is spawned, and the program, made once.
-    attr: spawn::Attr,
+    /// How every child is spawned, and the program (argv\[0\]).
+    spawner: spawn::Spawner,
     program: CString,
 }
 
@@ -130,6 +130,15 @@ impl Shard {
         limit_of: LimitFn,
         log: Log,
     ) -> io::Result<Shard> {
+        // First: the spawner takes fds 3 and 4 for itself.
+        let program =
+            CString::new(cfg.remote.clone().into_vec()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NUL in the remote",
+                )
+            })?;
+        let spawner = spawn::Spawner::new(program.clone())?;
         let signals = sys::signal_fd(&[Signal::SIGCHLD])?;
         let poller = Poller::new(1024)?;
         let stdin = io::stdin();
@@ -141,7 +150,6 @@ impl Shard {
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
         let core =
             Core::new(cfg.max_running, cfg.hold, cfg.hold_max, limit_of);
-        let cfg_remote = cfg.remote.clone();
         Ok(Shard {
             cfg,
             log,
@@ -165,13 +173,8 @@ impl Shard {
             next_status: Instant::now(),
             status_failed: false,
             deferred_logged: 0,
-            attr: spawn::Attr::new()?,
-            program: CString::new(cfg_remote.into_vec()).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "NUL in the remote",
-                )
-            })?,
+            spawner,
+            program,
         })
     }
 
@@ -486,7 +489,7 @@ impl Shard {
 
     fn start(&mut self, id: SlotId, job: Job) {
         let started = sys::start(
-            &self.attr,
+            &mut self.spawner,
             &self.program,
             self.cfg.owner_uid,
             &job.messid,

@@ -109,7 +109,7 @@ pub struct Started {
 /// 10–13), makes the output pipe and runs `program host sender
 /// recipient` with the message on fd 0 and the pipe on fds 1 and 2.
 pub fn start(
-    attr: &spawn::Attr,
+    spawner: &mut spawn::Spawner,
     program: &CStr,
     owner_uid: u32,
     messid: &[u8],
@@ -147,7 +147,7 @@ pub fn start(
     let (host, sender, recipient) = (arg(host), arg(sender), arg(recipient));
     let argv =
         [program, host.as_c_str(), sender.as_c_str(), recipient.as_c_str()];
-    match spawn::spawn(attr, &argv, message.as_fd(), write.as_fd()) {
+    match spawner.spawn(&argv, message.as_fd(), write.as_fd()) {
         // The parent's copies of the message and the write end close
         // here; EOF on `read` then means the child and anything it
         // started are done writing.
@@ -156,7 +156,7 @@ pub fn start(
     }
 }
 
-/// posix_spawn reports a failed exec to the parent instead of running a
+/// The spawner reports a failed exec to the parent instead of running a
 /// child that exits; give qmail-send what stock would: a temporary errno is
 /// exit 111 (`Z`), any other exit 100 (`D`, so a missing program bounces,
 /// as with stock). EAGAIN and ENOMEM are the fork's own failures.
