@@ -69,7 +69,7 @@ impl Command {
 }
 
 /// What one call to [`CommandDecoder::decode`] completed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// A whole command.
     Command(Command),
@@ -379,7 +379,70 @@ mod tests {
         prop_oneof![Just(DelnumWidth::One), Just(DelnumWidth::Two)]
     }
 
+    /// Decodes `bytes` cut at `cuts`, whatever they hold: the items, the
+    /// bytes up to the end of the last one, and whether it ended idle.
+    fn decode_any(
+        width: DelnumWidth,
+        limit: usize,
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Decoded>, usize, bool) {
+        let mut decoder = CommandDecoder::new(width, limit);
+        let (mut used, mut end) = (0, 0);
+        let items = feed_cut(
+            |b| {
+                let (n, item) = decoder.decode(b);
+                used += n;
+                if item.is_some() {
+                    end = used;
+                }
+                (n, item)
+            },
+            bytes,
+            cuts,
+        );
+        (items, end, decoder.is_idle())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The twin of the `command_decoder` fuzz target (`fuzz/`):
+        /// hostile bytes, not encoded commands. Any split decodes as the
+        /// whole; fields keep to the limit; each command re-encodes to
+        /// itself; and without an oversize one, the commands re-encode
+        /// to the very bytes they came from.
+        #[test]
+        fn twin_of_the_command_decoder_fuzz_target(
+            width in width(),
+            limit in prop::sample::select(vec![0, 1, 2, 3, 8, 64, usize::MAX]),
+            bytes in prop::collection::vec(
+                prop_oneof![3 => Just(0u8), 1 => Just(b'@'), 2 => any::<u8>()],
+                0..160,
+            ),
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = decode_any(width, limit, &bytes, &[]);
+            let cuts = cuts_from(&raw_cuts, bytes.len());
+            prop_assert_eq!(&decode_any(width, limit, &bytes, &cuts), &whole);
+            let (items, end, _) = whole;
+            let mut again = Vec::new();
+            for item in &items {
+                let Decoded::Command(cmd) = item else { continue };
+                for field in [&cmd.messid, &cmd.sender, &cmd.recipient] {
+                    prop_assert!(field.len() <= limit && !field.contains(&0));
+                }
+                let mut one = Vec::new();
+                cmd.encode(width, &mut one);
+                let back = decode_any(width, limit, &one, &[]);
+                prop_assert_eq!(back, (vec![item.clone()], one.len(), true));
+                again.extend(one);
+            }
+            if items.iter().all(|i| matches!(i, Decoded::Command(_))) {
+                prop_assert_eq!(&again[..], &bytes[..end]);
+            }
+        }
+
         #[test]
         fn any_split_of_random_commands_round_trips(
             (width, commands) in width().prop_flat_map(|w| (Just(w), commands(w))),

@@ -17,15 +17,133 @@ pub fn host(recipient: &[u8]) -> Option<&[u8]> {
     Some(&recipient[at + 1..])
 }
 
-/// The normalised form of a host, which limits are counted on: ASCII
-/// letters lowercased, trailing dots removed. An IP literal (`[...]`) is
-/// kept exactly as written. 8-bit bytes are kept as they are.
+/// The normalised form of a host, which limits are counted on: one
+/// spelling for every spelling that reaches the same place.
+///
+/// The rule is that normalising may merge hosts that reach different
+/// places (their deliveries then share a count and wait a little), but
+/// must never split hosts that reach the same place: every spelling
+/// would be a key of its own, and a sender who picks recipients would
+/// pick spellings to get round a limit. So, as qmail-remote and the
+/// resolver read a host:
+///
+/// - An IP literal, which qmail-remote connects to without DNS, is
+///   `[a.b.c.d]` whatever way it was written (see [`ip_literal`]):
+///   `1.2.3.4`, `[01.2.3.4]` and `[1.2.3.260]` all reach 1.2.3.4.
+/// - Anything else is a name for the resolver, which reads `\DDD` and
+///   `\X` escapes (`ex\097mple.com` is example.com) and compares ASCII
+///   letters without case. So escapes are decoded, ASCII lowercased,
+///   trailing dots dropped, and the bytes written back plain, except
+///   those that are not (controls, space, DEL, '.' inside a label,
+///   `\`, '@', ':', and a leading '=' or '#'), which are written as
+///   `\DDD`. A name is thus one line of printable bytes (and 8-bit
+///   bytes, kept as they are: DNS folds no case outside ASCII), never
+///   holds a NUL, and never starts with '=', which only a group's key
+///   does (see [`crate::limits`]).
+///
+/// Merged, though they reach different places or nowhere: `[1.2.3.4].`
+/// (a name, which no DNS has) with `[1.2.3.4]`; `a.b..` with `a.b`; a
+/// malformed escape with its bytes as written. Never merged, though a
+/// resolver might: a name with an 8-bit byte and its punycode.
+///
+/// Linear in `host`; the result is at most four times as long.
+/// Idempotent: a normalised host normalises to itself.
 pub fn normalise(host: &[u8]) -> Vec<u8> {
-    if host.first() == Some(&b'[') {
-        return host.to_vec();
+    let name = normalise_name(host, true);
+    match ip_literal(&name) {
+        Some([a, b, c, d]) => format!("[{a}.{b}.{c}.{d}]").into_bytes(),
+        None => name,
     }
-    let end = host.iter().rposition(|&b| b != b'.').map_or(0, |i| i + 1);
-    host[..end].to_ascii_lowercase()
+}
+
+/// The address qmail-remote connects to for `host` without asking DNS,
+/// if `host` is an IP literal: four decimal numbers separated by '.',
+/// bare (`1.2.3.4`) or in brackets (`[1.2.3.4]`), and nothing else, as
+/// qmail's `ip_scan` and `ip_scanbracket` read the whole host. Each
+/// number counts modulo 256, as qmail stores it in an unsigned char.
+/// (Stock qmail-remote has no IPv6: `[IPv6:...]` is a name to it.)
+pub fn ip_literal(host: &[u8]) -> Option<[u8; 4]> {
+    let inner = match host {
+        [b'[', inner @ .., b']'] => inner,
+        _ => host,
+    };
+    let mut parts = inner.split(|&b| b == b'.');
+    let mut ip = [0u8; 4];
+    for octet in &mut ip {
+        let part = parts.next().filter(|p| !p.is_empty())?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // Modulo 256 digit by digit: no overflow however long.
+        *octet = part
+            .iter()
+            .fold(0u8, |n, &d| n.wrapping_mul(10).wrapping_add(d - b'0'));
+    }
+    parts.next().is_none().then_some(ip)
+}
+
+/// `host` read as the resolver reads a name, written in one spelling:
+/// see [`normalise`]. `lead` escapes a leading '=' or '#' (a domain);
+/// a suffix, which never starts a key or a line, keeps them plain, so
+/// that it matches the tail of a domain byte for byte.
+pub(crate) fn normalise_name(host: &[u8], lead: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(host.len());
+    // The length of `out` up to its last label byte: trailing dots
+    // are dropped at the end.
+    let mut keep = 0;
+    let mut i = 0;
+    while let Some(&b) = host.get(i) {
+        i += 1;
+        let byte = match b {
+            b'.' => {
+                out.push(b'.');
+                continue;
+            }
+            b'\\' => match host.get(i..i + 3) {
+                // `\DDD`, at most 255; a larger number, like any
+                // other `\X`, stands for the byte after the backslash.
+                Some(&[x, y, z])
+                    if [x, y, z].iter().all(u8::is_ascii_digit)
+                        && (x, y, z) <= (b'2', b'5', b'5') =>
+                {
+                    i += 3;
+                    (x - b'0') * 100 + (y - b'0') * 10 + (z - b'0')
+                }
+                _ => match host.get(i) {
+                    Some(&x) => {
+                        i += 1;
+                        x
+                    }
+                    // A backslash at the very end: the resolver ignores
+                    // it.
+                    None => break,
+                },
+            },
+            b => b,
+        }
+        .to_ascii_lowercase();
+        let first = out.is_empty() && lead && matches!(byte, b'=' | b'#');
+        if first || !plain(byte) {
+            let digit = |n: u8| b'0' + n % 10;
+            out.extend([
+                b'\\',
+                digit(byte / 100),
+                digit(byte / 10),
+                digit(byte),
+            ]);
+        } else {
+            out.push(byte);
+        }
+        keep = out.len();
+    }
+    out.truncate(keep);
+    out
+}
+
+/// A byte a normalised name holds as itself, rather than as `\DDD`.
+fn plain(b: u8) -> bool {
+    matches!(b, 0x21..=0x7e | 0x80..=0xff)
+        && !matches!(b, b'.' | b'\\' | b'@' | b':')
 }
 
 /// The shard (0 .. shards) that owns `key`. Stable: the same key and
@@ -99,12 +217,136 @@ mod tests {
             (b"", b""),
             (b".a.B", b".a.b"),
             (b"[10.0.0.1]", b"[10.0.0.1]"),
-            (b"[IPv6:::1].", b"[IPv6:::1]."),
             (b"\xc3\x89X.test", b"\xc3\x89x.test"),
+            // In brackets but no IP literal: a name like any other (once
+            // kept as written, so `[X.` and `[x` were two keys; found by
+            // the `limits_parser` fuzz target).
+            (b"[X.", b"[x"),
+            (b"[Example.COM].", b"[example.com]"),
         ];
         for (host, want) in table {
             assert_eq!(normalise(host), *want);
         }
+    }
+
+    /// qmail-remote connects to these without DNS, each to 10.0.0.1.
+    #[test]
+    fn every_spelling_of_an_ip_literal_is_one() {
+        for host in [
+            &b"[10.0.0.1]"[..],
+            b"10.0.0.1",
+            b"[010.000.0.01]",
+            b"[10.0.0.257]",
+            b"[266.0.0.1]",
+            b"[10.0.0.18446744073709551873]",
+            // Names, merged with it: no DNS has them.
+            b"[10.0.0.1].",
+            b"10.0.0.1.",
+            b"[\\049\\048.0.0.1]",
+        ] {
+            let name = String::from_utf8_lossy(host);
+            assert_eq!(normalise(host), b"[10.0.0.1]", "{name}");
+        }
+        let table: &[(&[u8], Option<[u8; 4]>)] = &[
+            (b"[1.2.3.4]", Some([1, 2, 3, 4])),
+            (b"1.2.3.4", Some([1, 2, 3, 4])),
+            (b"[0.0.0.0]", Some([0, 0, 0, 0])),
+            (b"[1.2.3.256]", Some([1, 2, 3, 0])),
+            (b"[1.2.3]", None),
+            (b"[1.2.3.4.5]", None),
+            (b"[1.2.3.4].", None),
+            (b"[1.2.3.4", None),
+            (b"1.2.3.4]", None),
+            (b"[1.2..4]", None),
+            (b"[1.2.3.]", None),
+            (b"[+1.2.3.4]", None),
+            (b"[1.2.3.4 ]", None),
+            (b"[[1.2.3.4]]", None),
+            (b"[]", None),
+            (b"[", None),
+            (b"", None),
+            (b"[IPv6:::1]", None),
+        ];
+        for (host, want) in table {
+            assert_eq!(ip_literal(host), *want, "{host:?}");
+        }
+    }
+
+    /// The resolver reads `\DDD` and `\X`; so does `normalise`, and it
+    /// writes back one spelling.
+    #[test]
+    fn escapes_are_read_as_the_resolver_reads_them() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"ex\\097mple.com", b"example.com"),
+            (b"\\069XAMPLE\\.\\com", b"example\\046com"),
+            (b"\\e\\x\\a\\m\\p\\l\\e.com", b"example.com"),
+            (b"example.com\\", b"example.com"),
+            (b"example.com.\\", b"example.com"),
+            (b"example.com\\.", b"example.com\\046"),
+            (b"a\\\\b", b"a\\092b"),
+            (b"a\\000b\\010c\\032d\\127e", b"a\\000b\\010c\\032d\\127e"),
+            (b"a\x01b c", b"a\\001b\\032c"),
+            (b"a\\064b\\058c", b"a\\064b\\058c"),
+            (b"\\255\\128", b"\xff\x80"),
+            // A number over 255, or short of three digits, is no
+            // number: its first digit stands for itself.
+            (b"\\256", b"256"),
+            (b"\\12x", b"12x"),
+            // A leading '=' (only a group's key starts with one) or '#'
+            // (a comment in the limits file); elsewhere they are plain.
+            (b"=google", b"\\061google"),
+            (b"\\061google", b"\\061google"),
+            (b"#x.test", b"\\035x.test"),
+            (b"a=#.test", b"a=#.test"),
+            (b".=x", b".=x"),
+            (b"[IPv6:::1].", b"[ipv6\\058\\058\\0581]"),
+        ];
+        for (host, want) in table {
+            let got = normalise(host);
+            let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            assert_eq!(show(&got), show(want), "{}", show(host));
+        }
+        // A suffix keeps a leading '=' or '#': it matches a tail.
+        assert_eq!(normalise_name(b"=X.test", false), b"=x.test");
+        assert_eq!(normalise_name(b"=X.test", true), b"\\061x.test");
+    }
+
+    /// Never a NUL, never a blank or a control byte, never a leading
+    /// '=', and normalised twice is normalised once.
+    #[test]
+    fn a_normalised_host_is_one_plain_line() {
+        let mut all: Vec<u8> = (0..=255).collect();
+        all.retain(|&b| b != b'.');
+        let hosts = [
+            all.clone(),
+            all.iter().flat_map(|&b| [b'\\', b]).collect(),
+            all.iter()
+                .flat_map(|&b| format!("\\{b:03}.").into_bytes())
+                .collect(),
+            b"=".to_vec(),
+            b"\\061".to_vec(),
+        ];
+        for host in hosts {
+            let n = normalise(&host);
+            assert!(!n.contains(&0));
+            assert!(n.iter().all(|&b| b > b' ' && b != 0x7f), "{n:?}");
+            assert_ne!(n.first(), Some(&b'='));
+            assert_eq!(normalise(&n), n);
+            assert_eq!(printable(&n).len(), n.len());
+        }
+    }
+
+    #[test]
+    fn printable_keeps_a_key_one_line() {
+        let all: Vec<u8> = (0..=255).collect();
+        let line = printable(&all);
+        assert_eq!(line.len(), 256);
+        assert!(line.bytes().all(|b| b.is_ascii_graphic()), "{line}");
+        assert_eq!(
+            &line[0x21..0x7f],
+            &String::from_utf8_lossy(&all[0x21..0x7f])
+        );
+        assert_eq!(printable(b"a b\n\r\0\xff.test"), "a?b????.test");
     }
 
     /// The FNV specification's own test vectors.

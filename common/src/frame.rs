@@ -298,7 +298,57 @@ mod tests {
         prop::collection::vec(1u8..=255, 0..10)
     }
 
+    /// Decodes `bytes` cut at `cuts`, whatever they hold. A broken
+    /// stream repeats its error on every read; it is kept once, so that
+    /// the items do not depend on the cuts.
+    fn decode_any(
+        max: u32,
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Result<Frame, FrameTooLong>>, bool) {
+        let mut decoder = FrameDecoder::new(max);
+        let mut items = feed_cut(|b| decoder.decode(b), bytes, cuts);
+        items.dedup_by(|a, b| a.is_err() && b.is_err());
+        (items, decoder.is_idle())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The twin of the `frame_decoder` fuzz target (`fuzz/`):
+        /// hostile bytes. Any split decodes as the whole; an error is
+        /// only ever last; the frames re-encode to the bytes they came
+        /// from, and a job that parses re-encodes to its frame.
+        #[test]
+        fn twin_of_the_frame_decoder_fuzz_target(
+            max in prop::sample::select(vec![0, 1, 7, 64, u32::MAX]),
+            bytes in prop::collection::vec(
+                prop_oneof![3 => Just(0u8), 1 => Just(JOB), 2 => any::<u8>()],
+                0..160,
+            ),
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = decode_any(max, &bytes, &[]);
+            let cuts = cuts_from(&raw_cuts, bytes.len());
+            prop_assert_eq!(&decode_any(max, &bytes, &cuts), &whole);
+            let mut again = Vec::new();
+            for (i, item) in whole.0.iter().enumerate() {
+                let Ok((kind, delnum, payload)) = item else {
+                    prop_assert_eq!(i, whole.0.len() - 1);
+                    continue;
+                };
+                let at = again.len();
+                put_header(*kind, *delnum, payload.len(), &mut again);
+                again.extend_from_slice(payload);
+                if let Some(job) = Job::from_payload(*delnum, payload) {
+                    let mut frame = Vec::new();
+                    job.encode(&mut frame);
+                    prop_assert_eq!(&frame[..], &again[at..]);
+                }
+            }
+            prop_assert_eq!(&again[..], &bytes[..again.len()]);
+        }
+
         #[test]
         fn any_split_of_random_frames_round_trips(
             jobs in prop::collection::vec(

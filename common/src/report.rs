@@ -553,4 +553,37 @@ mod tests {
             prop_assert_eq!(got, want);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The twin of the `report_translation` fuzz target (`fuzz/`):
+        /// any bytes, any cuts, any end. The streamed body is
+        /// `body_for`'s, at most `BODY_MAX` bytes, without a NUL, led by
+        /// K, Z or D, and protocol §4.2's body cut at `BODY_MAX`.
+        #[test]
+        fn twin_of_the_report_translation_fuzz_target(
+            output in prop_oneof![
+                3 => prop::collection::vec(output_byte(), 0..64),
+                1 => (output_byte(), prop::collection::vec(
+                    output_byte(), 0..16), 9990usize..10010)
+                    .prop_map(|(lead, tail, fill)| {
+                        let mut output = vec![lead];
+                        output.extend(std::iter::repeat_n(b'.', fill));
+                        output.extend(tail);
+                        output
+                    }),
+            ],
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..8),
+            end in child_end(),
+        ) {
+            let whole = body_for(end, &output);
+            let cuts = cuts(&raw_cuts, output.len());
+            prop_assert_eq!(&streamed(end, &output, &cuts), &whole);
+            prop_assert!(whole.len() <= BODY_MAX);
+            prop_assert!(!whole.contains(&0));
+            prop_assert!(matches!(whole[0], b'K' | b'Z' | b'D'));
+            prop_assert_eq!(whole, capped(reference(end, &output)));
+        }
+    }
 }

@@ -139,6 +139,11 @@ pub type LimitFn = Box<dyn Fn(&[u8]) -> u32>;
 pub struct Core {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Keys come from recipients, which senders choose. std's
+    /// `HashMap` hashes with SipHash under a random key per process, so
+    /// a sender cannot pick keys that all land in one bucket and make
+    /// each lookup walk them (hash flooding); keep a keyed hasher here
+    /// (no FxHash, no fixed seed) if this map is ever changed.
     keys: HashMap<Key, KeyState>,
     /// Keys with held deliveries that only the running cap stops.
     ready: VecDeque<Key>,
