@@ -6,9 +6,13 @@
 //! [`crate::remote::ENV_RECORD`]:
 //!
 //! ```text
-//! S <pid> <monotonic ns> <host>
+//! S <pid>:<parent pid> <monotonic ns> <host>
 //! E <pid> <monotonic ns> <host>
 //! ```
+//!
+//! The parent pid (the shard that started the stand-in, or whoever
+//! adopted it if that shard was already gone) is optional: a line
+//! written without it (`S <pid> ...`) parses with no parent.
 //!
 //! Each line is written with one `write(2)` to a file opened `O_APPEND`
 //! and is shorter than 512 bytes, so lines from concurrent processes never
@@ -44,6 +48,23 @@ pub fn monotonic_ns() -> u64 {
 /// newline or carriage return in the host becomes `?`, and the host is
 /// cut at [`MAX_HOST`] bytes.
 pub fn line(mark: u8, pid: u32, ns: u64, host: &[u8]) -> Vec<u8> {
+    line_with_parent(mark, pid, None, ns, host)
+}
+
+/// As [`line`], with the parent pid after the pid (`pid:parent`) when
+/// `parent` is given: what ties a stand-in to the shard process that
+/// started it.
+pub fn line_with_parent(
+    mark: u8,
+    pid: u32,
+    parent: Option<u32>,
+    ns: u64,
+    host: &[u8],
+) -> Vec<u8> {
+    let pid = match parent {
+        Some(parent) => format!("{pid}:{parent}"),
+        None => pid.to_string(),
+    };
     let mut out = format!("{} {pid} {ns} ", mark as char).into_bytes();
     let host = &host[..host.len().min(MAX_HOST)];
     out.extend(host.iter().map(|&b| match b {
@@ -59,6 +80,8 @@ pub fn line(mark: u8, pid: u32, ns: u64, host: &[u8]) -> Vec<u8> {
 pub struct Interval {
     /// Its process id.
     pub pid: u32,
+    /// Its parent's pid when it started, if the line says.
+    pub parent: Option<u32>,
     /// Its host argument (lossy UTF-8).
     pub host: String,
     /// Monotonic nanoseconds when it started.
@@ -115,7 +138,20 @@ impl Recording {
             };
             let mut fields = raw.splitn(4, |&b| b == b' ');
             let mark = fields.next().unwrap_or_default();
-            let pid = number(fields.next()).ok_or_else(|| bad("bad pid"))?;
+            // `pid` or `pid:parent`.
+            let pids = fields.next().unwrap_or_default();
+            let (pid, parent) = match pids.iter().position(|&b| b == b':') {
+                Some(colon) => (&pids[..colon], Some(&pids[colon + 1..])),
+                None => (pids, None),
+            };
+            let pid = number(Some(pid)).ok_or_else(|| bad("bad pid"))?;
+            let parent = parent
+                .map(|p| {
+                    number(Some(p))
+                        .and_then(|p| u32::try_from(p).ok())
+                        .ok_or_else(|| bad("bad parent pid"))
+                })
+                .transpose()?;
             let ns = number(fields.next()).ok_or_else(|| bad("bad time"))?;
             let host = String::from_utf8_lossy(fields.next().unwrap_or(b""))
                 .into_owned();
@@ -125,12 +161,16 @@ impl Recording {
                     open.insert(pid, intervals.len());
                     intervals.push(Interval {
                         pid,
+                        parent,
                         host,
                         start: ns,
                         end: None,
                     });
                 }
                 b"E" => {
+                    if parent.is_some() {
+                        return Err(bad("an end with a parent pid"));
+                    }
                     let i = open
                         .remove(&pid)
                         .ok_or_else(|| bad("end without a start"))?;
@@ -240,12 +280,30 @@ mod tests {
             r.intervals(),
             &[Interval {
                 pid: 7,
+                parent: None,
                 host: "d1.test".into(),
                 start: 100,
                 end: Some(250)
             }]
         );
         assert_eq!((r.started(), r.ended()), (1, 1));
+    }
+
+    #[test]
+    fn parent_pid_is_parsed_back() {
+        let mut text = line_with_parent(b'S', 7, Some(3), 100, b"d1.test");
+        assert_eq!(text, b"S 7:3 100 d1.test\n");
+        text.extend(line(b'E', 7, 250, b"d1.test"));
+        text.extend(line(b'S', 8, 260, b"d2.test"));
+        let r = Recording::parse(&text).unwrap();
+        assert_eq!(r.intervals()[0].parent, Some(3));
+        assert_eq!(r.intervals()[0].end, Some(250));
+        assert_eq!(r.intervals()[1].parent, None);
+        for text in ["S 1: 1 a\n", "S 1:x 1 a\n", "S :2 1 a\n"] {
+            assert!(Recording::parse(text.as_bytes()).is_err(), "{text:?}");
+        }
+        // An end names no parent.
+        assert!(Recording::parse(b"S 1:2 1 a\nE 1:2 2 a\n").is_err());
     }
 
     #[test]

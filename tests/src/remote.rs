@@ -20,6 +20,7 @@
 //! | `stderr` | write the output to fd 2 instead of fd 1 |
 //! | `bigN` | write N bytes of `x` before the output |
 //! | `inspect` | write `r`␀`K`, facts about this process, ␀ |
+//! | `pid` | write `r`␀`Kpid=N`\n␀, N its own pid ([`pid_output`]) |
 //!
 //! Steps run in the order written, all before the output; the output
 //! directives only say what is written at the end (a later one overrides
@@ -29,8 +30,8 @@
 //!
 //! Environment: [`ENV_LATENCY_MS`] adds a base sleep to every delivery,
 //! [`ENV_GATE`] names the gate file, [`ENV_RECORD`] names the recording
-//! file (see [`crate::recorder`]), and [`ENV_PROBE`] is echoed by
-//! `inspect`.
+//! file (see [`crate::recorder`]; each start line carries the parent
+//! pid), and [`ENV_PROBE`] is echoed by `inspect`.
 //!
 //! Parsing is the pure function [`parse_script`]; only [`main`] has
 //! effects.
@@ -84,6 +85,9 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// `r`␀`K`, the facts of [`main`]'s inspection, ␀.
     Inspect,
+    /// `r`␀`Kpid=N`\n␀ with the stand-in's own pid: what ties a result
+    /// to the recording lines of the process that served it.
+    Pid,
 }
 
 /// A parsed recipient: what the stand-in will do.
@@ -126,6 +130,7 @@ impl Script {
             Body::Default => out.extend(default_output(host)),
             Body::Nothing => {}
             Body::Bytes(bytes) => out.extend_from_slice(bytes),
+            Body::Pid => out.extend(pid_output(std::process::id())),
             Body::Inspect => {
                 out.extend_from_slice(b"r\0K");
                 out.extend(inspect().bytes().map(|b| match b {
@@ -154,6 +159,22 @@ pub fn default_result(host: &[u8]) -> Vec<u8> {
     out.extend_from_slice(host);
     out.extend_from_slice(b" accepted message.\nRemote host said: 250 ok\n");
     out
+}
+
+/// The output of the `pid` directive for process `pid`:
+/// `r`␀`Kpid=N`\n␀, a success whose result body is `Kpid=N`\n.
+pub fn pid_output(pid: u32) -> Vec<u8> {
+    format!("r\0Kpid={pid}\n\0").into_bytes()
+}
+
+/// The pid in a result body made of [`pid_output`] (`Kpid=N`\n), or
+/// `None` for any other body.
+pub fn pid_of_result(body: &[u8]) -> Option<u32> {
+    let digits = body.strip_prefix(b"Kpid=")?.strip_suffix(b"\n")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Reads the directives of `recipient` (see the module docs).
@@ -186,6 +207,7 @@ pub fn parse_script(recipient: &[u8]) -> Result<Script, String> {
             "none" => script.body = Body::Nothing,
             "stderr" => script.to_stderr = true,
             "inspect" => script.body = Body::Inspect,
+            "pid" => script.body = Body::Pid,
             _ if word.starts_with("sleep") => {
                 let ms = number("sleep")?;
                 script.steps.push(Step::Sleep(Duration::from_millis(ms)));
@@ -319,9 +341,12 @@ pub fn main() -> ! {
     let record = std::env::var_os(ENV_RECORD).map(PathBuf::from);
     let mark = |m: u8| {
         if let Some(path) = &record {
-            let line = recorder::line(
+            // The start names the parent: the shard that started it.
+            let parent = (m == b'S').then(std::os::unix::process::parent_id);
+            let line = recorder::line_with_parent(
                 m,
                 std::process::id(),
+                parent,
                 recorder::monotonic_ns(),
                 &host,
             );
@@ -642,6 +667,28 @@ mod tests {
         let s = parse_script(&r).unwrap();
         assert_eq!(s.body, Body::Bytes(bytes.to_vec()));
         assert_eq!(s.exit_code, 1);
+    }
+
+    #[test]
+    fn pid_directive_reports_the_pid_in_the_result() {
+        let s = parse("u+pid@h");
+        assert_eq!(s.body, Body::Pid);
+        assert_eq!(s.steps, vec![]);
+        assert_eq!(parse("u+pid+none@h").body, Body::Nothing);
+        assert_eq!(parse("u+none+pid@h").body, Body::Pid);
+        let none = || -> String { unreachable!() };
+        let out = s.output(b"h", none);
+        assert_eq!(out, pid_output(std::process::id()));
+        assert_eq!(pid_output(42), b"r\0Kpid=42\n\0");
+        // What qmail-rspawn makes of it: the text of the first segment.
+        let mut t = shardspawn_common::report::Translator::new();
+        t.push(&pid_output(31337));
+        let body = t.finish(shardspawn_common::report::ChildEnd::Exited(0));
+        assert_eq!(body, b"Kpid=31337\n");
+        assert_eq!(pid_of_result(&body), Some(31337));
+        for bad in [&b"Kpid=\n"[..], b"Kpid=12", b"Zpid=1\n", b"Kpid=1x\n"] {
+            assert_eq!(pid_of_result(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
