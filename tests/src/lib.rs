@@ -55,3 +55,4 @@ pub use emulator::{Delivery, Emulator, Options, RunReport, Stderr};
 pub use home::QmailHome;
 pub use recorder::Recording;
 pub use util::{bin_path, wait_for};
+pub mod bench;
