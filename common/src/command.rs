@@ -415,7 +415,7 @@ mod tests {
         #[test]
         fn twin_of_the_command_decoder_fuzz_target(
             width in width(),
-            limit in prop::sample::select(vec![0, 1, 2, 3, 8, 64, usize::MAX]),
+            limit in crate::testutil::one_of(vec![0, 1, 2, 3, 8, 64, usize::MAX]),
             bytes in prop::collection::vec(
                 prop_oneof![3 => Just(0u8), 1 => Just(b'@'), 2 => any::<u8>()],
                 0..160,

@@ -321,7 +321,7 @@ mod tests {
         /// from, and a job that parses re-encodes to its frame.
         #[test]
         fn twin_of_the_frame_decoder_fuzz_target(
-            max in prop::sample::select(vec![0, 1, 7, 64, u32::MAX]),
+            max in crate::testutil::one_of(vec![0, 1, 7, 64, u32::MAX]),
             bytes in prop::collection::vec(
                 prop_oneof![3 => Just(0u8), 1 => Just(JOB), 2 => any::<u8>()],
                 0..160,

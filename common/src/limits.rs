@@ -1132,7 +1132,7 @@ googlemail.com:=google
             bytes.extend([0x80, 0xa0, 0xc3, 0xa9, 0xff]);
         }
         let len = if narrow { 1..3 } else { 1..6 };
-        prop::collection::vec(prop::sample::select(bytes), len).boxed()
+        prop::collection::vec(crate::testutil::one_of(bytes), len).boxed()
     }
 
     fn host(narrow: bool, wide: bool) -> impl Strategy<Value = Vec<u8>> {
@@ -1281,7 +1281,7 @@ googlemail.com:=google
     /// parser, to `normalise` or to the resolver, and any bytes.
     fn hostile_line() -> impl Strategy<Value = Vec<u8>> {
         let token = prop_oneof![
-            prop::sample::select(vec![
+            crate::testutil::one_of(vec![
                 &b":"[..],
                 b"=",
                 b".",

@@ -38,3 +38,11 @@ pub fn cuts_from(raw: &[usize], len: usize) -> Vec<usize> {
     cuts.sort_unstable();
     cuts
 }
+
+/// One of `values`, uniformly (shrinking toward the first).
+pub fn one_of<T: Clone + std::fmt::Debug + 'static>(
+    values: Vec<T>,
+) -> impl proptest::strategy::Strategy<Value = T> {
+    use proptest::strategy::Strategy;
+    (0..values.len()).prop_map(move |i| values[i].clone())
+}
