@@ -298,17 +298,6 @@ impl Poller {
             .map_err(io_err)
     }
 
-    /// Changes what `fd` is watched for.
-    pub fn modify(
-        &self,
-        fd: BorrowedFd<'_>,
-        interest: Interest,
-        token: u64,
-    ) -> io::Result<()> {
-        let mut ev = EpollEvent::new(interest.flags(), token);
-        self.epoll.modify(fd, &mut ev).map_err(io_err)
-    }
-
     /// Stops watching `fd`.
     pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll.delete(fd).map_err(io_err)
@@ -342,9 +331,4 @@ impl Poller {
     pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
         self.events[..self.ready].iter().map(|e| e.data())
     }
-}
-
-/// Lossy text of bytes for logs.
-pub fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
 }
