@@ -262,6 +262,70 @@ pub fn body_for(end: ChildEnd, output: &[u8]) -> Vec<u8> {
     t.finish(end)
 }
 
+#[cfg(any(test, feature = "reference"))]
+/// A straight transcription of qmail-rspawn's `report()` as described
+/// in protocol §4.2, over the whole output at once: result -1/0/1 for
+/// D/Z/K, `j` the start of the segment being scanned. The oracle the
+/// [`Translator`] is tested and fuzzed against: no state, no cap. Built
+/// for tests and for the `reference` feature (the fuzz targets) only.
+pub fn reference(end: ChildEnd, s: &[u8]) -> Vec<u8> {
+    match end {
+        ChildEnd::Signaled(_) => {
+            return b"Zqmail-remote crashed.\n".to_vec();
+        }
+        ChildEnd::Exited(111) => {
+            return b"ZUnable to run qmail-remote.\n".to_vec();
+        }
+        ChildEnd::Exited(0) => {}
+        ChildEnd::Exited(_) => {
+            return b"DUnable to run qmail-remote.\n".to_vec();
+        }
+    }
+    if s.is_empty() {
+        return b"Zqmail-remote produced no output.\n".to_vec();
+    }
+    let mut result = -1;
+    let mut j = 0;
+    for (k, &b) in s.iter().enumerate() {
+        if b == 0 {
+            if s[j] == b'K' {
+                result = 1;
+                break;
+            }
+            if s[j] == b'Z' {
+                result = 0;
+                break;
+            }
+            if s[j] == b'D' {
+                break;
+            }
+            j = k + 1;
+        }
+    }
+    let mut orr = result;
+    if s[0] == b's' {
+        orr = 0;
+    }
+    if s[0] == b'h' {
+        orr = -1;
+    }
+    let mut out = vec![match orr {
+        1 => b'K',
+        0 => b'Z',
+        _ => b'D',
+    }];
+    let Some(n) = (1..s.len()).find(|&i| s[i] == 0) else {
+        return out;
+    };
+    out.extend_from_slice(&s[1..n]);
+    let k = n + 1;
+    if result <= orr && k < s.len() && matches!(s[k], b'K' | b'Z' | b'D') {
+        let end = (k + 1..s.len()).find(|&i| s[i] == 0).unwrap_or(s.len());
+        out.extend_from_slice(&s[k + 1..end]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -269,67 +333,6 @@ mod tests {
     use super::*;
 
     const OK: ChildEnd = ChildEnd::Exited(0);
-
-    /// A straight transcription of qmail-rspawn's `report()` as described
-    /// in protocol §4.2, over the whole output at once: result -1/0/1 for
-    /// D/Z/K, `j` the start of the segment being scanned.
-    fn reference(end: ChildEnd, s: &[u8]) -> Vec<u8> {
-        match end {
-            ChildEnd::Signaled(_) => {
-                return b"Zqmail-remote crashed.\n".to_vec();
-            }
-            ChildEnd::Exited(111) => {
-                return b"ZUnable to run qmail-remote.\n".to_vec();
-            }
-            ChildEnd::Exited(0) => {}
-            ChildEnd::Exited(_) => {
-                return b"DUnable to run qmail-remote.\n".to_vec();
-            }
-        }
-        if s.is_empty() {
-            return b"Zqmail-remote produced no output.\n".to_vec();
-        }
-        let mut result = -1;
-        let mut j = 0;
-        for (k, &b) in s.iter().enumerate() {
-            if b == 0 {
-                if s[j] == b'K' {
-                    result = 1;
-                    break;
-                }
-                if s[j] == b'Z' {
-                    result = 0;
-                    break;
-                }
-                if s[j] == b'D' {
-                    break;
-                }
-                j = k + 1;
-            }
-        }
-        let mut orr = result;
-        if s[0] == b's' {
-            orr = 0;
-        }
-        if s[0] == b'h' {
-            orr = -1;
-        }
-        let mut out = vec![match orr {
-            1 => b'K',
-            0 => b'Z',
-            _ => b'D',
-        }];
-        let Some(n) = (1..s.len()).find(|&i| s[i] == 0) else {
-            return out;
-        };
-        out.extend_from_slice(&s[1..n]);
-        let k = n + 1;
-        if result <= orr && k < s.len() && matches!(s[k], b'K' | b'Z' | b'D') {
-            let end = (k + 1..s.len()).find(|&i| s[i] == 0).unwrap_or(s.len());
-            out.extend_from_slice(&s[k + 1..end]);
-        }
-        out
-    }
 
     /// Streams `output` in the given pieces.
     fn streamed(end: ChildEnd, output: &[u8], cuts: &[usize]) -> Vec<u8> {

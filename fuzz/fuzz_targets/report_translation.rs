@@ -9,15 +9,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardspawn_common::report::{BODY_MAX, ChildEnd, Translator, body_for};
-use shardspawn_fuzz::{Exit, cuts, pieces, report_reference};
+use shardspawn_common::report::{
+    BODY_MAX, ChildEnd, Translator, body_for, reference,
+};
+use shardspawn_fuzz::{cuts, pieces};
 
 fuzz_target!(|data: &[u8]| {
     let [how, code, output @ ..] = data else { return };
-    let (end, exit) = match how % 8 {
-        6 => (ChildEnd::Exited(*code), Exit::Code(*code)),
-        7 => (ChildEnd::Signaled(i32::from(*code)), Exit::Signaled),
-        _ => (ChildEnd::Exited(0), Exit::Code(0)),
+    let end = match how % 8 {
+        6 => ChildEnd::Exited(*code),
+        7 => ChildEnd::Signaled(i32::from(*code)),
+        _ => ChildEnd::Exited(0),
     };
 
     let whole = body_for(end, output);
@@ -33,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(whole.len() <= BODY_MAX, "body of {} bytes", whole.len());
     assert!(!whole.contains(&0), "NUL in the body");
     assert!(matches!(whole[0], b'K' | b'Z' | b'D'), "letter {}", whole[0]);
-    let mut want = report_reference(exit, output);
+    let mut want = reference(end, output);
     want.truncate(BODY_MAX);
     assert_eq!(whole, want, "not protocol §4.2's body");
 });

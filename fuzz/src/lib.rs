@@ -1,5 +1,6 @@
-//! What the fuzz targets share: read boundaries derived from the input,
-//! and a straight reference for the report translation.
+//! What the fuzz targets share: read boundaries derived from the input
+//! (cut points, pieces). The report reference they compare against is
+//! `shardspawn_common::report::reference` (feature `reference`).
 //!
 //! The targets are sans-I/O like the codecs they drive: bytes in,
 //! assertions out. A failed assertion is a finding; see `README.md`.
@@ -48,70 +49,4 @@ pub fn pieces<'a>(
     let starts = std::iter::once(0).chain(cuts.iter().copied());
     let ends = cuts.iter().copied().chain([bytes.len()]);
     starts.zip(ends).map(|(a, b)| &bytes[a..b])
-}
-
-/// qmail-rspawn's `report()` as protocol §4.2 describes it, over the
-/// whole output at once: result -1/0/1 for D/Z/K, `j` the start of the
-/// segment being scanned. A copy of the test-only reference in
-/// `common/src/report.rs`; it holds no state and caps nothing.
-pub fn report_reference(exit: Exit, s: &[u8]) -> Vec<u8> {
-    match exit {
-        Exit::Signaled => return b"Zqmail-remote crashed.\n".to_vec(),
-        Exit::Code(111) => return b"ZUnable to run qmail-remote.\n".to_vec(),
-        Exit::Code(0) => {}
-        Exit::Code(_) => return b"DUnable to run qmail-remote.\n".to_vec(),
-    }
-    if s.is_empty() {
-        return b"Zqmail-remote produced no output.\n".to_vec();
-    }
-    let mut result = -1;
-    let mut j = 0;
-    for (k, &b) in s.iter().enumerate() {
-        if b == 0 {
-            if s[j] == b'K' {
-                result = 1;
-                break;
-            }
-            if s[j] == b'Z' {
-                result = 0;
-                break;
-            }
-            if s[j] == b'D' {
-                break;
-            }
-            j = k + 1;
-        }
-    }
-    let mut orr = result;
-    if s[0] == b's' {
-        orr = 0;
-    }
-    if s[0] == b'h' {
-        orr = -1;
-    }
-    let mut out = vec![match orr {
-        1 => b'K',
-        0 => b'Z',
-        _ => b'D',
-    }];
-    let Some(n) = (1..s.len()).find(|&i| s[i] == 0) else {
-        return out;
-    };
-    out.extend_from_slice(&s[1..n]);
-    let k = n + 1;
-    if result <= orr && k < s.len() && matches!(s[k], b'K' | b'Z' | b'D') {
-        let end = (k + 1..s.len()).find(|&i| s[i] == 0).unwrap_or(s.len());
-        out.extend_from_slice(&s[k + 1..end]);
-    }
-    out
-}
-
-/// How the reference sees a child's end: qmail-rspawn only tells a
-/// signal from an exit code.
-#[derive(Clone, Copy, Debug)]
-pub enum Exit {
-    /// Killed by a signal.
-    Signaled,
-    /// Exited with this code.
-    Code(u8),
 }
