@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use shardspawn_harness::util::{bin_path, wait_for};
-use supervision::{Scene, Suite, alive, ok, pid_in, run, soon};
+use supervision::{Scene, Suite, ok, pid_in, run, soon};
 
 /// `sv status DIR`'s pid if it says the service runs (the first
 /// `run:`, before the log's).
@@ -70,66 +70,15 @@ fn qmail_send_service_under_runsvdir() {
     }
     let scanner = scene.start_scanner();
     let service = scene.service.clone();
-    let log = service.join("log");
 
-    // Running, and the pid runsv watches is the stand-in qmail-start
-    // (run, chpst and qmail-start each exec the next).
-    let mut first = None;
-    assert!(
-        wait_for(
-            || {
-                first = up_pid(&service);
-                first.is_some()
-            },
-            soon()
-        ),
-        "sv status never said run; {}",
-        scene.post_mortem()
-    );
-    let first = first.expect("run");
-    assert_eq!(scene.wait_for_run(&[], 200), first, "the stand-in's pid");
-    let rspawn = scene.ledger().run(first).and_then(|r| r.rspawn);
-    let rspawn = rspawn.expect("the start line names qmail-rspawn");
-    scene.assert_limits_raised(first);
-
-    // The env dir reached shardspawn; mail is flowing through 3 shards.
-    let page = scene.wait_for_status(rspawn);
-    eprintln!("{page}");
-
-    // shardspawn's logs, one svlogd directory per process.
-    scene.assert_shardspawn_logs(stamped);
-    // qmail-send's log, through the service's log/run.
-    let main = log.join("main");
-    scene.wait_for_log(&main, "status: local 0/0 remote");
-    let text = scene.wait_for_log(&main, "qmail-send/run: limits: open files");
-    assert!(text.lines().all(stamped), "{text}");
-    assert!(text.contains(&format!("pid {first}: qmail-rspawn pid {rspawn}")));
-
-    // sv restart: qmail-send finishes what is in flight, then a new one.
-    ok("sv", &[Path::new("restart"), &service]);
-    let second = scene.wait_for_run(&[first], 100);
-    let old = scene.assert_clean(first);
-    assert!(old.term_busy.is_some(), "no SIGTERM reached {first}");
-    assert!(!alive(rspawn), "the old shardspawn {rspawn} is still there");
-    assert!(
-        wait_for(|| up_pid(&service) == Some(second), soon()),
-        "sv status does not show {second} running"
-    );
-    let rspawn2 = scene.ledger().run(second).and_then(|r| r.rspawn);
-    let rspawn2 = rspawn2.expect("the start line names qmail-rspawn");
-    scene.wait_for_status(rspawn2);
-    // The old shardspawn ended cleanly, and the new one logs into the
-    // same directory (its logger took over the old one's lock).
-    let supervisor = scene.logs.join("supervisor");
-    scene.wait_for_log(
-        &supervisor,
-        "end of commands; finishing 0 deliveries in flight",
-    );
-    scene.wait_for_log(&supervisor, &format!("started: pid {rspawn2},"));
-    eprintln!(
-        "first run: {} commands, {} in flight at SIGTERM; second: {second}",
-        old.sent(),
-        old.term_busy.unwrap_or(0)
+    // Running (the pid runsv watches is the stand-in qmail-start: run,
+    // chpst and qmail-start each exec the next), serving, logging in
+    // svlogd's format, then `sv restart` and a clean second run.
+    let (_, second) = scene.serve_then_restart(
+        up_pid,
+        ("sv", "restart"),
+        stamped,
+        "sv status never said run",
     );
 
     // Down for good: with a down file a rescan starts nothing again;

@@ -373,6 +373,85 @@ impl Scene {
             }
         }
     }
+    /// What both supervision suites prove, once the scanner runs: the
+    /// service comes up (`up_pid` reads svstat or sv status); the run
+    /// script raised the limits; the env dir reached shardspawn, whose
+    /// status shows mail flowing; shardspawn's per-process logs and the
+    /// service's own log are written in the logger's format (`stamped`);
+    /// and `restart` (svc -t, sv restart) makes the running qmail-send
+    /// finish every delivery it had sent, exactly once, before a new one
+    /// and a new shardspawn start. Returns the two stand-ins' pids.
+    pub fn serve_then_restart(
+        &self,
+        up_pid: fn(&Path) -> Option<u32>,
+        restart: (&str, &str),
+        stamped: fn(&str) -> bool,
+        never_up: &str,
+    ) -> (u32, u32) {
+        let service = &self.service;
+        let mut first = None;
+        assert!(
+            wait_for(
+                || {
+                    first = up_pid(service);
+                    first.is_some()
+                },
+                soon()
+            ),
+            "{never_up}; {}",
+            self.post_mortem()
+        );
+        let first = first.expect("up");
+        assert_eq!(self.wait_for_run(&[], 200), first, "the stand-in's pid");
+        let rspawn = self.ledger().run(first).and_then(|r| r.rspawn);
+        let rspawn = rspawn.expect("the start line names qmail-rspawn");
+        self.assert_limits_raised(first);
+
+        // The env dir reached shardspawn; mail is flowing through 3 shards.
+        let page = self.wait_for_status(rspawn);
+        eprintln!("{page}");
+
+        // shardspawn's logs, one log directory per process.
+        self.assert_shardspawn_logs(stamped);
+        // qmail-send's log, through the service's log/run.
+        let main = service.join("log").join("main");
+        self.wait_for_log(&main, "status: local 0/0 remote");
+        let text =
+            self.wait_for_log(&main, "qmail-send/run: limits: open files");
+        assert!(text.lines().all(stamped), "{text}");
+        assert!(
+            text.contains(&format!("pid {first}: qmail-rspawn pid {rspawn}"))
+        );
+
+        // The restart: qmail-send finishes what is in flight, then a new one.
+        ok(restart.0, &[Path::new(restart.1), service]);
+        let second = self.wait_for_run(&[first], 100);
+        let old = self.assert_clean(first);
+        assert!(old.term_busy.is_some(), "no SIGTERM reached {first}");
+        assert!(!alive(rspawn), "the old shardspawn {rspawn} is still there");
+        assert!(
+            wait_for(|| up_pid(service) == Some(second), soon()),
+            "{second} is not shown up"
+        );
+        let rspawn2 = self.ledger().run(second).and_then(|r| r.rspawn);
+        let rspawn2 = rspawn2.expect("the start line names qmail-rspawn");
+        self.wait_for_status(rspawn2);
+        // The old shardspawn ended cleanly, and the new one logs into the
+        // same directory (its logger took over the old one's lock).
+        let supervisor = self.logs.join("supervisor");
+        self.wait_for_log(
+            &supervisor,
+            "end of commands; finishing 0 deliveries in flight",
+        );
+        self.wait_for_log(&supervisor, &format!("started: pid {rspawn2},"));
+        eprintln!(
+            "first run: {} commands, {} in flight at SIGTERM; second: \
+             {second}",
+            old.sent(),
+            old.term_busy.unwrap_or(0)
+        );
+        (first, second)
+    }
 
     /// What a failed check prints: the scanner's output, the service's
     /// log and the supervisor's.
