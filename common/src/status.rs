@@ -17,12 +17,17 @@
 //! received 1234
 //! reported 1219
 //! deferred_by_limit 4
-//! key gmail.com running 10 held 3 limit 10 peak 10 started 400 held_total 37 deferred 4
+//! key gmail.com running 10 held 3 limit 20 effective 10 rate 600/m suspended_until 0 failures 0 peak 10 started 400 held_total 37 deferred 4 changed 1764336007 why 20 good deliveries at the limit
 //! ```
 //!
 //! Times are Unix seconds. `key` lines list the busiest keys (running
 //! plus held), a key written with every byte outside `0x21..=0x7e` as
-//! `?`. Unknown lines are ignored by readers, so fields can be added
+//! `?`. In a key line, `limit` is the configured limit, `effective` the
+//! one in force (adaptation and response rules lower it), `rate` the
+//! rate in force (`-`: none), `suspended_until` 0 unless the key is
+//! suspended, `failures` its site-level failures in a row, and `changed`
+//! and `why` the last change of any of these (`why` runs to the end of
+//! the line, so it is last). Unknown lines are ignored by readers, so fields can be added
 //! without a new version; a changed meaning needs one.
 
 use std::fmt::Write as _;
@@ -43,8 +48,17 @@ pub struct KeyStatus {
     pub running: u32,
     /// Deliveries waiting for it.
     pub held: u32,
-    /// Its limit.
+    /// Its configured limit.
     pub limit: u32,
+    /// The limit in force: at most the configured one, lowered by
+    /// adaptation or a response rule.
+    pub effective: u32,
+    /// The rate in force (`30/m`), or empty for none.
+    pub rate: String,
+    /// Unix seconds until which it is suspended; 0 if it is not.
+    pub suspended_until: u64,
+    /// Site-level failures in a row.
+    pub failures: u32,
     /// The most that ran at once since the shard started.
     pub peak: u32,
     /// Deliveries started for it since the shard started.
@@ -53,6 +67,11 @@ pub struct KeyStatus {
     pub held_total: u64,
     /// Deliveries answered with a `Z` because of its limit.
     pub deferred: u64,
+    /// Unix seconds of the last change of limit, rate or suspension; 0
+    /// if none.
+    pub changed: u64,
+    /// Why it changed last, printable, no newline.
+    pub why: String,
 }
 
 /// What a shard publishes.
@@ -135,25 +154,42 @@ fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
 
 impl KeyStatus {
     fn render(&self, out: &mut String) {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "key {} running {} held {} limit {} peak {} started {} \
-             held_total {} deferred {}",
+            "key {} running {} held {} limit {} effective {} rate {} \
+             suspended_until {} failures {} peak {} started {} \
+             held_total {} deferred {} changed {}",
             self.key,
             self.running,
             self.held,
             self.limit,
+            self.effective,
+            if self.rate.is_empty() { "-" } else { &self.rate },
+            self.suspended_until,
+            self.failures,
             self.peak,
             self.started,
             self.held_total,
-            self.deferred
+            self.deferred,
+            self.changed,
         );
+        if !self.why.is_empty() {
+            let why: String = self
+                .why
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let _ = write!(out, " why {why}");
+        }
+        out.push('\n');
     }
 
     fn parse(v: &str) -> Result<KeyStatus, String> {
+        let (v, why) = v.split_once(" why ").unwrap_or((v, ""));
         let mut words = v.split(' ');
         let mut k = KeyStatus {
             key: words.next().unwrap_or("").to_string(),
+            why: why.to_string(),
             ..KeyStatus::default()
         };
         while let (Some(name), Some(value)) = (words.next(), words.next()) {
@@ -161,6 +197,11 @@ impl KeyStatus {
                 "running" => k.running = num(name, value)?,
                 "held" => k.held = num(name, value)?,
                 "limit" => k.limit = num(name, value)?,
+                "effective" => k.effective = num(name, value)?,
+                "rate" if value != "-" => k.rate = value.to_string(),
+                "suspended_until" => k.suspended_until = num(name, value)?,
+                "failures" => k.failures = num(name, value)?,
+                "changed" => k.changed = num(name, value)?,
                 "peak" => k.peak = num(name, value)?,
                 "started" => k.started = num(name, value)?,
                 "held_total" => k.held_total = num(name, value)?,
@@ -304,11 +345,17 @@ mod tests {
                     key: "=google".into(),
                     running: 10,
                     held: 3,
-                    limit: 10,
+                    limit: 20,
+                    effective: 10,
+                    rate: "600/m".into(),
+                    suspended_until: 0,
+                    failures: 0,
                     peak: 10,
                     started: 400,
                     held_total: 37,
                     deferred: 4,
+                    changed: 1_764_336_007,
+                    why: "20 good deliveries at the limit".into(),
                 },
                 KeyStatus {
                     key: "a.test".into(),
@@ -349,8 +396,10 @@ mod tests {
             text.starts_with("shardspawn-status 1 shard\nshard 3\npid 4242\n")
         );
         assert!(text.contains(
-            "\nkey =google running 10 held 3 limit 10 peak 10 started 400 \
-             held_total 37 deferred 4\n"
+            "\nkey =google running 10 held 3 limit 20 effective 10 rate 600/m \
+             suspended_until 0 failures 0 peak 10 started 400 held_total 37 \
+             deferred 4 changed 1764336007 why 20 good deliveries at the \
+             limit\n"
         ));
     }
 
