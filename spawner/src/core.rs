@@ -503,6 +503,8 @@ impl Core {
                 started: k.started,
                 held_total: k.held_total,
                 deferred: k.deferred,
+                effective: k.limit,
+                ..KeyStatus::default()
             })
             .collect()
     }
