@@ -21,6 +21,18 @@
 //! | `bigN` | write N bytes of `x` before the output |
 //! | `inspect` | write `r`␀`K`, facts about this process, ␀ |
 //! | `pid` | write `r`␀`Kpid=N`\n␀, N its own pid ([`pid_output`]) |
+//! | `strictN` | a strict receiver: at most N at once to this host |
+//!
+//! `strictN` (N ≥ 1) plays a receiver that allows N connections at once
+//! from us: before anything else, the stand-in takes one of N slot files
+//! for its host (a non-blocking exclusive `flock`, held until it exits,
+//! so a crash lets go too); when all N are taken it writes qmail-remote's
+//! greeting failure with a 421 ([`strict_refusal`]) at once and exits 0,
+//! skipping every step. The slot files are `DIR/HOST.I` (I in 0..N, HOST
+//! with bytes outside `[a-z0-9.-]` as `%XX`) in the directory named by
+//! [`ENV_STRICT_DIR`]. [`ENV_STRICT`] makes every delivery without a
+//! `strictN` of its own strict with that N. Stand-ins of one host must
+//! agree on N: the slots are counted per file, not per number.
 //!
 //! Steps run in the order written, all before the output; the output
 //! directives only say what is written at the end (a later one overrides
@@ -31,7 +43,8 @@
 //! Environment: [`ENV_LATENCY_MS`] adds a base sleep to every delivery,
 //! [`ENV_GATE`] names the gate file, [`ENV_RECORD`] names the recording
 //! file (see [`crate::recorder`]; each start line carries the parent
-//! pid), and [`ENV_PROBE`] is echoed by `inspect`.
+//! pid), [`ENV_PROBE`] is echoed by `inspect`, and [`ENV_STRICT`] and
+//! [`ENV_STRICT_DIR`] set up the strict receiver.
 //!
 //! Parsing is the pure function [`parse_script`]; only [`main`] has
 //! effects.
@@ -58,6 +71,19 @@ pub const ENV_GATE: &str = "SHARDSPAWN_FAKE_GATE";
 pub const ENV_RECORD: &str = "SHARDSPAWN_FAKE_RECORD";
 /// A variable that `inspect` reports, to prove the environment passed.
 pub const ENV_PROBE: &str = "SHARDSPAWN_PROBE";
+/// `N`: every delivery without a `strictN` directive is `strictN`.
+pub const ENV_STRICT: &str = "SHARDSPAWN_FAKE_STRICT";
+/// The directory of the strict receiver's slot files.
+pub const ENV_STRICT_DIR: &str = "SHARDSPAWN_FAKE_STRICT_DIR";
+
+/// The address the stand-in says it connected to, in the texts that
+/// name one (RFC 5737 documentation space).
+pub const FAKE_IP: &str = "192.0.2.1";
+
+/// What a strict receiver says when too many of our connections are
+/// open: the reply after `421`.
+pub const STRICT_SAID: &str =
+    "421 4.7.0 Too many concurrent connections from your IP";
 
 /// Something the stand-in does before writing its output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +129,8 @@ pub struct Script {
     pub to_stderr: bool,
     /// The exit code after the output.
     pub exit_code: i32,
+    /// `strictN`: at most N at once to this host.
+    pub strict: Option<u32>,
 }
 
 impl Default for Script {
@@ -113,6 +141,7 @@ impl Default for Script {
             padding: 0,
             to_stderr: false,
             exit_code: 0,
+            strict: None,
         }
     }
 }
@@ -151,6 +180,29 @@ pub fn default_output(host: &[u8]) -> Vec<u8> {
     out.extend_from_slice(host);
     out.extend_from_slice(b" accepted message.\nRemote host said: 250 ok\n\0");
     out
+}
+
+/// qmail-remote's output when the greeting is not 220 (qmail-remote.c
+/// `quit("ZConnected to "," but greeting failed")`): the address, then
+/// `Remote host said: ` and the reply line `said`, then NUL.
+pub fn greeting_failure(said: &str) -> Vec<u8> {
+    format!(
+        "ZConnected to {FAKE_IP} but greeting failed.\n\
+         Remote host said: {said}\n\0"
+    )
+    .into_bytes()
+}
+
+/// What a strict receiver's refusal looks like: [`greeting_failure`]
+/// with [`STRICT_SAID`].
+pub fn strict_refusal() -> Vec<u8> {
+    greeting_failure(STRICT_SAID)
+}
+
+/// The result body qmail-rspawn makes of an output that is one message
+/// report (such as [`greeting_failure`]): the report without its NUL.
+pub fn result_of(output: &[u8]) -> Vec<u8> {
+    output.strip_suffix(b"\0").unwrap_or(output).to_vec()
 }
 
 /// The result body qmail-rspawn makes of [`default_output`].
@@ -219,6 +271,14 @@ pub fn parse_script(recipient: &[u8]) -> Result<Script, String> {
                     .filter(|c| *c <= 255)
                     .ok_or_else(|| format!("directive {word:?}: over 255"))?;
             }
+            _ if word.starts_with("strict") => {
+                let n = number("strict")?;
+                script.strict = Some(
+                    u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(
+                        || format!("directive {word:?}: 1 to 2^32-1"),
+                    )?,
+                );
+            }
             _ if word.starts_with("big") => {
                 let n = number("big")?;
                 script.padding = usize::try_from(n)
@@ -279,6 +339,56 @@ pub fn parse_inspect(body: &[u8]) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// The name of slot file `index` of `host` (see the module docs).
+pub fn slot_name(host: &[u8], index: u32) -> String {
+    let mut name = String::new();
+    for &b in host {
+        match b.to_ascii_lowercase() {
+            b @ (b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-') => {
+                name.push(b as char)
+            }
+            b => {
+                let _ = write!(name, "%{b:02X}");
+            }
+        }
+    }
+    // "." and ".." would not be files of their own.
+    if name.bytes().all(|b| b == b'.') {
+        name = name.replace('.', "%2E");
+    }
+    let _ = write!(name, ".{index}");
+    name
+}
+
+/// Takes a free one of the `n` slots of `host` in `dir`: the lock on
+/// its file, held as long as the returned value lives (or the process
+/// does). `None` when all `n` are taken. Never waits.
+pub fn take_slot(
+    dir: &Path,
+    host: &[u8],
+    n: u32,
+) -> io::Result<Option<Flock<File>>> {
+    for i in 0..n {
+        let path = dir.join(slot_name(host, i));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((_, Errno::EWOULDBLOCK)) => break,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The test's side of the `gate` directive: a file the test holds an
@@ -372,6 +482,23 @@ pub fn main() -> ! {
             exit(0)
         }
     };
+    // The connection lasts the whole delivery: the slot is held until
+    // exit (the lock goes with the process, whichever way it ends).
+    let strict = script.strict.or_else(|| {
+        std::env::var(ENV_STRICT).ok()?.trim().parse().ok().filter(|n| *n > 0)
+    });
+    let _slot = match strict.map(|n| strict_slot(&host, n)) {
+        None => None,
+        Some(Ok(Some(slot))) => Some(slot),
+        Some(Ok(None)) => {
+            write_fd(io::stdout().as_fd(), &strict_refusal());
+            exit(0)
+        }
+        Some(Err(why)) => {
+            write_fd(io::stdout().as_fd(), &failure(&why));
+            exit(0)
+        }
+    };
     let base = std::env::var(ENV_LATENCY_MS)
         .ok()
         .and_then(|ms| ms.trim().parse::<u64>().ok())
@@ -410,6 +537,15 @@ pub fn main() -> ! {
         write_fd(io::stdout().as_fd(), &out);
     }
     exit(script.exit_code)
+}
+
+/// One of `n` slots for `host` in [`ENV_STRICT_DIR`], or `None` if all
+/// are taken.
+fn strict_slot(host: &[u8], n: u32) -> Result<Option<Flock<File>>, String> {
+    let dir = std::env::var_os(ENV_STRICT_DIR)
+        .ok_or_else(|| format!("strict receiver without {ENV_STRICT_DIR}"))?;
+    take_slot(Path::new(&dir), host, n)
+        .map_err(|e| format!("unable to take a strict slot in {dir:?}: {e}"))
 }
 
 /// A `D` report for a script the stand-in cannot follow.
@@ -723,6 +859,63 @@ mod tests {
                 "{key}: {facts:?}"
             );
         }
+    }
+
+    #[test]
+    fn strict_directive() {
+        assert_eq!(parse("u@h").strict, None);
+        assert_eq!(parse("u+strict3@h").strict, Some(3));
+        assert_eq!(parse("u+strict3+sleep5@h").steps, vec![ms(5)]);
+        for r in ["u+strict@h", "u+strict0@h", "u+strict4294967296@h"] {
+            assert!(parse_script(r.as_bytes()).is_err(), "{r}");
+        }
+    }
+
+    #[test]
+    fn strict_refusal_is_qmail_remotes_greeting_failure() {
+        assert_eq!(
+            strict_refusal(),
+            b"ZConnected to 192.0.2.1 but greeting failed.\nRemote host \
+              said: 421 4.7.0 Too many concurrent connections from your \
+              IP\n\0"
+        );
+        // What qmail-rspawn makes of it, and what result_of says.
+        let mut t = shardspawn_common::report::Translator::new();
+        t.push(&strict_refusal());
+        let body = t.finish(shardspawn_common::report::ChildEnd::Exited(0));
+        assert_eq!(body, result_of(&strict_refusal()));
+        assert!(body.starts_with(b"ZConnected to "));
+    }
+
+    #[test]
+    fn slot_names_are_one_file_per_host_and_index() {
+        assert_eq!(slot_name(b"D1.Test", 0), "d1.test.0");
+        assert_eq!(slot_name(b"a/b c", 12), "a%2Fb%20c.12");
+        assert_eq!(slot_name(b"..", 1), "%2E%2E.1");
+        assert_eq!(slot_name(b"", 1), ".1");
+    }
+
+    #[test]
+    fn strict_slots_are_counted_per_host() {
+        let home = crate::home::QmailHome::new().unwrap();
+        let dir = home.path();
+        let take = |host: &[u8]| take_slot(dir, host, 2).unwrap();
+        let a = take(b"a.test").expect("first slot");
+        let b = take(b"a.test").expect("second slot");
+        // Both taken: refused at once, without waiting.
+        assert!(take(b"a.test").is_none());
+        // Another host has slots of its own.
+        let other = take(b"b.test").expect("other host");
+        // A slot let go (a stand-in that exited) is free again.
+        drop(a);
+        let c = take(b"a.test").expect("freed slot");
+        assert!(take(b"a.test").is_none());
+        drop((b, c, other));
+        // A single-slot receiver.
+        let one = take_slot(dir, b"c.test", 1).unwrap().unwrap();
+        assert!(take_slot(dir, b"c.test", 1).unwrap().is_none());
+        drop(one);
+        assert!(take_slot(dir, b"c.test", 1).unwrap().is_some());
     }
 
     #[test]
