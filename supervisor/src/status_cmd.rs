@@ -22,6 +22,11 @@ Shows the running spawner, each shard, and the busiest limit keys, from
 the status files in the state directory (SHARDSPAWN_STATE_DIR under
 SHARDSPAWN_HOME, default /run/shardspawn). Exit 0: running; 1: not
 running, or its status is stale; 111: the state directory is unreadable.
+
+Per key: the configured limit, the effective one in force (eff: lowered
+by adaptation or a response rule), the rate in force, how many seconds
+a suspension still lasts, site-level failures in a row, and how long
+ago the last of these changed, and why.
 ";
 
 /// Status files older than this are stale: every process rewrites its
@@ -262,24 +267,7 @@ impl View {
         let keys = self.keys(top);
         if !keys.is_empty() {
             let _ = writeln!(out, "busiest keys:");
-            let _ = writeln!(
-                out,
-                "{:<24} {:>5} {:>8} {:>6} {:>6} {:>6} {:>9}",
-                "key", "shard", "running", "held", "limit", "peak", "deferred"
-            );
-            for (shard, k) in keys {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:>5} {:>8} {:>6} {:>6} {:>6} {:>9}",
-                    k.key,
-                    shard,
-                    k.running,
-                    k.held,
-                    k.limit,
-                    k.peak,
-                    k.deferred
-                );
-            }
+            out.push_str(&key_table(&keys, self.now));
         }
         out
     }
@@ -344,22 +332,114 @@ impl View {
             let _ = write!(
                 out,
                 "{{\"key\":{},\"shard\":{},\"running\":{},\"held\":{},\
-                 \"limit\":{},\"peak\":{},\"started\":{},\"held_total\":{},\
-                 \"deferred\":{}}}",
+                 \"limit\":{},\"effective\":{},\"rate\":{},\
+                 \"suspended_until\":{},\"failures\":{},\"peak\":{},\
+                 \"started\":{},\"held_total\":{},\"deferred\":{},\
+                 \"changed\":{},\"why\":{}}}",
                 quote(&k.key),
                 shard,
                 k.running,
                 k.held,
                 k.limit,
+                k.effective,
+                if k.rate.is_empty() {
+                    "null".to_string()
+                } else {
+                    quote(&k.rate)
+                },
+                k.suspended_until,
+                k.failures,
                 k.peak,
                 k.started,
                 k.held_total,
-                k.deferred
+                k.deferred,
+                k.changed,
+                quote(&k.why)
             );
         }
         out.push_str("]}\n");
         out
     }
+}
+
+/// The per-key table: configured and effective limit, rate, how long a
+/// suspension still lasts, site-level failures in a row, and the last
+/// change with how long ago it was. `why` is last, as it runs long.
+fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
+    let mut out = String::new();
+    let row = |out: &mut String, cells: [&str; 11], why: &str| {
+        let [
+            key,
+            shard,
+            running,
+            held,
+            limit,
+            eff,
+            rate,
+            susp,
+            fail,
+            peak,
+            def,
+        ] = cells;
+        let _ = writeln!(
+            out,
+            "{key:<24} {shard:>5} {running:>7} {held:>6} {limit:>5} \
+             {eff:>5} {rate:>8} {susp:>9} {fail:>4} {peak:>6} {def:>8}  {why}"
+        );
+    };
+    row(
+        &mut out,
+        [
+            "key",
+            "shard",
+            "running",
+            "held",
+            "limit",
+            "eff",
+            "rate",
+            "suspended",
+            "fail",
+            "peak",
+            "deferred",
+        ],
+        "last change",
+    );
+    for (shard, k) in keys {
+        let rate = if k.rate.is_empty() { "-" } else { k.rate.as_str() };
+        let why = match (k.changed, k.why.is_empty()) {
+            (0, true) => "-".to_string(),
+            (0, false) => k.why.clone(),
+            (t, true) => format!("{}s ago", now.saturating_sub(t)),
+            (t, false) => {
+                format!("{}s ago: {}", now.saturating_sub(t), k.why)
+            }
+        };
+        row(
+            &mut out,
+            [
+                &k.key,
+                &shard.to_string(),
+                &k.running.to_string(),
+                &k.held.to_string(),
+                &k.limit.to_string(),
+                &k.effective.to_string(),
+                rate,
+                &suspension(k.suspended_until, now),
+                &k.failures.to_string(),
+                &k.peak.to_string(),
+                &k.deferred.to_string(),
+            ],
+            &why,
+        );
+    }
+    out
+}
+
+/// A suspension as the seconds it still lasts (`293s`), `-` when the
+/// key is not suspended or its suspension is over by the reader's clock
+/// (the shard lifts it at its next wake-up).
+fn suspension(until: u64, now: u64) -> String {
+    if until > now { format!("{}s", until - now) } else { "-".to_string() }
 }
 
 /// A JSON string literal.
@@ -395,6 +475,160 @@ mod tests {
         assert_eq!(state_of(me, 100, 100 + STALE_AFTER + 1), State::Stale);
         assert_eq!(state_of(0, 100, 100), State::Down);
         assert_eq!(state_of(u32::MAX, 100, 100), State::Down);
+    }
+
+    fn key(name: &str) -> KeyStatus {
+        KeyStatus {
+            key: name.to_string(),
+            limit: 20,
+            effective: 20,
+            ..KeyStatus::default()
+        }
+    }
+
+    fn view(keys: Vec<KeyStatus>, now: u64) -> View {
+        let shard = ShardStatus {
+            shard: 1,
+            pid: std::process::id(),
+            updated: now,
+            keys,
+            ..ShardStatus::default()
+        };
+        View {
+            dir: PathBuf::from("/nonexistent"),
+            now,
+            supervisor: None,
+            shards: vec![(shard, State::Up)],
+        }
+    }
+
+    #[test]
+    fn the_key_table_shows_limits_rate_suspension_and_why() {
+        let now = 1_764_336_100;
+        let busy = KeyStatus {
+            running: 4,
+            held: 2,
+            effective: 4,
+            rate: "600/m".to_string(),
+            failures: 1,
+            peak: 5,
+            deferred: 3,
+            changed: now - 12,
+            why: "site-level failure: ZConnected to 192.0.2.1".to_string(),
+            ..key("gmail.com")
+        };
+        let suspended = KeyStatus {
+            held: 1,
+            effective: 1,
+            suspended_until: now + 293,
+            failures: 10,
+            changed: now - 7,
+            why: "suspended until 2025-11-28 13:06:33 UTC: 10 site-level \
+                  failures in a row"
+                .to_string(),
+            ..key("=google")
+        };
+        let quiet = KeyStatus { running: 1, ..key("d1.test") };
+        let text = view(vec![busy, suspended, quiet], now).text(10);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| *l == "busiest keys:").unwrap();
+        let header: Vec<&str> = lines[at + 1].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "key",
+                "shard",
+                "running",
+                "held",
+                "limit",
+                "eff",
+                "rate",
+                "suspended",
+                "fail",
+                "peak",
+                "deferred",
+                "last",
+                "change"
+            ]
+        );
+        let row = |i: usize| -> Vec<&str> {
+            lines[at + 2 + i].split_whitespace().collect()
+        };
+        assert_eq!(
+            row(0),
+            [
+                "gmail.com",
+                "1",
+                "4",
+                "2",
+                "20",
+                "4",
+                "600/m",
+                "-",
+                "1",
+                "5",
+                "3",
+                "12s",
+                "ago:",
+                "site-level",
+                "failure:",
+                "ZConnected",
+                "to",
+                "192.0.2.1"
+            ]
+        );
+        assert_eq!(
+            row(1)[..11],
+            ["=google", "1", "0", "1", "20", "1", "-", "293s", "10", "0", "0"]
+        );
+        assert!(
+            lines[at + 2 + 1].ends_with(
+                "  7s ago: suspended until 2025-11-28 13:06:33 UTC: 10 \
+                 site-level failures in a row"
+            ),
+            "{text}"
+        );
+        // Never changed: nothing to say.
+        assert_eq!(
+            row(2),
+            [
+                "d1.test", "1", "1", "0", "20", "20", "-", "-", "0", "0", "0",
+                "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_suspension_that_is_over_shows_as_none() {
+        assert_eq!(suspension(0, 100), "-");
+        assert_eq!(suspension(100, 100), "-");
+        assert_eq!(suspension(99, 100), "-");
+        assert_eq!(suspension(101, 100), "1s");
+    }
+
+    #[test]
+    fn the_json_keys_carry_the_new_fields() {
+        let k = KeyStatus {
+            effective: 3,
+            rate: "30/m".to_string(),
+            suspended_until: 200,
+            failures: 2,
+            changed: 90,
+            why: "response rule 1 matched \"rate limit\"".to_string(),
+            ..key("d1.test")
+        };
+        let json = view(vec![k, key("d2.test")], 100).json(10);
+        for want in [
+            "\"key\":\"d1.test\",\"shard\":1,\"running\":0,\"held\":0,\
+             \"limit\":20,\"effective\":3,\"rate\":\"30/m\",\
+             \"suspended_until\":200,\"failures\":2,",
+            "\"changed\":90,\"why\":\"response rule 1 matched \\\"rate \
+             limit\\\"\"}",
+            "\"key\":\"d2.test\",\"shard\":1,\"running\":0,\"held\":0,\
+             \"limit\":20,\"effective\":20,\"rate\":null,",
+        ] {
+            assert!(json.contains(want), "{want}\nin\n{json}");
+        }
     }
 
     #[test]
