@@ -21,6 +21,8 @@
 //! - [`limits`]: the per-destination limits file, and which key and
 //!   limit a domain is counted under.
 //! - [`settings`]: the settings table, parsed from flags and environment.
+//! - [`response`]: the response rules, and what a result says about its
+//!   destination (site-level pushback or not).
 //! - [`status`]: the live status files a shard and the supervisor publish.
 #![deny(missing_docs)]
 
@@ -31,6 +33,7 @@ pub mod limits;
 pub mod record;
 pub mod refusal;
 pub mod report;
+pub mod response;
 pub mod settings;
 pub mod status;
 pub mod validate;

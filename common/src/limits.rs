@@ -18,7 +18,10 @@
 //! ```
 //!
 //! A value is a limit (1 to 65535) or `=NAME`, membership of a group
-//! (for domain and subdomain keys only). Domains are stored as
+//! (for domain and subdomain keys only). A limit may carry a rate after
+//! a comma, `N/s`, `N/m` or `N/h` (N 1 to 65535): `gmail.com:20,600/m`
+//! lets at most 600 deliveries a minute start for the key, one every
+//! 100 ms, and `:20,60/m` gives every domain such a rate of its own. Domains are stored as
 //! [`domain::normalise`] leaves a recipient's host (escapes decoded,
 //! ASCII lowercased, trailing dots removed, IP literals as `[a.b.c.d]`),
 //! suffixes likewise (as names: `.1.2.3.4` is no literal), group names
@@ -66,11 +69,105 @@ pub const LIMIT_MAX: u32 = 65535;
 /// The longest group name, in bytes.
 const GROUP_NAME_MAX: usize = 64;
 
+/// How often deliveries for a key may start: `count` per `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// Starts per period, `1..=65535`.
+    pub count: u32,
+    /// The period: 1 s, 60 s or 3600 s.
+    pub per: Per,
+}
+
+/// The period of a [`Rate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Per {
+    /// `/s`
+    Second,
+    /// `/m`
+    Minute,
+    /// `/h`
+    Hour,
+}
+
+impl Rate {
+    /// The time between two starts: the period divided by the count.
+    pub fn interval(self) -> std::time::Duration {
+        let period: u64 = match self.per {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+        };
+        std::time::Duration::from_nanos(
+            period * 1_000_000_000 / u64::from(self.count.max(1)),
+        )
+    }
+
+    /// Parses `N/s`, `N/m` or `N/h` (the unit in either case, as the
+    /// rest of the file).
+    pub fn parse(text: &[u8]) -> Result<Rate, String> {
+        let text = trim(text);
+        let bad = || format!("a rate is N/s, N/m or N/h, N 1 to {LIMIT_MAX}");
+        let slash = text.iter().position(|&b| b == b'/').ok_or_else(bad)?;
+        let count = limit(trim(&text[..slash])).map_err(|_| bad())?;
+        let per = match trim(&text[slash + 1..]) {
+            b"s" | b"S" => Per::Second,
+            b"m" | b"M" => Per::Minute,
+            b"h" | b"H" => Per::Hour,
+            _ => return Err(bad()),
+        };
+        Ok(Rate { count, per })
+    }
+
+    /// The lower of two rates (the one with the longer interval).
+    pub fn min(self, other: Rate) -> Rate {
+        if other.interval() > self.interval() { other } else { self }
+    }
+}
+
+/// `N/s`, `N/m` or `N/h`.
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.per {
+            Per::Second => 's',
+            Per::Minute => 'm',
+            Per::Hour => 'h',
+        };
+        write!(f, "{}/{per}", self.count)
+    }
+}
+
+/// What a key may use: a limit, and maybe a rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Allowance {
+    /// Most deliveries running at once, `1..=65535` (`u32::MAX` for
+    /// none, in a shard that has no limits).
+    pub limit: u32,
+    /// Most starts per period, if any.
+    pub rate: Option<Rate>,
+}
+
+impl From<u32> for Allowance {
+    fn from(limit: u32) -> Allowance {
+        Allowance { limit, rate: None }
+    }
+}
+
+/// `LIMIT` or `LIMIT,RATE`.
+impl fmt::Display for Allowance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.limit)?;
+        if let Some(rate) = self.rate {
+            write!(f, ",{rate}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What a domain or subdomain rule gives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
-    /// Its own limit, `1..=65535`.
-    Limit(u32),
+    /// Its own limit (and rate).
+    Limit(Allowance),
     /// Membership of a group (lowercase name), which has the limit.
     Group(String),
 }
@@ -79,14 +176,14 @@ pub enum Value {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// `:LIMIT`: the limit of every domain no other rule names.
-    Default(u32),
+    Default(Allowance),
     /// `DOMAIN:VALUE`: one domain (normalised).
     Domain(Vec<u8>, Value),
     /// `.SUFFIX:VALUE`: every domain ending in `.SUFFIX`; the vector is
     /// the suffix without its leading '.'.
     Subdomain(Vec<u8>, Value),
     /// `=NAME:LIMIT`: the limit shared by the group's members.
-    Group(String, u32),
+    Group(String, Allowance),
 }
 
 /// A line of the file that did not parse, or a group used and never
@@ -140,6 +237,8 @@ pub struct Match {
     pub key: Vec<u8>,
     /// The most deliveries running at once under `key`.
     pub limit: u32,
+    /// The most starts per period under `key`, if any.
+    pub rate: Option<Rate>,
     /// The rule that matched.
     pub rule: MatchedRule,
 }
@@ -153,14 +252,14 @@ pub struct Match {
 pub struct Limits {
     /// Every rule with its line, in file order.
     rules: Vec<(usize, Rule)>,
-    /// The default line's number and limit, if there is one.
-    default: Option<(usize, u32)>,
+    /// The default line's number and allowance, if there is one.
+    default: Option<(usize, Allowance)>,
     /// Domain → its rule's line and value.
     domains: HashMap<Vec<u8>, (usize, Value)>,
     /// Suffix (no leading '.') → its rule's line and value.
     suffixes: HashMap<Vec<u8>, (usize, Value)>,
-    /// Group name → its definition's line and limit.
-    groups: HashMap<String, (usize, u32)>,
+    /// Group name → its definition's line and allowance.
+    groups: HashMap<String, (usize, Allowance)>,
     /// The longest suffix in `suffixes`: no longer tail of a domain can
     /// match, so none is hashed.
     suffix_max: usize,
@@ -269,16 +368,27 @@ impl Limits {
     /// The default limit in force: the default line's, else
     /// [`DEFAULT_LIMIT`].
     pub fn default_limit(&self) -> u32 {
-        self.default.map_or(DEFAULT_LIMIT, |(_, n)| n)
+        self.default_allowance().limit
+    }
+
+    /// The default allowance in force: the default line's, else
+    /// [`DEFAULT_LIMIT`] and no rate.
+    pub fn default_allowance(&self) -> Allowance {
+        self.default.map_or(DEFAULT_LIMIT.into(), |(_, a)| a)
     }
 
     /// The limit of group `name` (any case), if the file defines it.
     pub fn group_limit(&self, name: &str) -> Option<u32> {
+        self.group_allowance(name).map(|a| a.limit)
+    }
+
+    /// The allowance of group `name` (any case), if the file defines it.
+    pub fn group_allowance(&self, name: &str) -> Option<Allowance> {
         // Keys from `lookup` are lowercase already: no allocation then.
         let found = self.groups.get(name);
         let found =
             found.or_else(|| self.groups.get(&name.to_ascii_lowercase()));
-        found.map(|&(_, n)| n)
+        found.map(|&(_, a)| a)
     }
 
     /// What applies to a normalised domain (as [`domain::normalise`]
@@ -318,7 +428,7 @@ impl Limits {
             }
         }
         let line = self.default.map(|(line, _)| line);
-        let value = Value::Limit(self.default_limit());
+        let value = Value::Limit(self.default_allowance());
         self.resolve(domain, &value, MatchedRule::Default { line })
     }
 
@@ -329,32 +439,42 @@ impl Limits {
         value: &Value,
         rule: MatchedRule,
     ) -> Match {
-        let (key, limit) = match value {
-            Value::Limit(n) => (domain_key(domain), *n),
+        let (key, allowance) = match value {
+            Value::Limit(a) => (domain_key(domain), *a),
             Value::Group(name) => {
                 let mut key = Vec::with_capacity(1 + name.len());
                 key.push(b'=');
                 key.extend_from_slice(name.as_bytes());
                 // `parse` checked every used group is defined.
-                let limit = self
-                    .group_limit(name)
-                    .unwrap_or_else(|| self.default_limit());
-                (key, limit)
+                let allowance = self
+                    .group_allowance(name)
+                    .unwrap_or_else(|| self.default_allowance());
+                (key, allowance)
             }
         };
-        Match { key, limit, rule }
+        Match { key, limit: allowance.limit, rate: allowance.rate, rule }
     }
 
     /// The limit of a key as [`lookup`](Limits::lookup) produces it (a
     /// group key or a domain key), for a shard that only has the key.
     /// An unknown group has the default limit.
     pub fn limit_of_key(&self, key: &[u8]) -> u32 {
+        self.allowance_of_key(key).limit
+    }
+
+    /// The limit and rate of a key, as [`limit_of_key`] finds them.
+    ///
+    /// [`limit_of_key`]: Limits::limit_of_key
+    pub fn allowance_of_key(&self, key: &[u8]) -> Allowance {
         match key.split_first() {
             Some((b'=', name)) => std::str::from_utf8(name)
                 .ok()
-                .and_then(|name| self.group_limit(name))
-                .unwrap_or_else(|| self.default_limit()),
-            _ => self.lookup(key).limit,
+                .and_then(|name| self.group_allowance(name))
+                .unwrap_or_else(|| self.default_allowance()),
+            _ => {
+                let m = self.lookup(key);
+                Allowance { limit: m.limit, rate: m.rate }
+            }
         }
     }
 
@@ -433,7 +553,7 @@ impl Rule {
         let value = &line[colon + 1..];
         match key.split_first() {
             None => match parse_value(value)? {
-                Value::Limit(n) => Ok(Rule::Default(n)),
+                Value::Limit(a) => Ok(Rule::Default(a)),
                 Value::Group(_) => {
                     Err("the default must be a limit, not a group".to_owned())
                 }
@@ -441,7 +561,7 @@ impl Rule {
             Some((b'=', name)) => {
                 let name = group_name(name)?;
                 match parse_value(value)? {
-                    Value::Limit(n) => Ok(Rule::Group(name, n)),
+                    Value::Limit(a) => Ok(Rule::Group(name, a)),
                     Value::Group(_) => {
                         Err("a group's value must be a limit".to_owned())
                     }
@@ -512,7 +632,7 @@ impl FromStr for Rule {
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::Limit(n) => write!(f, "{n}"),
+            Value::Limit(a) => write!(f, "{a}"),
             Value::Group(name) => write!(f, "={name}"),
         }
     }
@@ -548,18 +668,27 @@ fn check_host_bytes(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A value: a limit, or `=NAME`.
+/// A value: a limit with maybe a rate (`20,600/m`), or `=NAME`.
 fn parse_value(value: &[u8]) -> Result<Value, String> {
     let value = trim(value);
     match value.split_first() {
         None => Err("no value after ':'".to_owned()),
         Some((b'=', name)) => Ok(Value::Group(group_name(name)?)),
-        Some(_) => limit(value).map(Value::Limit),
+        Some(_) => {
+            let (n, rate) = match value.iter().position(|&b| b == b',') {
+                Some(comma) => (
+                    trim(&value[..comma]),
+                    Some(Rate::parse(&value[comma + 1..])?),
+                ),
+                None => (value, None),
+            };
+            Ok(Value::Limit(Allowance { limit: limit(n)?, rate }))
+        }
     }
 }
 
 /// A decimal limit, `1..=LIMIT_MAX`.
-fn limit(text: &[u8]) -> Result<u32, String> {
+pub(crate) fn limit(text: &[u8]) -> Result<u32, String> {
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return Err("not a number".to_owned());
     }
@@ -632,8 +761,12 @@ googlemail.com:=google
     /// Checks `lookup` against (domain, key, limit, rule) rows.
     fn check(limits: &Limits, table: &[(&[u8], &[u8], u32, MatchedRule)]) {
         for (domain, key, limit, rule) in table {
-            let want =
-                Match { key: key.to_vec(), limit: *limit, rule: rule.clone() };
+            let want = Match {
+                key: key.to_vec(),
+                limit: *limit,
+                rate: None,
+                rule: rule.clone(),
+            };
             let d = String::from_utf8_lossy(domain);
             assert_eq!(limits.lookup(domain), want, "{d}");
         }
@@ -675,13 +808,16 @@ googlemail.com:=google
         assert_eq!(
             rules,
             [
-                Rule::Default(20),
-                Rule::Domain(b"example.com".to_vec(), Value::Limit(5)),
-                Rule::Subdomain(b"example.com".to_vec(), Value::Limit(3)),
+                Rule::Default(20.into()),
+                Rule::Domain(b"example.com".to_vec(), Value::Limit(5.into())),
+                Rule::Subdomain(
+                    b"example.com".to_vec(),
+                    Value::Limit(3.into())
+                ),
                 Rule::Domain(b"gmail.com".to_vec(), google()),
                 Rule::Domain(b"googlemail.com".to_vec(), google()),
                 Rule::Subdomain(b"google.com".to_vec(), google()),
-                Rule::Group("google".to_owned(), 10),
+                Rule::Group("google".to_owned(), 10.into()),
             ]
         );
         assert_eq!(limits.to_string(), EXAMPLE);
@@ -1086,12 +1222,62 @@ googlemail.com:=google
     }
 
     #[test]
+    fn a_limit_may_carry_a_rate() {
+        let rate = |count, per| Some(Rate { count, per });
+        let limits = Limits::parse(
+            b":20,60/m\ngmail.com:=google\n=google:10, 30 / s\n\
+              slow.test:2,1/h\nfast.test:5\n",
+        )
+        .unwrap();
+        let a = |key: &[u8]| limits.allowance_of_key(key);
+        assert_eq!(
+            a(b"x.test"),
+            Allowance { limit: 20, rate: rate(60, Per::Minute) }
+        );
+        assert_eq!(
+            a(b"=google"),
+            Allowance { limit: 10, rate: rate(30, Per::Second) }
+        );
+        assert_eq!(limits.lookup(b"gmail.com").rate, rate(30, Per::Second));
+        assert_eq!(a(b"slow.test").rate, rate(1, Per::Hour));
+        assert_eq!(a(b"fast.test"), 5.into());
+        assert_eq!(
+            limits.to_string(),
+            ":20,60/m\ngmail.com:=google\n=google:10,30/s\nslow.test:2,1/h\n\
+             fast.test:5\n"
+        );
+        assert_eq!(
+            rate(600, Per::Minute).unwrap().interval().as_millis(),
+            100
+        );
+        assert_eq!(
+            rate(3, Per::Second).unwrap().interval().as_nanos(),
+            333_333_333
+        );
+        for bad in [
+            "a.test:5,",
+            "a.test:5,10",
+            "a.test:5,0/s",
+            "a.test:5,10/d",
+            "a.test:5,70000/s",
+            "a.test:=g,10/s",
+            "a.test:5,/s",
+        ] {
+            let e = Rule::parse(bad.as_bytes()).unwrap_err();
+            assert!(!e.why.is_empty(), "{bad}");
+        }
+        let slower =
+            rate(1, Per::Second).unwrap().min(rate(30, Per::Minute).unwrap());
+        assert_eq!(slower.to_string(), "30/m");
+    }
+
+    #[test]
     fn single_rules_parse_and_print() {
         let table: &[(&str, Rule, &str)] = &[
-            (" :20 ", Rule::Default(20), ":20"),
+            (" :20 ", Rule::Default(20.into()), ":20"),
             (
                 "A.B:05",
-                Rule::Domain(b"a.b".to_vec(), Value::Limit(5)),
+                Rule::Domain(b"a.b".to_vec(), Value::Limit(5.into())),
                 "a.b:5",
             ),
             (
@@ -1099,7 +1285,7 @@ googlemail.com:=google
                 Rule::Subdomain(b"a.b".to_vec(), Value::Group("g".into())),
                 ".a.b:=g",
             ),
-            ("=G:1", Rule::Group("g".into(), 1), "=g:1"),
+            ("=G:1", Rule::Group("g".into(), 1.into()), "=g:1"),
         ];
         for (text, rule, printed) in table {
             assert_eq!(&text.parse::<Rule>().unwrap(), rule, "{text}");
@@ -1148,10 +1334,20 @@ googlemail.com:=google
         prop_oneof![1..=LIMIT_MAX, Just(1), Just(LIMIT_MAX)]
     }
 
+    /// A limit, half the time with a rate.
+    fn allowance() -> impl Strategy<Value = Allowance> {
+        let per =
+            prop_oneof![Just(Per::Second), Just(Per::Minute), Just(Per::Hour)];
+        let rate = prop::option::of(
+            (limit(), per).prop_map(|(count, per)| Rate { count, per }),
+        );
+        (limit(), rate).prop_map(|(limit, rate)| Allowance { limit, rate })
+    }
+
     /// Any normalised rule. `narrow` makes clashes and nesting likely.
     fn rule(narrow: bool, wide: bool) -> impl Strategy<Value = Rule> {
         let value = prop_oneof![
-            limit().prop_map(Value::Limit),
+            allowance().prop_map(Value::Limit),
             group(narrow).prop_map(Value::Group),
         ];
         // Normalised as a file's are. (A label of backslashes only can
@@ -1163,10 +1359,10 @@ googlemail.com:=google
             .prop_map(|s| crate::domain::normalise_name(&s, false))
             .prop_filter("empty", |s| !s.is_empty());
         prop_oneof![
-            limit().prop_map(Rule::Default),
+            allowance().prop_map(Rule::Default),
             (domain, value.clone()).prop_map(|(d, v)| Rule::Domain(d, v)),
             (suffix, value).prop_map(|(s, v)| Rule::Subdomain(s, v)),
-            (group(narrow), limit()).prop_map(|(g, n)| Rule::Group(g, n)),
+            (group(narrow), allowance()).prop_map(|(g, a)| Rule::Group(g, a)),
         ]
     }
 
@@ -1183,7 +1379,7 @@ googlemail.com:=google
             let _ = limits.add(0, rule);
         }
         for g in used {
-            let _ = limits.add(0, Rule::Group(g, extra));
+            let _ = limits.add(0, Rule::Group(g, extra.into()));
         }
         limits.rules.into_iter().map(|(_, r)| r).collect()
     }

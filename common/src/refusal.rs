@@ -4,10 +4,11 @@
 //! exactly once (the golden test at the bottom repeats them, letter first,
 //! as qmail-send receives them).
 //!
-//! Our own texts (hold expired, hold full, shard lost) say "shardspawn",
-//! name the key and its limit, and end with a `(#x.y.z)` code as qmail's
-//! do: `#4.4.5` ("mail system congestion") for a held delivery, `#4.3.0`
-//! ("other or undefined mail system status") for a lost shard.
+//! Our own texts (hold expired, hold full, rate, suspended, shard lost)
+//! say "shardspawn", name the key and what stopped it, and end with a
+//! `(#x.y.z)` code as qmail's do: `#4.4.5` ("mail system congestion")
+//! for a delivery held or refused for its key, `#4.3.0` ("other or
+//! undefined mail system status") for a lost shard.
 
 use std::time::Duration;
 
@@ -94,6 +95,33 @@ pub enum Refusal {
         /// How many were waiting.
         waiting: u32,
     },
+    /// Ours: held for the key's rate longer than the hold bound.
+    RateExpired {
+        /// The limit key.
+        key: Vec<u8>,
+        /// Its rate in force, as written (`30/m`).
+        rate: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Ours: too many deliveries already wait for this key's rate.
+    RateFull {
+        /// The limit key.
+        key: Vec<u8>,
+        /// Its rate in force, as written.
+        rate: String,
+        /// How many were waiting.
+        waiting: u32,
+    },
+    /// Ours: the key is suspended; nothing starts for it until then.
+    Suspended {
+        /// The limit key.
+        key: Vec<u8>,
+        /// When it ends, as `2026-11-28 16:05:12 UTC`.
+        until: String,
+        /// Why, printable, one line.
+        why: String,
+    },
     /// Ours: held longer than the hold bound because every delivery
     /// process the shard may run was busy (its key was under its limit).
     BusyExpired {
@@ -130,6 +158,9 @@ impl Refusal {
             | Fork
             | HoldExpired { .. }
             | HoldFull { .. }
+            | RateExpired { .. }
+            | RateFull { .. }
+            | Suspended { .. }
             | BusyExpired { .. }
             | ShardLost { .. } => Letter::Deferral,
         }
@@ -177,6 +208,37 @@ impl Refusal {
                 out.extend_from_slice(text.as_bytes());
                 return;
             }
+            RateExpired { key, rate, waited } => {
+                out.extend_from_slice(b"shardspawn: ");
+                put_key(key, out);
+                let text = format!(
+                    " is at its rate of {rate}; held {}s, longer than the \
+                     hold limit. (#4.4.5)\n",
+                    waited.as_secs()
+                );
+                out.extend_from_slice(text.as_bytes());
+                return;
+            }
+            RateFull { key, rate, waiting } => {
+                out.extend_from_slice(b"shardspawn: ");
+                put_key(key, out);
+                let text = format!(
+                    " is at its rate of {rate}; {waiting} deliveries \
+                     already wait for it. (#4.4.5)\n"
+                );
+                out.extend_from_slice(text.as_bytes());
+                return;
+            }
+            Suspended { key, until, why } => {
+                out.extend_from_slice(b"shardspawn: ");
+                put_key(key, out);
+                out.extend_from_slice(b" is suspended until ");
+                put_line(until, out);
+                out.extend_from_slice(b": ");
+                put_line(why, out);
+                out.extend_from_slice(b". (#4.4.5)\n");
+                return;
+            }
             BusyExpired { cap, waited } => {
                 let text = format!(
                     "shardspawn: all {cap} delivery processes were busy; \
@@ -212,6 +274,14 @@ impl Refusal {
 /// it), and a newline would split qmail-send's log line.
 fn put_key(key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(crate::domain::printable(key).as_bytes());
+}
+
+/// Appends text for a body with every control byte (NUL and newline
+/// among them) as a space.
+fn put_line(text: &str, out: &mut Vec<u8>) {
+    out.extend(
+        text.bytes().map(|b| if b.is_ascii_control() { b' ' } else { b }),
+    );
 }
 
 #[cfg(test)]
@@ -292,6 +362,33 @@ mod tests {
                   deliveries already wait for it. (#4.4.5)\n",
             ),
             (
+                Refusal::RateExpired {
+                    key: b"d1.test".to_vec(),
+                    rate: "30/m".into(),
+                    waited: Duration::from_millis(120_999),
+                },
+                b"Zshardspawn: d1.test is at its rate of 30/m; held 120s, \
+                  longer than the hold limit. (#4.4.5)\n",
+            ),
+            (
+                Refusal::RateFull {
+                    key: b"=google".to_vec(),
+                    rate: "10/s".into(),
+                    waiting: 80,
+                },
+                b"Zshardspawn: =google is at its rate of 10/s; 80 \
+                  deliveries already wait for it. (#4.4.5)\n",
+            ),
+            (
+                Refusal::Suspended {
+                    key: b"d1.test".to_vec(),
+                    until: "2026-11-28 16:05:12 UTC".into(),
+                    why: "10 site-level failures in a row".into(),
+                },
+                b"Zshardspawn: d1.test is suspended until 2026-11-28 \
+                  16:05:12 UTC: 10 site-level failures in a row. (#4.4.5)\n",
+            ),
+            (
                 Refusal::BusyExpired {
                     cap: 250,
                     waited: Duration::from_millis(120_999),
@@ -326,7 +423,7 @@ mod tests {
 
     /// How many variants there are. Adding one breaks `ordinal` below
     /// until it has a number, and the golden table until it has a row.
-    const VARIANTS: usize = 18;
+    const VARIANTS: usize = 21;
 
     fn ordinal(refusal: &Refusal) -> usize {
         use Refusal::*;
@@ -349,6 +446,9 @@ mod tests {
             HoldFull { .. } => 15,
             BusyExpired { .. } => 16,
             ShardLost { .. } => 17,
+            RateExpired { .. } => 18,
+            RateFull { .. } => 19,
+            Suspended { .. } => 20,
         }
     }
 
@@ -373,6 +473,16 @@ mod tests {
         assert!(body.starts_with(b"Zshardspawn: ?? is at"));
         assert!(!body.contains(&0));
         assert_eq!(body.iter().filter(|&&b| b == b'\n').count(), 1);
+        let refusal = Refusal::Suspended {
+            key: b"a.test".to_vec(),
+            until: "x\0".into(),
+            why: "said \"no\nway\"\r".into(),
+        };
+        assert_eq!(
+            refusal.body(),
+            b"Zshardspawn: a.test is suspended until x : said \"no way\" . \
+              (#4.4.5)\n"
+        );
     }
 
     #[test]
