@@ -9,10 +9,20 @@
 //! command as soon as a slot frees), shows progress, and ends with
 //! throughput, results by letter, and the peak concurrency each
 //! destination saw, as recorded by the stand-ins themselves.
+//!
+//! With `--strict M` every destination plays a strict receiver (the
+//! stand-in's `SHARDSPAWN_FAKE_STRICT`): a 421 at the greeting whenever M
+//! of our deliveries to it already run. Every domain is strict, not only
+//! the busiest, because that is what a real fleet of receivers looks
+//! like; only the busy ones ever reach M. While the run lasts, the
+//! shards' status files are sampled once a second, and the effective
+//! limit of the busiest keys is shown over time, so adaptation (or
+//! `--initial-limit 0`, the static limit) can be watched finding M.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,7 +42,7 @@ const USAGE: &str = "\
 usage: shardspawn simulate [--messages N] [--domains N] [--skew F]
                            [--shards N] [--slots N] [--latency-ms N]
                            [--seed N] [--limits FILE] [--hold-seconds N]
-                           [--keep]
+                           [--strict M] [--initial-limit N] [--keep]
 
 Runs the real supervisor and shards against an emulated qmail-send and a
 stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
@@ -49,6 +59,10 @@ stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
   --limits FILE   per-destination limits file, in the syntax of
                   control/concurrencydomains          (default: none)
   --hold-seconds N  longest a delivery waits for its key (default 120)
+  --strict M      every domain is a strict receiver: a 421 at the
+                  greeting when M deliveries to it already run; shows
+                  the effective limit of the busiest keys over time
+  --initial-limit N  SHARDSPAWN_INITIAL_LIMIT; 0 turns adaptation off
   --keep          keep the scratch qmail home and its logs
 ";
 
@@ -63,6 +77,8 @@ struct Plan {
     seed: u64,
     limits: Option<PathBuf>,
     hold_seconds: Option<u64>,
+    strict: Option<u32>,
+    initial_limit: Option<u32>,
     keep: bool,
 }
 
@@ -77,6 +93,8 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
         seed: 1,
         limits: None,
         hold_seconds: None,
+        strict: None,
+        initial_limit: None,
         keep: false,
     };
     let mut it = args.iter();
@@ -131,6 +149,14 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
             "--seed" => o.seed = num(0)?,
             "--limits" => o.limits = Some(PathBuf::from(&value)),
             "--hold-seconds" => o.hold_seconds = Some(num(1)?),
+            "--strict" => {
+                o.strict =
+                    Some(u32::try_from(num(1)?).map_err(|_| bad("too big"))?)
+            }
+            "--initial-limit" => {
+                o.initial_limit =
+                    Some(u32::try_from(num(0)?).map_err(|_| bad("too big"))?)
+            }
             _ => return Err(format!("{flag}: unknown flag")),
         }
     }
@@ -227,6 +253,16 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     if let Some(h) = o.hold_seconds {
         cmd.env("SHARDSPAWN_HOLD_SECONDS", h.to_string());
     }
+    if let Some(n) = o.initial_limit {
+        cmd.env("SHARDSPAWN_INITIAL_LIMIT", n.to_string());
+    }
+    if let Some(m) = o.strict {
+        let slots = home.path().join("strict-slots");
+        std::fs::create_dir(&slots)
+            .map_err(|e| format!("unable to make {}: {e}", slots.display()))?;
+        cmd.env(remote::ENV_STRICT, m.to_string())
+            .env(remote::ENV_STRICT_DIR, &slots);
+    }
     let opts =
         Options { stderr: Stderr::File(log.clone()), ..Options::default() };
     let mut emu = Emulator::start(cmd, width, opts)
@@ -242,6 +278,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     let patience = Duration::from_secs(60)
         + Duration::from_millis(o.latency_ms * o.messages as u64 / 10);
     let mut last = Instant::now();
+    let state = home.path().join("state");
+    let mut timeline = Timeline::default();
     let report = emu.run_with_progress(
         &deliveries,
         slots,
@@ -252,6 +290,9 @@ fn simulate(o: &Plan) -> Result<bool, String> {
             {
                 last = Instant::now();
                 progress(p);
+            }
+            if o.strict.is_some() {
+                timeline.sample(p.elapsed, &state, shards);
             }
         },
     );
@@ -330,8 +371,8 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "  {:<16} {:>10} {:>6} {:>6} {:>8} {:>9}",
-        "key", "deliveries", "limit", "peak", "held", "deferred"
+        "  {:<16} {:>10} {:>6} {:>6} {:>6} {:>8} {:>9}",
+        "key", "deliveries", "limit", "eff", "peak", "held", "deferred"
     );
     let mut by_volume: Vec<(&String, &(usize, u32))> = volume.iter().collect();
     by_volume.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
@@ -339,18 +380,35 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         let peak = peaks.get(*key).copied().unwrap_or(0);
         let limit =
             if *limit >= 65535 { "-".to_string() } else { limit.to_string() };
-        let (held, deferred) = counted
-            .get(*key)
-            .map_or(("?".to_string(), "?".to_string()), |k| {
-                (k.held_total.to_string(), k.deferred.to_string())
-            });
+        let (eff, held, deferred) = counted.get(*key).map_or(
+            ("?".to_string(), "?".to_string(), "?".to_string()),
+            |k| {
+                let eff = if k.effective >= 65535 {
+                    "-".to_string()
+                } else {
+                    k.effective.to_string()
+                };
+                (eff, k.held_total.to_string(), k.deferred.to_string())
+            },
+        );
         let _ = writeln!(
             out,
-            "  {key:<16} {n:>10} {limit:>6} {peak:>6} {held:>8} {deferred:>9}"
+            "  {key:<16} {n:>10} {limit:>6} {eff:>6} {peak:>6} {held:>8} \
+             {deferred:>9}"
         );
     }
     if by_volume.len() > 12 {
         let _ = writeln!(out, "  ({} more keys)", by_volume.len() - 12);
+    }
+    if let Some(m) = o.strict {
+        let busiest: Vec<&str> =
+            by_volume.iter().take(4).map(|(k, _)| k.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "\n  effective limit over time (running in parentheses), every \
+             receiver strict at {m}:"
+        );
+        let _ = write!(out, "{}", timeline.table(&busiest, 30));
     }
     let warnings = std::fs::read_to_string(&log).unwrap_or_default();
     let warnings: Vec<&str> = warnings
@@ -376,6 +434,78 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     Ok(clean)
 }
 
+/// Each key's effective limit and running count at one instant.
+type Sample = BTreeMap<String, (u32, u32)>;
+
+/// The effective limit and running count of each key, sampled from the
+/// shards' status files about once a second.
+#[derive(Default)]
+struct Timeline {
+    /// Seconds into the run, and what each key's line said then.
+    samples: Vec<(u64, Sample)>,
+}
+
+impl Timeline {
+    /// Takes a sample if a second has passed since the last one. A
+    /// shard's file that is missing or being replaced is skipped: the
+    /// next sample has it.
+    fn sample(&mut self, elapsed: Duration, state: &Path, shards: u16) {
+        let second = elapsed.as_secs();
+        if self.samples.last().is_some_and(|(s, _)| *s >= second) {
+            return;
+        }
+        let mut keys = BTreeMap::new();
+        for i in 0..shards {
+            let path = state.join(format!("shard{i}"));
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            if let Ok(status) = ShardStatus::parse(&text) {
+                for k in status.keys {
+                    keys.insert(k.key, (k.effective, k.running));
+                }
+            }
+        }
+        self.samples.push((second, keys));
+    }
+
+    /// A table of `keys` over time, at most `rows` rows (samples are
+    /// skipped evenly when there are more; the last is always shown). A
+    /// key a shard did not list then shows as `.`.
+    fn table(&self, keys: &[&str], rows: usize) -> String {
+        let mut out = String::new();
+        let _ = write!(out, "  {:>6}", "t(s)");
+        for k in keys {
+            let _ = write!(out, " {:>16}", truncate(k, 16));
+        }
+        out.push('\n');
+        let step = self.samples.len().div_ceil(rows.max(1)).max(1);
+        let last = self.samples.len().saturating_sub(1);
+        for (i, (second, sample)) in self.samples.iter().enumerate() {
+            if i % step != 0 && i != last {
+                continue;
+            }
+            let _ = write!(out, "  {second:>6}");
+            for k in keys {
+                let cell = sample
+                    .get(*k)
+                    .map_or(".".to_string(), |(e, r)| format!("{e} ({r})"));
+                let _ = write!(out, " {cell:>16}");
+            }
+            out.push('\n');
+        }
+        if self.samples.is_empty() {
+            out.push_str("  (no samples: the run ended within a second)\n");
+        }
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 fn width_bytes(width: DelnumWidth) -> &'static str {
     match width {
         DelnumWidth::One => "1",
@@ -395,4 +525,54 @@ fn progress(p: &Progress) {
         p.letters.z,
         p.letters.d
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn strict_and_initial_limit_flags() {
+        let o = parse(&args(&["--strict", "3", "--initial-limit=0"])).unwrap();
+        assert_eq!(o.strict, Some(3));
+        assert_eq!(o.initial_limit, Some(0));
+        let o = parse(&args(&[])).unwrap();
+        assert_eq!((o.strict, o.initial_limit), (None, None));
+        assert!(parse(&args(&["--strict", "0"])).is_err());
+        assert!(parse(&args(&["--strict", "x"])).is_err());
+    }
+
+    #[test]
+    fn the_timeline_shows_each_key_per_sample() {
+        let sample = |pairs: &[(&str, u32, u32)]| -> Sample {
+            pairs.iter().map(|(k, e, r)| (k.to_string(), (*e, *r))).collect()
+        };
+        let t = Timeline {
+            samples: vec![
+                (0, sample(&[("d1.test", 5, 5)])),
+                (1, sample(&[("d1.test", 3, 3), ("d2.test", 5, 1)])),
+                (2, sample(&[("d1.test", 4, 4)])),
+            ],
+        };
+        let text = t.table(&["d1.test", "d2.test"], 30);
+        let rows: Vec<Vec<&str>> =
+            text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["t(s)", "d1.test", "d2.test"]);
+        assert_eq!(rows[1], ["0", "5", "(5)", "."]);
+        assert_eq!(rows[2], ["1", "3", "(3)", "5", "(1)"]);
+        assert_eq!(rows[3], ["2", "4", "(4)", "."]);
+        // At most 2 rows: every other sample, and the last.
+        let text = t.table(&["d1.test"], 2);
+        let firsts: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(firsts, ["0", "2"]);
+        assert!(Timeline::default().table(&["a"], 5).contains("no samples"));
+    }
 }
