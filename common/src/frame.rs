@@ -15,6 +15,8 @@ pub const JOB: u8 = b'J';
 pub const DONE: u8 = b'D';
 /// Kind byte of a limits frame: the limits file's text.
 pub const LIMITS: u8 = b'L';
+/// Kind byte of a responses frame: the response rules file's text.
+pub const RESPONSES: u8 = b'R';
 
 /// A delivery handed to a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +83,13 @@ impl Done {
 
 /// Appends a limits frame carrying `text`, the limits file as read.
 pub fn encode_limits(text: &[u8], out: &mut Vec<u8>) {
-    put_header(LIMITS, 0, text.len(), out);
+    encode_text(LIMITS, text, out);
+}
+
+/// Appends a frame of `kind` ([`LIMITS`] or [`RESPONSES`]) carrying a
+/// control file's whole text.
+pub fn encode_text(kind: u8, text: &[u8], out: &mut Vec<u8>) {
+    put_header(kind, 0, text.len(), out);
     out.extend_from_slice(text);
 }
 

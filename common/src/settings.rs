@@ -22,6 +22,10 @@
 //! | `SHARDSPAWN_MAX_RUNNING` | `--max-running` |
 //! | `SHARDSPAWN_LOG_DIR` | `--log-dir` |
 //! | `SHARDSPAWN_LOGGER` | `--logger` |
+//! | `SHARDSPAWN_INITIAL_LIMIT` | `--initial-limit` |
+//! | `SHARDSPAWN_SUSPEND_AFTER` | `--suspend-after` |
+//! | `SHARDSPAWN_SUSPEND_SECONDS` | `--suspend-seconds` |
+//! | `SHARDSPAWN_RESPONSES` | `--responses` |
 //!
 //! Values from the environment lose any trailing newlines (a file in an
 //! envdir usually ends in one). Numbers and the queue owner also lose
@@ -79,7 +83,21 @@ pub struct Settings {
     /// each log directory with the directory appended; `None`: `multilog
     /// t` or `svlogd -tt`, whichever is found.
     pub logger: Option<Vec<OsString>>,
+    /// The effective limit a key starts at (never above its configured
+    /// one); 0 turns adaptation off. Default 5.
+    pub initial_limit: u32,
+    /// Site-level failures in a row that suspend a key; 0: never.
+    /// Default 10.
+    pub suspend_after: u32,
+    /// How long such a suspension lasts. Default 300 s; at least 1.
+    pub suspend: Duration,
+    /// Response rules file; `None`: `HOME/control/responserules`.
+    pub responses: Option<PathBuf>,
 }
+
+/// The effective limit a key starts at, as Postfix's
+/// `initial_destination_concurrency`.
+pub const INITIAL_LIMIT: u32 = 5;
 
 /// A setting that did not parse. Displays as `SOURCE=VALUE: why`, e.g.
 /// `SHARDSPAWN_SLOTS=0: must be at least 1` or `--shards=x: not a
@@ -118,10 +136,14 @@ enum Name {
     MaxRunning,
     LogDir,
     Logger,
+    InitialLimit,
+    SuspendAfter,
+    SuspendSeconds,
+    Responses,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 13] = [
+const TABLE: [(Name, &str, &str); 17] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -135,6 +157,10 @@ const TABLE: [(Name, &str, &str); 13] = [
     (Name::MaxRunning, "SHARDSPAWN_MAX_RUNNING", "--max-running"),
     (Name::LogDir, "SHARDSPAWN_LOG_DIR", "--log-dir"),
     (Name::Logger, "SHARDSPAWN_LOGGER", "--logger"),
+    (Name::InitialLimit, "SHARDSPAWN_INITIAL_LIMIT", "--initial-limit"),
+    (Name::SuspendAfter, "SHARDSPAWN_SUSPEND_AFTER", "--suspend-after"),
+    (Name::SuspendSeconds, "SHARDSPAWN_SUSPEND_SECONDS", "--suspend-seconds"),
+    (Name::Responses, "SHARDSPAWN_RESPONSES", "--responses"),
 ];
 
 /// Most shard processes.
@@ -391,6 +417,22 @@ impl Settings {
             None => default_hold(),
             Some(r) => Duration::from_secs(r.number(1, HOLD_SECONDS_MAX)?),
         };
+        let zero_or_count = |name| -> Result<Option<u32>, SettingsError> {
+            match get(name) {
+                None => Ok(None),
+                Some(r) => Ok(Some(
+                    u32::try_from(r.number(0, u64::from(u32::MAX))?)
+                        .expect("bounded above"),
+                )),
+            }
+        };
+        let initial_limit =
+            zero_or_count(Name::InitialLimit)?.unwrap_or(INITIAL_LIMIT);
+        let suspend_after = zero_or_count(Name::SuspendAfter)?.unwrap_or(10);
+        let suspend = match get(Name::SuspendSeconds) {
+            None => Duration::from_secs(300),
+            Some(r) => Duration::from_secs(r.number(1, HOLD_SECONDS_MAX)?),
+        };
         Ok(Settings {
             home: get(Name::Home)
                 .map(Raw::path)
@@ -414,6 +456,10 @@ impl Settings {
             max_running: get(Name::MaxRunning).map(Raw::count).transpose()?,
             log_dir: get(Name::LogDir).map(Raw::path).transpose()?,
             logger: get(Name::Logger).map(Raw::words).transpose()?,
+            initial_limit,
+            suspend_after,
+            suspend,
+            responses: get(Name::Responses).map(Raw::path).transpose()?,
         })
     }
 
@@ -429,6 +475,14 @@ impl Settings {
         match &self.limits {
             Some(path) => self.home.join(path),
             None => self.home.join("control/concurrencydomains"),
+        }
+    }
+
+    /// The response rules file path, resolved against the home.
+    pub fn responses_path(&self) -> PathBuf {
+        match &self.responses {
+            Some(path) => self.home.join(path),
+            None => self.home.join("control/responserules"),
         }
     }
 }
@@ -475,8 +529,16 @@ mod tests {
             max_running: None,
             log_dir: None,
             logger: None,
+            initial_limit: 5,
+            suspend_after: 10,
+            suspend: Duration::from_secs(300),
+            responses: None,
         };
         assert_eq!(s, want);
+        assert_eq!(
+            s.responses_path(),
+            PathBuf::from("/var/qmail/control/responserules")
+        );
         assert_eq!(s.requested_slots(), 255);
         assert_eq!(
             s.limits_path(),
@@ -500,6 +562,10 @@ mod tests {
             ("SHARDSPAWN_MAX_RUNNING", "800"),
             ("SHARDSPAWN_LOG_DIR", "/var/log/s"),
             ("SHARDSPAWN_LOGGER", "multilog t s999999"),
+            ("SHARDSPAWN_INITIAL_LIMIT", "0"),
+            ("SHARDSPAWN_SUSPEND_AFTER", "0"),
+            ("SHARDSPAWN_SUSPEND_SECONDS", "60"),
+            ("SHARDSPAWN_RESPONSES", "rules"),
         ];
         let want = Settings {
             home: PathBuf::from("/q"),
@@ -517,6 +583,10 @@ mod tests {
             logger: Some(
                 ["multilog", "t", "s999999"].map(OsString::from).to_vec(),
             ),
+            initial_limit: 0,
+            suspend_after: 0,
+            suspend: Duration::from_secs(60),
+            responses: Some(PathBuf::from("rules")),
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
         let mut args = Vec::new();
@@ -528,6 +598,7 @@ mod tests {
         assert_eq!(parse(&[], &args).unwrap(), want);
         assert_eq!(want.requested_slots(), 1000);
         assert_eq!(want.limits_path(), PathBuf::from("/etc/limits"));
+        assert_eq!(want.responses_path(), PathBuf::from("/q/rules"));
     }
 
     #[test]

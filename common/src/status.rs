@@ -122,6 +122,29 @@ pub struct SupervisorStatus {
     pub restarts: u64,
 }
 
+/// Unix seconds as `2026-11-28 16:05:12 UTC`, for texts an admin reads
+/// (a suspension's end in a `Z`, the status page).
+pub fn utc(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's
+    // algorithm, for the proleptic Gregorian calendar).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn header(out: &mut String, kind: &str) {
     let _ = writeln!(out, "{MAGIC} {VERSION} {kind}");
 }
@@ -418,6 +441,15 @@ mod tests {
         assert!(
             ShardStatus::parse("shardspawn-status 1 shard\npid x\n").is_err()
         );
+    }
+
+    #[test]
+    fn utc_times_read_as_a_calendar_does() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_764_336_000), "2025-11-28 13:20:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_798_761_599), "2026-12-31 23:59:59 UTC");
+        assert_eq!(utc(4_107_542_400), "2100-03-01 00:00:00 UTC");
     }
 
     #[test]

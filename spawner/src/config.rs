@@ -30,6 +30,12 @@ pub struct ShardConfig {
     pub log_dir: Option<PathBuf>,
     /// The logger program and its arguments (the directory is appended).
     pub logger: Vec<OsString>,
+    /// The effective limit a key starts at; 0: no adaptation.
+    pub initial_limit: u32,
+    /// Site-level failures in a row that suspend a key; 0: never.
+    pub suspend_after: u32,
+    /// How long such a suspension lasts.
+    pub suspend: Duration,
 }
 
 impl ShardConfig {
@@ -46,6 +52,12 @@ impl ShardConfig {
             self.max_running.to_string().into(),
             "--hold-ms".into(),
             self.hold.as_millis().to_string().into(),
+            "--initial-limit".into(),
+            self.initial_limit.to_string().into(),
+            "--suspend-after".into(),
+            self.suspend_after.to_string().into(),
+            "--suspend-ms".into(),
+            self.suspend.as_millis().to_string().into(),
         ];
         if let Some(n) = self.hold_max {
             args.extend(["--hold-max".into(), n.to_string().into()]);
@@ -75,6 +87,9 @@ impl ShardConfig {
             state_dir: None,
             log_dir: None,
             logger: Vec::new(),
+            initial_limit: 0,
+            suspend_after: 0,
+            suspend: Duration::from_secs(300),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -97,6 +112,15 @@ impl ShardConfig {
                 Some("--state-dir") => cfg.state_dir = Some(value.into()),
                 Some("--log-dir") => cfg.log_dir = Some(value.into()),
                 Some("--logger-arg") => cfg.logger.push(value.clone()),
+                Some("--initial-limit") => {
+                    cfg.initial_limit = number(flag, value)?
+                }
+                Some("--suspend-after") => {
+                    cfg.suspend_after = number(flag, value)?
+                }
+                Some("--suspend-ms") => {
+                    cfg.suspend = Duration::from_millis(number(flag, value)?)
+                }
                 _ => return Err(format!("{}: unknown flag", flag.display())),
             }
         }
@@ -126,6 +150,9 @@ mod tests {
             state_dir: Some("/run/shardspawn".into()),
             log_dir: Some("/var/log/shardspawn".into()),
             logger: vec!["multilog".into(), "t".into(), "s99999".into()],
+            initial_limit: 5,
+            suspend_after: 10,
+            suspend: Duration::from_millis(2500),
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
     }

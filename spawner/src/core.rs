@@ -7,19 +7,29 @@
 //! slot for its key frees, or *refused* with a `Z` once it has waited too
 //! long or too many already wait.
 //!
-//! Two bounds decide whether a delivery starts: its key's limit, and the
-//! shard's cap on running processes. When the cap is the bottleneck, keys
-//! that could start take turns (a ring of ready keys), so one big
-//! destination cannot starve the others.
+//! Three bounds decide whether a delivery starts: its key's effective
+//! limit, its key's rate, and the shard's cap on running processes. When
+//! the cap is the bottleneck, keys that could start take turns (a ring
+//! of ready keys), so one big destination cannot starve the others.
+//!
+//! A key's effective limit moves (issue 7): it starts at the initial
+//! limit, is lowered one step by site-level pushback and raised by runs
+//! of good deliveries, and a response rule can cap it, cap its rate, or
+//! suspend the key for a while. Every result of a qmail-remote that ran
+//! is judged by [`response::judge`]; the rules of the adaptation are in
+//! [`Core::learn`].
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use shardspawn_common::frame::Job;
+use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
-use shardspawn_common::status::{KeyStatus, printable};
+use shardspawn_common::response::{self, Action, Responses, Verdict};
+use shardspawn_common::status::{KeyStatus, printable, utc};
 
 /// A slot of the shard's table and the generation of its occupant, so a
 /// late event for a finished delivery can never touch the next one.
@@ -50,7 +60,7 @@ pub enum Event<'a> {
     /// Starting the slot's child failed; the body says how.
     StartFailed(SlotId, Vec<u8>),
     /// The loop woke up at `now`; held deliveries past their deadline are
-    /// due.
+    /// due, and so are keys whose rate, rule or suspension allows again.
     Tick(Instant),
 }
 
@@ -81,9 +91,36 @@ pub struct Counters {
     pub received: u64,
     /// Results sent.
     pub reported: u64,
-    /// Deliveries refused because their hold bound was reached.
+    /// Deliveries refused because of their key: a hold bound reached, or
+    /// the key suspended.
     pub deferred_by_limit: u64,
 }
+
+/// How keys adapt: the settings of issue 7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The effective limit a key starts at; 0: no adaptation (the
+    /// effective limit is the configured one, but for rules).
+    pub initial: u32,
+    /// Site-level failures in a row that suspend a key; 0: never.
+    pub suspend_after: u32,
+    /// How long such a suspension lasts.
+    pub suspend_for: Duration,
+}
+
+impl Policy {
+    /// Configured limits as they are, no suspension: shardspawn before
+    /// issue 7.
+    pub const STATIC: Policy = Policy {
+        initial: 0,
+        suspend_after: 0,
+        suspend_for: Duration::from_secs(300),
+    };
+}
+
+/// The most failed probes in a row that make the next raise slower:
+/// after p of them a raise takes `limit × 2^p` good deliveries.
+const PROBES_MAX: u32 = 6;
 
 type Key = Rc<[u8]>;
 
@@ -98,6 +135,9 @@ struct Running {
     generation: u32,
     delnum: u16,
     key: Key,
+    /// The key's epoch when it started: pushback from a delivery started
+    /// before the last lowering is not counted again.
+    epoch: u32,
     output: Translator,
     end: Option<ChildEnd>,
     eof: bool,
@@ -110,10 +150,48 @@ struct Held {
     deadline: Instant,
 }
 
+/// A cap set by a response rule, until a moment.
+#[derive(Clone, Copy, Debug)]
+struct Timed<T> {
+    value: T,
+    until: Instant,
+}
+
+#[derive(Debug)]
+struct Suspension {
+    until: Instant,
+    /// `until` as Unix seconds, for texts.
+    until_unix: u64,
+    why: String,
+}
+
 #[derive(Debug)]
 struct KeyState {
     key: Key,
-    limit: u32,
+    /// What the limits file gives it.
+    configured: Allowance,
+    /// The limit adaptation arrived at, `1..=configured.limit`.
+    adaptive: u32,
+    /// Until the first pushback: every good delivery at the limit raises
+    /// it by one.
+    slow_start: bool,
+    /// Good deliveries at the limit since the last change.
+    streak: u32,
+    /// Raises that were followed by pushback, in a row.
+    probes_failed: u32,
+    /// The last change of `adaptive` was a raise.
+    last_was_raise: bool,
+    /// Bumped at each lowering.
+    epoch: u32,
+    /// Site-level failures in a row.
+    failures: u32,
+    rule_limit: Option<Timed<u32>>,
+    rule_rate: Option<Timed<Rate>>,
+    suspended: Option<Suspension>,
+    /// The earliest moment the rate lets the next delivery start.
+    next_start: Option<Instant>,
+    /// The last change: Unix seconds and why.
+    changed: Option<(u64, String)>,
     running: u32,
     held: VecDeque<Held>,
     /// In `Core::ready`: could start but for the shard's running cap.
@@ -126,14 +204,43 @@ struct KeyState {
     deferred: u64,
 }
 
+impl KeyState {
+    /// The limit in force.
+    fn limit(&self) -> u32 {
+        let rule = self.rule_limit.map_or(u32::MAX, |t| t.value);
+        self.adaptive.min(rule).min(self.configured.limit).max(1)
+    }
+
+    /// The rate in force, if any.
+    fn rate(&self) -> Option<Rate> {
+        match (self.configured.rate, self.rule_rate.map(|t| t.value)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the rate lets a delivery start at `now`.
+    fn rate_allows(&self, now: Instant) -> bool {
+        self.rate().is_none() || self.next_start.is_none_or(|t| t <= now)
+    }
+
+    /// Running at its limit, or others already waiting: a good result
+    /// now says the limit itself was fine.
+    fn saturated(&self) -> bool {
+        self.running >= self.limit() || !self.held.is_empty()
+    }
+}
+
 /// Idle keys are remembered (with their counters, for the status page)
-/// until there are this many keys; past it, an idle key is forgotten, so
-/// keys from outside cannot grow the map without bound.
+/// until there are this many keys; past it, an idle key with nothing
+/// timed (no rule, no suspension) is forgotten, so keys from outside
+/// cannot grow the map without bound. A forgotten key starts again from
+/// the initial limit.
 const KEY_MEMORY: usize = 4096;
 
-/// The per-destination limits a shard obeys: the limit of a key, or
-/// `u32::MAX` for none.
-pub type LimitFn = Box<dyn Fn(&[u8]) -> u32>;
+/// The per-destination limits a shard obeys: a key's limit and rate
+/// (`u32::MAX` and none for no limit).
+pub type LimitFn = Box<dyn Fn(&[u8]) -> Allowance>;
 
 /// A shard's whole decision state.
 pub struct Core {
@@ -151,34 +258,47 @@ pub struct Core {
     /// since every hold lasts as long. Entries whose delivery already
     /// left are skipped when they come up.
     deadlines: VecDeque<(Instant, Key)>,
+    /// Moments a key must be looked at again: its rate allows the next
+    /// start, a rule ends, a suspension ends. Stale entries are harmless.
+    wakeups: BinaryHeap<Reverse<(Instant, Key)>>,
     running: u32,
     held: u32,
     max_running: u32,
     hold: Duration,
     hold_max: Option<u32>,
     limit_of: LimitFn,
+    policy: Policy,
+    responses: Responses,
+    /// The loop's last wake-up, and the same moment in Unix seconds.
+    now: Option<Instant>,
+    clock: Option<(Instant, u64)>,
     counters: Counters,
     notes: Notes,
 }
 
 /// What happened since the driver last asked, for the log: keys that
-/// began holding deliveries (with their limits). Deferrals are in
-/// [`Counters`].
+/// began holding deliveries (with their limits), and every change of a
+/// key's limit, rate or suspension. Deferrals are in [`Counters`].
 #[derive(Debug, Default)]
 pub struct Notes {
     /// Keys that went from running freely to holding, with their limit.
     pub saturated: Vec<(Rc<[u8]>, u32)>,
+    /// A key and what changed, as a log line says it.
+    pub changes: Vec<(Rc<[u8]>, String)>,
 }
 
 impl Core {
     /// A shard core that runs at most `max_running` children, holds a
     /// delivery at most `hold`, and lets at most `hold_max` (default 4 ×
-    /// the key's limit) wait per key.
+    /// the key's configured limit) wait per key; keys adapt as `policy`
+    /// says, to results judged by the built-in response rules until
+    /// [`Core::set_responses`] gives others.
     pub fn new(
         max_running: u32,
         hold: Duration,
         hold_max: Option<u32>,
         limit_of: LimitFn,
+        policy: Policy,
     ) -> Core {
         Core {
             slots: Vec::new(),
@@ -186,21 +306,39 @@ impl Core {
             keys: HashMap::new(),
             ready: VecDeque::new(),
             deadlines: VecDeque::new(),
+            wakeups: BinaryHeap::new(),
             running: 0,
             held: 0,
             max_running: max_running.max(1),
             hold,
             hold_max,
             limit_of,
+            policy,
+            responses: Responses::built_in(),
+            now: None,
+            clock: None,
             counters: Counters::default(),
             notes: Notes::default(),
         }
+    }
+
+    /// Tells the core the time at the top of a loop pass: `now`, and the
+    /// same moment in Unix seconds (for the texts that name a time).
+    pub fn set_clock(&mut self, now: Instant, unix: u64) {
+        self.now = Some(now);
+        self.clock = Some((now, unix));
+    }
+
+    /// New response rules, for results from now on.
+    pub fn set_responses(&mut self, responses: Responses) {
+        self.responses = responses;
     }
 
     /// Handles one event, appending what must be done to `effects`.
     pub fn handle(&mut self, event: Event<'_>, effects: &mut Vec<Effect>) {
         match event {
             Event::Job { job, now } => {
+                self.now = Some(now);
                 self.counters.received += 1;
                 self.admit(job, now, effects);
             }
@@ -221,15 +359,26 @@ impl Core {
                 }
                 self.finish_if_done(id, effects);
             }
-            Event::StartFailed(id, body) => self.release(id, body, effects),
-            Event::Tick(now) => self.expire(now, effects),
+            Event::StartFailed(id, body) => {
+                self.release(id, body, None, effects)
+            }
+            Event::Tick(now) => {
+                self.now = Some(now);
+                self.expire(now, effects);
+                self.wake(now, effects);
+            }
         }
     }
 
-    /// The next moment a held delivery must be answered. The driver never
-    /// sleeps past it.
+    /// The next moment something is due: a held delivery's deadline, or
+    /// a key's rate, rule or suspension. The driver never sleeps past it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.front().map(|(at, _)| *at)
+        let hold = self.deadlines.front().map(|(at, _)| *at);
+        let wake = self.wakeups.peek().map(|Reverse((at, _))| *at);
+        match (hold, wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// No delivery running or held: after EOF on the job pipe, the shard
@@ -258,12 +407,44 @@ impl Core {
         std::mem::take(&mut self.notes)
     }
 
-    fn admit(&mut self, job: Job, now: Instant, effects: &mut Vec<Effect>) {
-        let key: Key = Rc::from(job.key.as_slice());
-        let limit_of = &self.limit_of;
-        let state = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
-            limit: (limit_of)(&key).max(1),
+    /// `now` in Unix seconds, by the last clock the driver gave.
+    fn unix(&self, at: Instant) -> u64 {
+        match self.clock {
+            Some((base, unix)) => {
+                // To the nearest second: `base` is a loop's wake-up, a
+                // moment after the one `at` was computed from.
+                let secs = |d: Duration| (d.as_millis() as u64 + 500) / 1000;
+                let ahead = secs(at.saturating_duration_since(base));
+                let behind = secs(base.saturating_duration_since(at));
+                (unix + ahead).saturating_sub(behind)
+            }
+            None => 0,
+        }
+    }
+
+    fn new_key(&self, key: &Key) -> KeyState {
+        let configured = (self.limit_of)(key);
+        let configured =
+            Allowance { limit: configured.limit.max(1), ..configured };
+        let adaptive = match self.policy.initial {
+            0 => configured.limit,
+            n => n.min(configured.limit),
+        };
+        KeyState {
             key: key.clone(),
+            configured,
+            adaptive,
+            slow_start: true,
+            streak: 0,
+            probes_failed: 0,
+            last_was_raise: false,
+            epoch: 0,
+            failures: 0,
+            rule_limit: None,
+            rule_rate: None,
+            suspended: None,
+            next_start: None,
+            changed: None,
             running: 0,
             held: VecDeque::new(),
             queued: false,
@@ -271,40 +452,88 @@ impl Core {
             started: 0,
             held_total: 0,
             deferred: 0,
-        });
-        let may_start = state.held.is_empty() && state.running < state.limit;
-        if may_start && self.running < self.max_running {
+        }
+    }
+
+    fn admit(&mut self, job: Job, now: Instant, effects: &mut Vec<Effect>) {
+        let key: Key = Rc::from(job.key.as_slice());
+        if !self.keys.contains_key(&key) {
+            let state = self.new_key(&key);
+            self.keys.insert(key.clone(), state);
+        }
+        self.refresh(&key, now);
+        let state = self.keys.get_mut(&key).expect("inserted above");
+        if let Some(s) = &state.suspended {
+            let refusal = Refusal::Suspended {
+                key: key.to_vec(),
+                until: utc(s.until_unix),
+                why: s.why.clone(),
+            };
+            state.deferred += 1;
+            self.counters.deferred_by_limit += 1;
+            self.report(job.delnum, refusal.body(), effects);
+            return;
+        }
+        let limit = state.limit();
+        let under = state.running < limit;
+        let may_start = state.held.is_empty() && under;
+        if may_start
+            && state.rate_allows(now)
+            && self.running < self.max_running
+        {
             self.start(job, key, effects);
             return;
         }
         let hold_max = self
             .hold_max
-            .unwrap_or_else(|| state.limit.saturating_mul(4))
+            .unwrap_or_else(|| state.configured.limit.saturating_mul(4))
             .max(1);
         let waiting = u32::try_from(state.held.len()).unwrap_or(u32::MAX);
         if waiting >= hold_max {
             self.counters.deferred_by_limit += 1;
             state.deferred += 1;
-            let refusal = Refusal::HoldFull {
-                key: key.to_vec(),
-                limit: state.limit,
-                waiting,
+            let refusal = match state.rate() {
+                Some(rate) if under => Refusal::RateFull {
+                    key: key.to_vec(),
+                    rate: rate.to_string(),
+                    waiting,
+                },
+                _ => Refusal::HoldFull { key: key.to_vec(), limit, waiting },
             };
             self.report(job.delnum, refusal.body(), effects);
             return;
         }
         let deadline = now + self.hold;
-        if state.held.is_empty() && !may_start {
+        if state.held.is_empty() && !under {
             // From running freely to holding: worth a log line.
-            self.notes.saturated.push((key.clone(), state.limit));
+            self.notes.saturated.push((key.clone(), limit));
         }
         state.held.push_back(Held { job, since: now, deadline });
         state.held_total += 1;
         self.held += 1;
         self.deadlines.push_back((deadline, key.clone()));
-        if may_start && !state.queued {
+        if may_start {
+            // Held for the rate or the running cap only.
+            self.kick(&key, now);
+        }
+    }
+
+    /// A key with held deliveries and room under its limit: into the
+    /// ready ring if its rate allows now, else a wake-up when it will.
+    fn kick(&mut self, key: &Key, now: Instant) {
+        let Some(state) = self.keys.get_mut(key) else { return };
+        if state.held.is_empty()
+            || state.queued
+            || state.suspended.is_some()
+            || state.running >= state.limit()
+        {
+            return;
+        }
+        if state.rate_allows(now) {
             state.queued = true;
-            self.ready.push_back(key);
+            self.ready.push_back(key.clone());
+        } else if let Some(at) = state.next_start {
+            self.wakeups.push(Reverse((at, key.clone())));
         }
     }
 
@@ -322,16 +551,26 @@ impl Core {
             Slot::Free { generation } => generation,
             Slot::Busy(_) => unreachable!("free list holds a busy slot"),
         };
+        let mut epoch = 0;
         if let Some(state) = self.keys.get_mut(&key) {
             state.running += 1;
             state.started += 1;
             state.peak = state.peak.max(state.running);
+            epoch = state.epoch;
+            if let (Some(rate), Some(now)) = (state.rate(), self.now) {
+                // Evenly spaced, no burst: the next start is one interval
+                // after this one (or after the moment it was allowed, if
+                // the loop was late).
+                let base = state.next_start.map_or(now, |t| t.max(now));
+                state.next_start = Some(base + rate.interval());
+            }
         }
         self.running += 1;
         self.slots[index as usize] = Slot::Busy(Running {
             generation,
             delnum: job.delnum,
             key,
+            epoch,
             output: Translator::new(),
             end: None,
             eof: false,
@@ -344,16 +583,20 @@ impl Core {
     fn finish_if_done(&mut self, id: SlotId, effects: &mut Vec<Effect>) {
         let Some(run) = self.running_mut(id) else { return };
         let (Some(end), true) = (run.end, run.eof) else { return };
+        let epoch = run.epoch;
         let body = std::mem::take(&mut run.output).finish(end);
-        self.release(id, body, effects);
+        self.release(id, body, Some(epoch), effects);
     }
 
     /// The one place a slot is freed and a key's running count goes down;
-    /// every end of a started delivery comes here.
+    /// every end of a started delivery comes here. `ran` is the key's
+    /// epoch at the start if qmail-remote ran (its result is feedback),
+    /// `None` if it never started.
     fn release(
         &mut self,
         id: SlotId,
         body: Vec<u8>,
+        ran: Option<u32>,
         effects: &mut Vec<Effect>,
     ) {
         let Some(run) = self.running_mut(id) else { return };
@@ -361,22 +604,264 @@ impl Core {
         self.slots[id.index as usize] =
             Slot::Free { generation: id.generation.wrapping_add(1) };
         self.free.push(id.index);
+        if let Some(epoch) = ran {
+            self.learn(&key, epoch, &body, effects);
+        }
         self.running -= 1;
         self.report(delnum, body, effects);
+        let now = self.now;
         if let Some(state) = self.keys.get_mut(&key) {
             state.running -= 1;
+            let rate_ok = now.is_none_or(|now| state.rate_allows(now));
             if !state.held.is_empty()
-                && state.running < state.limit
+                && state.running < state.limit()
+                && state.suspended.is_none()
                 && !state.queued
+                && rate_ok
             {
                 // This key's own turn comes first: a held delivery starts
                 // as soon as a process for its key ends.
                 state.queued = true;
                 self.ready.push_front(key.clone());
+            } else if let Some(now) = now {
+                self.kick(&key, now);
             }
         }
         self.schedule(effects);
         self.forget_if_unused(&key);
+    }
+
+    /// What a finished delivery teaches about its key.
+    ///
+    /// - A good delivery (`K`) ends a run of failures. If the key was
+    ///   saturated (at its limit, or with deliveries held), it counts
+    ///   toward a raise: in slow start (before any pushback) each one
+    ///   raises the limit by one; after it, `limit × 2^p` of them do,
+    ///   where p is the number of raises in a row that pushback undid
+    ///   (at most [`PROBES_MAX`]), so a limit that found the site's
+    ///   ceiling probes above it less and less often.
+    /// - Site-level pushback lowers the limit by one (not below 1), once
+    ///   per epoch: deliveries started before the last lowering are
+    ///   already accounted for. It also counts toward suspension.
+    /// - A rule's action caps the limit or the rate, or suspends the key,
+    ///   for the rule's duration.
+    /// - Anything else (a recipient's 4xx, a DNS failure) is neutral.
+    fn learn(
+        &mut self,
+        key: &Key,
+        epoch: u32,
+        body: &[u8],
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(now) = self.now else { return };
+        let adapt = self.policy.initial > 0;
+        // What the rules say, owned, so that the key can change below.
+        enum Lesson {
+            Good,
+            Pushback(String),
+            Timed(Action, Duration, String),
+            Neutral,
+        }
+        let lesson = match response::judge(&self.responses, body) {
+            Verdict::Good => Lesson::Good,
+            Verdict::Pushback(why) => Lesson::Pushback(why),
+            Verdict::Rule(rule) => Lesson::Timed(
+                rule.action,
+                rule.duration,
+                format!("{} matched \"{}\"", rule.origin, rule.pattern),
+            ),
+            Verdict::Neutral => Lesson::Neutral,
+        };
+        let Some(state) = self.keys.get_mut(key) else { return };
+        let before = state.limit();
+        let mut change: Option<String> = None;
+        let mut suspend: Option<(Instant, String)> = None;
+        match lesson {
+            Lesson::Neutral => {}
+            Lesson::Good => {
+                state.failures = 0;
+                if adapt
+                    && state.saturated()
+                    && state.adaptive < state.configured.limit
+                {
+                    state.streak += 1;
+                    let need = if state.slow_start {
+                        1
+                    } else {
+                        state.adaptive.saturating_mul(1 << state.probes_failed)
+                    };
+                    if state.streak >= need {
+                        if state.last_was_raise {
+                            // The last probe held: the ceiling moved up.
+                            state.probes_failed = 0;
+                        }
+                        state.adaptive += 1;
+                        state.streak = 0;
+                        state.last_was_raise = true;
+                        change = Some(if state.slow_start {
+                            "a good delivery at the limit (slow start)"
+                                .to_owned()
+                        } else {
+                            format!("{need} good deliveries at the limit")
+                        });
+                    }
+                }
+            }
+            Lesson::Pushback(why) => {
+                state.failures = state.failures.saturating_add(1);
+                state.streak = 0;
+                if adapt {
+                    state.slow_start = false;
+                    if epoch == state.epoch && state.adaptive > 1 {
+                        if state.last_was_raise {
+                            state.probes_failed =
+                                (state.probes_failed + 1).min(PROBES_MAX);
+                        }
+                        state.adaptive =
+                            (state.adaptive.min(state.configured.limit) - 1)
+                                .max(1);
+                        state.epoch = state.epoch.wrapping_add(1);
+                        state.last_was_raise = false;
+                        change = Some(format!("site-level failure: {why}"));
+                    }
+                }
+                let n = state.failures;
+                if self.policy.suspend_after > 0
+                    && n >= self.policy.suspend_after
+                {
+                    suspend = Some((
+                        now + self.policy.suspend_for,
+                        format!("{n} site-level failures in a row"),
+                    ));
+                }
+            }
+            Lesson::Timed(action, duration, why) => {
+                let until = now + duration;
+                let secs = duration.as_secs();
+                match action {
+                    Action::Limit(n) => {
+                        state.rule_limit = Some(Timed { value: n, until });
+                        change = Some(format!("limit {n} for {secs}s: {why}"));
+                    }
+                    Action::Rate(r) => {
+                        state.rule_rate = Some(Timed { value: r, until });
+                        change = Some(format!("rate {r} for {secs}s: {why}"));
+                    }
+                    Action::Suspend => suspend = Some((until, why)),
+                    Action::Adapt | Action::Ignore => {}
+                }
+                self.wakeups.push(Reverse((until, key.clone())));
+            }
+        }
+        if let Some(why) = change {
+            let after = self.keys.get(key).map_or(before, KeyState::limit);
+            let line = if after != before {
+                format!("effective limit {before} -> {after}: {why}")
+            } else {
+                why
+            };
+            self.note(key, line);
+        }
+        if let Some((until, why)) = suspend {
+            self.suspend(key, until, why, effects);
+        }
+    }
+
+    /// Records a change for the status page and the log.
+    fn note(&mut self, key: &Key, line: String) {
+        let unix = self.now.map_or(0, |now| self.unix(now));
+        if let Some(state) = self.keys.get_mut(key) {
+            state.changed = Some((unix, line.clone()));
+        }
+        self.notes.changes.push((key.clone(), line));
+    }
+
+    /// Suspends a key until `until`: every delivery held for it is
+    /// answered now, and new ones as they come, until it ends.
+    fn suspend(
+        &mut self,
+        key: &Key,
+        until: Instant,
+        why: String,
+        effects: &mut Vec<Effect>,
+    ) {
+        let until_unix = self.unix(until);
+        let Some(state) = self.keys.get_mut(key) else { return };
+        if state.suspended.as_ref().is_some_and(|s| s.until >= until) {
+            return;
+        }
+        state.suspended =
+            Some(Suspension { until, until_unix, why: why.clone() });
+        let held: Vec<Held> = state.held.drain(..).collect();
+        let refusal = Refusal::Suspended {
+            key: key.to_vec(),
+            until: utc(until_unix),
+            why: why.clone(),
+        };
+        let body = refusal.body();
+        state.deferred += held.len() as u64;
+        self.held -= held.len() as u32;
+        self.counters.deferred_by_limit += held.len() as u64;
+        for h in held {
+            self.report(h.job.delnum, body.clone(), effects);
+        }
+        self.wakeups.push(Reverse((until, key.clone())));
+        self.note(key, format!("suspended until {}: {why}", utc(until_unix)));
+    }
+
+    /// Ends what has ended for a key at `now`: a rule's cap, a
+    /// suspension. A key back from suspension starts again at 1, in
+    /// slow start.
+    fn refresh(&mut self, key: &Key, now: Instant) {
+        let adapt = self.policy.initial > 0;
+        let Some(state) = self.keys.get_mut(key) else { return };
+        let before = state.limit();
+        let mut ended = Vec::new();
+        if state.rule_limit.is_some_and(|t| t.until <= now) {
+            state.rule_limit = None;
+            ended.push("the rule's limit ended");
+        }
+        if state.rule_rate.is_some_and(|t| t.until <= now) {
+            state.rule_rate = None;
+            ended.push("the rule's rate ended");
+        }
+        if state.suspended.as_ref().is_some_and(|s| s.until <= now) {
+            state.suspended = None;
+            state.failures = 0;
+            if adapt {
+                state.adaptive = 1;
+                state.slow_start = true;
+                state.streak = 0;
+                state.probes_failed = 0;
+                state.last_was_raise = false;
+                state.epoch = state.epoch.wrapping_add(1);
+            }
+            ended.push("the suspension ended");
+        }
+        if ended.is_empty() {
+            return;
+        }
+        let after = state.limit();
+        let rate = state.rate().map_or("none".to_owned(), |r| r.to_string());
+        let line = format!(
+            "{}; effective limit {before} -> {after}, rate {rate}",
+            ended.join(", ")
+        );
+        self.note(key, line);
+    }
+
+    /// Keys whose wake-up has come: end what ended, and let held
+    /// deliveries start if the key and the rate allow.
+    fn wake(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        while let Some(Reverse((at, _))) = self.wakeups.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, key)) = self.wakeups.pop().expect("peeked");
+            self.refresh(&key, now);
+            self.kick(&key, now);
+        }
+        self.schedule(effects);
     }
 
     /// Starts held deliveries while the running cap allows, one per ready
@@ -386,18 +871,29 @@ impl Core {
             let Some(key) = self.ready.pop_front() else { break };
             let Some(state) = self.keys.get_mut(&key) else { continue };
             state.queued = false;
-            if state.running >= state.limit {
+            if state.running >= state.limit() || state.suspended.is_some() {
+                continue;
+            }
+            if let Some(now) = self.now
+                && !state.rate_allows(now)
+            {
+                self.kick(&key, now);
                 continue;
             }
             let Some(next) = state.held.pop_front() else { continue };
             self.held -= 1;
-            let requeue =
-                !state.held.is_empty() && state.running + 1 < state.limit;
-            if requeue {
-                state.queued = true;
-                self.ready.push_back(key.clone());
+            self.start(next.job, key.clone(), effects);
+            match self.now {
+                Some(now) => self.kick(&key, now),
+                None => {
+                    let state = self.keys.get_mut(&key).expect("started");
+                    if !state.held.is_empty() && state.running < state.limit()
+                    {
+                        state.queued = true;
+                        self.ready.push_back(key);
+                    }
+                }
             }
-            self.start(next.job, key, effects);
         }
     }
 
@@ -420,12 +916,15 @@ impl Core {
             self.counters.deferred_by_limit += 1;
             state.deferred += 1;
             let waited = now.saturating_duration_since(held.since);
-            // Name what it really waited for: its key's limit, or a
-            // process slot of the shard.
-            let refusal = if state.running >= state.limit {
-                Refusal::HoldExpired {
+            // Name what it really waited for: its key's limit, its rate,
+            // or a process slot of the shard.
+            let limit = state.limit();
+            let refusal = if state.running >= limit {
+                Refusal::HoldExpired { key: key.to_vec(), limit, waited }
+            } else if let Some(rate) = state.rate() {
+                Refusal::RateExpired {
                     key: key.to_vec(),
-                    limit: state.limit,
+                    rate: rate.to_string(),
                     waited,
                 }
             } else {
@@ -446,48 +945,67 @@ impl Core {
         effects.push(Effect::Report { delnum, body });
     }
 
-    /// Drops a key with nothing running or held once more than
+    /// Drops a key with nothing running, held or timed once more than
     /// [`KEY_MEMORY`] keys are known.
     fn forget_if_unused(&mut self, key: &Key) {
         if self.keys.len() > KEY_MEMORY
             && let Some(state) = self.keys.get(key)
             && state.running == 0
             && state.held.is_empty()
+            && state.suspended.is_none()
+            && state.rule_limit.is_none()
+            && state.rule_rate.is_none()
         {
             self.keys.remove(key);
         }
     }
 
-    /// New limits: every known key takes its new limit now. Running
-    /// deliveries are never stopped; a raised limit lets held ones start
-    /// at once, a lowered one lets fewer start from now on.
+    /// New limits: every known key takes its new configured limit and
+    /// rate now (an effective limit above a lowered one comes down to
+    /// it). Running deliveries are never stopped; a raised limit lets
+    /// held ones start at once, a lowered one lets fewer start from now
+    /// on.
     pub fn set_limits(
         &mut self,
         limit_of: LimitFn,
         effects: &mut Vec<Effect>,
     ) {
         self.limit_of = limit_of;
-        for state in self.keys.values_mut() {
-            state.limit = (self.limit_of)(&state.key).max(1);
-            if !state.held.is_empty()
-                && state.running < state.limit
+        let adapt = self.policy.initial > 0;
+        let keys: Vec<Key> = self.keys.keys().cloned().collect();
+        for key in keys {
+            let configured = (self.limit_of)(&key);
+            let state = self.keys.get_mut(&key).expect("listed");
+            state.configured =
+                Allowance { limit: configured.limit.max(1), ..configured };
+            state.adaptive = if adapt {
+                state.adaptive.min(state.configured.limit)
+            } else {
+                state.configured.limit
+            };
+            if let Some(now) = self.now {
+                self.kick(&key, now);
+            } else if !state.held.is_empty()
+                && state.running < state.limit()
                 && !state.queued
             {
                 state.queued = true;
-                self.ready.push_back(state.key.clone());
+                self.ready.push_back(key);
             }
         }
         self.schedule(effects);
     }
 
     /// The `top` busiest keys (running plus held, then most started),
-    /// for the status page.
+    /// for the status page; a key that changed lately or is suspended
+    /// comes before idle ones.
     pub fn key_status(&self, top: usize) -> Vec<KeyStatus> {
         let mut keys: Vec<&KeyState> = self.keys.values().collect();
         keys.sort_by(|a, b| {
             let busy = |k: &KeyState| k.running as usize + k.held.len();
             busy(b)
                 .cmp(&busy(a))
+                .then(b.suspended.is_some().cmp(&a.suspended.is_some()))
                 .then(b.held_total.cmp(&a.held_total))
                 .then(b.started.cmp(&a.started))
                 .then(a.key.cmp(&b.key))
@@ -498,13 +1016,23 @@ impl Core {
                 key: printable(&k.key),
                 running: k.running,
                 held: k.held.len() as u32,
-                limit: k.limit,
+                limit: k.configured.limit,
+                effective: k.limit(),
+                rate: k.rate().map_or_else(String::new, |r| r.to_string()),
+                suspended_until: k
+                    .suspended
+                    .as_ref()
+                    .map_or(0, |s| s.until_unix),
+                failures: k.failures,
                 peak: k.peak,
                 started: k.started,
                 held_total: k.held_total,
                 deferred: k.deferred,
-                effective: k.limit,
-                ..KeyStatus::default()
+                changed: k.changed.as_ref().map_or(0, |c| c.0),
+                why: k
+                    .changed
+                    .as_ref()
+                    .map_or_else(String::new, |c| printable_line(&c.1)),
             })
             .collect()
     }
@@ -535,10 +1063,24 @@ impl Core {
         for state in self.keys.values() {
             let n = per_key.get(&*state.key).copied().unwrap_or(0);
             assert_eq!(n, state.running, "key count drifted");
+            assert!(state.limit() >= 1, "a limit below 1");
+            assert!(
+                state.adaptive <= state.configured.limit,
+                "adaptation above the configured limit"
+            );
+            assert!(
+                state.suspended.is_none() || state.held.is_empty(),
+                "a suspended key holds deliveries"
+            );
         }
         let held: usize = self.keys.values().map(|k| k.held.len()).sum();
         assert_eq!(held as u32, self.held, "held count drifted");
     }
+}
+
+/// A reason as one printable line: the remote's words may hold anything.
+fn printable_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -562,7 +1104,12 @@ mod tests {
             max_running,
             Duration::from_secs(10),
             hold_max,
-            Box::new(|k: &[u8]| if k == b"a.test" { 2 } else { u32::MAX }),
+            Box::new(
+                |k: &[u8]| {
+                    if k == b"a.test" { 2.into() } else { u32::MAX.into() }
+                },
+            ),
+            Policy::STATIC,
         )
     }
 
@@ -753,7 +1300,8 @@ mod tests {
             1,
             Duration::from_secs(10),
             Some(100),
-            Box::new(|_| u32::MAX),
+            Box::new(|_| u32::MAX.into()),
+            Policy::STATIC,
         );
         let mut fx = Vec::new();
         // One big key with 5, then two small keys with 1 each.
@@ -799,5 +1347,272 @@ mod tests {
         assert_eq!(reports(&fx)[0].0, 0);
         assert_eq!(starts(&fx).len(), 1, "the held one starts");
         c.check_invariants();
+    }
+
+    /// A core with adaptation on (initial 5, suspension after 4 failures
+    /// for 60 s), one key "s.test" configured at 20, rate `rate`.
+    fn adaptive(rate: Option<Rate>) -> Core {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(120),
+            Some(10_000),
+            Box::new(move |_| Allowance { limit: 20, rate }),
+            Policy {
+                initial: 5,
+                suspend_after: 4,
+                suspend_for: Duration::from_secs(60),
+            },
+        );
+        c.set_clock(Instant::now(), 1_764_336_000);
+        c
+    }
+
+    const GREETING_421: &[u8] = b"ZConnected to 1.2.3.4 but greeting \
+        failed.\nRemote host said: 421 4.7.0 Too many concurrent SMTP \
+        connections\n\0";
+    const OK: &[u8] = b"r\0K1.2.3.4 accepted message.\n\0";
+
+    fn end(c: &mut Core, id: SlotId, output: &[u8], fx: &mut Vec<Effect>) {
+        c.handle(Event::Output(id, output), fx);
+        c.handle(Event::Exited(id, ChildEnd::Exited(0)), fx);
+        c.handle(Event::Eof(id), fx);
+    }
+
+    fn status(c: &Core) -> KeyStatus {
+        c.key_status(1).remove(0)
+    }
+
+    /// A receiver that takes at most `m` at once and answers a 421 at the
+    /// greeting to any more, each good delivery taking one round; 300
+    /// deliveries kept 40 in flight. Returns (deferred, effective limit,
+    /// most running at once).
+    fn strict_receiver(initial: u32, m: usize) -> (usize, u32, u32) {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(3600),
+            Some(10_000),
+            Box::new(|_| 20.into()),
+            Policy { initial, ..Policy::STATIC },
+        );
+        let now = Instant::now();
+        c.set_clock(now, 0);
+        let mut fx = Vec::new();
+        let (mut sent, mut deferred, mut answered) = (0u16, 0, 0);
+        let mut running: Vec<SlotId> = Vec::new();
+        let mut most = 0;
+        while answered < 300 {
+            while sent < 300 && usize::from(sent) - answered < 40 {
+                c.handle(
+                    Event::Job { job: job(sent, "s.test"), now },
+                    &mut fx,
+                );
+                sent += 1;
+            }
+            running.extend(starts(&fx).into_iter().map(|s| s.0));
+            for (_, body) in reports(&fx) {
+                answered += 1;
+                deferred += usize::from(body[0] == b'Z');
+            }
+            fx.clear();
+            most = most.max(running.len() as u32);
+            // The receiver: the first m running are served, the rest
+            // refused at once; then the served ones end.
+            let (served, refused) = running.split_at(running.len().min(m));
+            let (served, refused) = (served.to_vec(), refused.to_vec());
+            running.clear();
+            for id in refused {
+                end(&mut c, id, GREETING_421, &mut fx);
+            }
+            for id in served {
+                end(&mut c, id, OK, &mut fx);
+            }
+            c.check_invariants();
+        }
+        (deferred, status(&c).effective, most)
+    }
+
+    #[test]
+    fn against_a_strict_receiver_the_limit_settles_at_its_ceiling() {
+        let (static_deferred, static_limit, _) = strict_receiver(0, 3);
+        let (adaptive_deferred, limit, _) = strict_receiver(5, 3);
+        assert_eq!(static_limit, 20);
+        assert!(
+            adaptive_deferred * 3 <= static_deferred,
+            "adaptive {adaptive_deferred}, static {static_deferred}"
+        );
+        assert!((3..=4).contains(&limit), "settled at {limit}");
+        // A receiver that takes all: slow start climbs to the
+        // configured limit.
+        let (deferred, limit, most) = strict_receiver(5, 1000);
+        assert_eq!((deferred, limit), (0, 20));
+        assert_eq!(most, 20);
+    }
+
+    #[test]
+    fn pushback_lowers_once_per_epoch_and_failed_probes_slow_the_next() {
+        let now = Instant::now();
+        let mut c = adaptive(None);
+        let mut fx = Vec::new();
+        for d in 0..10 {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
+        }
+        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(ids.len(), 5, "starts at the initial limit");
+        fx.clear();
+        // Two pushbacks from the same epoch: one step down.
+        end(&mut c, ids[0], GREETING_421, &mut fx);
+        end(&mut c, ids[1], GREETING_421, &mut fx);
+        let s = status(&c);
+        assert_eq!((s.effective, s.limit, s.failures), (4, 20, 2));
+        assert!(s.why.contains("site-level failure"), "{}", s.why);
+        assert!(s.why.starts_with("effective limit 5 -> 4"), "{}", s.why);
+        // A recipient's 4xx is neutral; a K ends the failures.
+        let recipient_4xx = b"s1.2.3.4 does not like recipient.\nRemote host \
+            said: 450 mailbox busy\n\0DGiving up on 1.2.3.4.\n\0";
+        end(&mut c, ids[2], recipient_4xx, &mut fx);
+        assert_eq!(status(&c).failures, 2);
+        end(&mut c, ids[3], OK, &mut fx);
+        assert_eq!(status(&c).failures, 0);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn site_failures_in_a_row_suspend_the_key_then_it_recovers_at_one() {
+        let now = Instant::now();
+        let mut c = adaptive(None);
+        let mut fx = Vec::new();
+        for d in 0..8 {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
+        }
+        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        fx.clear();
+        let dead = b"ZSorry, I wasn't able to establish an SMTP connection. \
+            (#4.4.1)\n\0";
+        for &id in &ids[..4] {
+            end(&mut c, id, dead, &mut fx);
+        }
+        // The fourth failure suspends: what is still held is answered at
+        // once (each lowering let fewer of the rest start).
+        let want = b"Zshardspawn: s.test is suspended until 2025-11-28 \
+            13:21:00 UTC: 4 site-level failures in a row. (#4.4.5)\n";
+        let got = reports(&fx);
+        let refused: Vec<u16> = got
+            .iter()
+            .filter(|(_, b)| b.as_slice() == want)
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(refused, vec![7], "{got:?}");
+        assert_eq!(c.held(), 0);
+        let more: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(more.len(), 2, "5 and 6 started as 0 and 1 ended");
+        // New ones too, at once.
+        fx.clear();
+        c.handle(Event::Job { job: job(20, "s.test"), now }, &mut fx);
+        assert_eq!(reports(&fx), vec![(20, want.to_vec())]);
+        assert_eq!(status(&c).suspended_until, 1_764_336_060);
+        // Its end is a deadline; then it starts again at 1.
+        assert_eq!(c.next_deadline(), Some(now + Duration::from_secs(60)));
+        let later = now + Duration::from_secs(60);
+        // What ran meanwhile ends well.
+        for &id in ids[4..].iter().chain(&more) {
+            end(&mut c, id, OK, &mut fx);
+        }
+        assert_eq!(c.running(), 0);
+        fx.clear();
+        c.handle(Event::Tick(later), &mut fx);
+        let s = status(&c);
+        assert_eq!((s.effective, s.suspended_until, s.failures), (1, 0, 0));
+        assert!(s.why.contains("the suspension ended"), "{}", s.why);
+        c.handle(Event::Job { job: job(21, "s.test"), now: later }, &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_rule_caps_the_limit_for_its_duration_then_it_returns() {
+        let now = Instant::now();
+        let mut c = adaptive(None);
+        c.set_responses(
+            shardspawn_common::response::Responses::parse(
+                b"limit=1:30s:slow down\n",
+            )
+            .unwrap(),
+        );
+        let mut fx = Vec::new();
+        for d in 0..6 {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
+        }
+        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        fx.clear();
+        end(
+            &mut c,
+            ids[0],
+            b"Z1.2.3.4 said: 451 please slow down\n\0",
+            &mut fx,
+        );
+        let s = status(&c);
+        assert_eq!(s.effective, 1);
+        assert!(s.why.contains("response rule 1 matched \"slow down\""));
+        // Four still run: nothing starts until they are down to 0.
+        for &id in &ids[1..4] {
+            end(&mut c, id, OK, &mut fx);
+        }
+        assert!(starts(&fx).is_empty());
+        end(&mut c, ids[4], OK, &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "one at a time");
+        fx.clear();
+        c.handle(Event::Tick(now + Duration::from_secs(30)), &mut fx);
+        // Back to what adaptation has now: 5, and one more for each of
+        // the 4 good deliveries at the limit (slow start).
+        let s = status(&c);
+        assert_eq!(s.effective, 9);
+        assert!(s.why.starts_with("the rule's limit ended"), "{}", s.why);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_rate_spaces_starts_and_names_itself_when_a_hold_expires() {
+        use shardspawn_common::limits::Per;
+        let now = Instant::now();
+        let rate = Rate { count: 2, per: Per::Second };
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(2),
+            Some(100),
+            Box::new(move |_| Allowance { limit: 20, rate: Some(rate) }),
+            Policy::STATIC,
+        );
+        c.set_clock(now, 0);
+        let mut fx = Vec::new();
+        for d in 0..6 {
+            c.handle(Event::Job { job: job(d, "r.test"), now }, &mut fx);
+        }
+        assert_eq!(starts(&fx).len(), 1, "no burst");
+        let ms = Duration::from_millis;
+        assert_eq!(c.next_deadline(), Some(now + ms(500)));
+        let mut started = vec![Duration::ZERO];
+        let mut expired = Vec::new();
+        let mut t = now;
+        while let Some(at) = c.next_deadline() {
+            t = at;
+            fx.clear();
+            c.handle(Event::Tick(t), &mut fx);
+            for _ in starts(&fx) {
+                started.push(t - now);
+            }
+            for (delnum, body) in reports(&fx) {
+                expired.push(delnum);
+                assert_eq!(
+                    body,
+                    b"Zshardspawn: r.test is at its rate of 2/s; held 2s, \
+                      longer than the hold limit. (#4.4.5)\n"
+                );
+            }
+            c.check_invariants();
+        }
+        // At 2 s the last two are due, before the rate allows another.
+        assert_eq!(started, vec![ms(0), ms(500), ms(1000), ms(1500)]);
+        assert_eq!(expired, vec![4, 5]);
+        assert_eq!(t, now + ms(2000));
     }
 }

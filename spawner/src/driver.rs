@@ -19,12 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use shardspawn_common::frame::{Done, FrameDecoder, JOB, Job, LIMITS};
+use shardspawn_common::frame::{
+    Done, FrameDecoder, JOB, Job, LIMITS, RESPONSES,
+};
 use shardspawn_common::limits::Limits;
+use shardspawn_common::response::Responses;
 use shardspawn_common::status::{ShardStatus, printable};
 
 use crate::config::ShardConfig;
-use crate::core::{Core, Effect, Event, LimitFn, SlotId};
+use crate::core::{Core, Effect, Event, LimitFn, Policy, SlotId};
 use crate::log::Log;
 use crate::spawn;
 use crate::sys::{self, Interest, Poller};
@@ -126,6 +129,9 @@ const READS_PER_PASS: usize = 4;
 /// How often a shard publishes its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
+/// Most changes of keys logged a second, one line each.
+const CHANGES_LOGGED: usize = 50;
+
 /// How many keys the status page lists.
 const STATUS_KEYS: usize = 20;
 
@@ -153,8 +159,18 @@ impl Shard {
         let none = SlotId { index: 0, generation: 0 };
         poller.add(stdin.as_fd(), Interest::Read, token(JOBS, none))?;
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
-        let core =
-            Core::new(cfg.max_running, cfg.hold, cfg.hold_max, limit_of);
+        let policy = Policy {
+            initial: cfg.initial_limit,
+            suspend_after: cfg.suspend_after,
+            suspend_for: cfg.suspend,
+        };
+        let core = Core::new(
+            cfg.max_running,
+            cfg.hold,
+            cfg.hold_max,
+            limit_of,
+            policy,
+        );
         Ok(Shard {
             cfg,
             log,
@@ -212,6 +228,10 @@ impl Shard {
             }
             self.poller.wait(deadline)?;
             let now = Instant::now();
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.core.set_clock(now, unix);
             self.tokens.clear();
             self.tokens.extend(self.poller.tokens());
             for i in 0..self.tokens.len() {
@@ -268,6 +288,19 @@ impl Shard {
                 } else {
                     String::new()
                 }
+            ));
+        }
+        // Each change of a key's limit, rate or suspension is a line of its
+        // own: they are what an admin looks for when a domain slows down.
+        // At most CHANGES_LOGGED a second, the rest counted.
+        let total = notes.changes.len();
+        for (key, what) in notes.changes.iter().take(CHANGES_LOGGED) {
+            self.log.info(format_args!("{}: {what}", printable(key)));
+        }
+        if total > CHANGES_LOGGED {
+            self.log.info(format_args!(
+                "and {} more changes of limits this second",
+                total - CHANGES_LOGGED
             ));
         }
         let deferred = self.core.counters().deferred_by_limit;
@@ -383,12 +416,26 @@ impl Shard {
                         limits.rules().count()
                     ));
                     let limit_of: LimitFn =
-                        Box::new(move |key| limits.limit_of_key(key));
+                        Box::new(move |key| limits.allowance_of_key(key));
                     self.core.set_limits(limit_of, &mut self.effects);
                 }
                 Err(e) => {
                     // The supervisor checked this text before sending it.
                     self.log.fatal(format_args!("limits frame: {e}"));
+                    std::process::exit(101);
+                }
+            },
+            RESPONSES => match Responses::parse(payload) {
+                Ok(responses) => {
+                    self.log.info(format_args!(
+                        "response rules in force: {} of the file, {} built in",
+                        responses.from_file(),
+                        responses.rules().len() - responses.from_file()
+                    ));
+                    self.core.set_responses(responses);
+                }
+                Err(e) => {
+                    self.log.fatal(format_args!("responses frame: {e}"));
                     std::process::exit(101);
                 }
             },

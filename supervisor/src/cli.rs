@@ -110,5 +110,5 @@ fn shard(args: &[OsString]) -> i32 {
         }
     }
     // Until the supervisor's limits frame, which comes before any job.
-    shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX))
+    shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX.into()))
 }

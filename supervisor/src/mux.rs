@@ -16,10 +16,12 @@ use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
 use shardspawn_common::domain;
-use shardspawn_common::frame::{DONE, Job, encode_limits};
+use shardspawn_common::frame::{DONE, Job, LIMITS, RESPONSES, encode_text};
+use shardspawn_common::limits::Limits;
 use shardspawn_common::record;
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::ChildEnd;
+use shardspawn_common::response::Responses;
 use shardspawn_common::status::SupervisorStatus;
 use shardspawn_common::validate;
 use shardspawn_spawner::log::Log;
@@ -28,7 +30,7 @@ use shardspawn_spawner::sys::{self, Interest, Poller};
 use crate::shards::Shard;
 use shardspawn_spawner::driver::write_atomically;
 
-use crate::startup::{self, FIELD_LIMIT, LimitsSource, Runtime};
+use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 
 /// How often the limits file is looked at (qmail-start's children never
 /// get qmail-send's HUP, so a change must be noticed by itself).
@@ -156,10 +158,11 @@ impl Mux {
     fn start_shard(&mut self, i: usize) -> io::Result<()> {
         let shard = &mut self.shards[i];
         shard.start(&self.rt.shard)?;
-        // A new shard learns the limits before any job: the outbox holds
-        // only whole frames while a shard is down.
+        // A new shard learns the limits and the response rules before any
+        // job: the outbox holds only whole frames while a shard is down.
         let mut first = Vec::new();
-        encode_limits(&self.rt.limits.text, &mut first);
+        encode_text(LIMITS, &self.rt.limits.text, &mut first);
+        encode_text(RESPONSES, &self.rt.responses.text, &mut first);
         shard.outbox.splice(0..0, first);
         let live = shard.live.as_ref().expect("just started");
         self.poller.add(
@@ -216,6 +219,7 @@ impl Mux {
             if now >= self.next_limits_check {
                 self.next_limits_check = now + LIMITS_EVERY;
                 self.reload_limits(false);
+                self.reload_responses(false);
             }
             for i in 0..self.shards.len() {
                 self.flush_jobs(i);
@@ -277,7 +281,7 @@ impl Mux {
                     let key = self
                         .rt
                         .limits
-                        .limits
+                        .parsed
                         .lookup(&domain::normalise(host))
                         .key;
                     let s = domain::shard_for(&key, self.rt.shards);
@@ -316,6 +320,7 @@ impl Mux {
         for signo in sys::drain_signals(&self.signals) {
             if signo == Signal::SIGHUP as i32 {
                 self.reload_limits(true);
+                self.reload_responses(true);
             }
         }
         while let Some((pid, end)) = sys::reap() {
@@ -341,35 +346,55 @@ impl Mux {
     /// and applies to the next spawns; a broken one is logged and the
     /// limits in force stay.
     fn reload_limits(&mut self, force: bool) {
-        let path = self.rt.limits.path.clone();
-        if !force && startup::stamp(&path) == self.rt.limits.stamp {
+        let Some(new) = reload(
+            &mut self.rt.limits,
+            force,
+            &self.log,
+            "limits",
+            Limits::parse,
+        ) else {
             return;
-        }
-        match LimitsSource::read(&path) {
-            Ok(new) => {
-                if new.text == self.rt.limits.text && !force {
-                    self.rt.limits.stamp = new.stamp;
-                    return;
-                }
-                self.log.info(format_args!(
-                    "limits reloaded from {}: default {}, {} rules",
-                    path.display(),
-                    new.limits.default_limit(),
-                    new.limits.rules().count()
-                ));
-                self.rt.limits = new;
-                for shard in &mut self.shards {
-                    if shard.live.is_some() {
-                        encode_limits(&self.rt.limits.text, &mut shard.outbox);
-                    }
-                }
-            }
-            Err(e) => {
-                // Remember the stamp: one warning per broken version.
-                self.rt.limits.stamp = startup::stamp(&path);
-                self.log.warn(format_args!(
-                    "limits not reloaded, keeping the ones in force: {e}"
-                ));
+        };
+        self.log.info(format_args!(
+            "limits reloaded from {}: default {}, {} rules",
+            new.path.display(),
+            new.parsed.default_limit(),
+            new.parsed.rules().count()
+        ));
+        self.rt.limits = new;
+        self.send_all(LIMITS);
+    }
+
+    /// The same for the response rules file.
+    fn reload_responses(&mut self, force: bool) {
+        let Some(new) = reload(
+            &mut self.rt.responses,
+            force,
+            &self.log,
+            "response rules",
+            Responses::parse,
+        ) else {
+            return;
+        };
+        self.log.info(format_args!(
+            "response rules reloaded from {}: {} of the file",
+            new.path.display(),
+            new.parsed.from_file(),
+        ));
+        self.rt.responses = new;
+        self.send_all(RESPONSES);
+    }
+
+    /// Sends the control file of `kind` to every live shard.
+    fn send_all(&mut self, kind: u8) {
+        let text = if kind == LIMITS {
+            &self.rt.limits.text
+        } else {
+            &self.rt.responses.text
+        };
+        for shard in &mut self.shards {
+            if shard.live.is_some() {
+                encode_text(kind, text, &mut shard.outbox);
             }
         }
     }
@@ -613,4 +638,38 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a control file again if its stamp changed (or if `force`):
+/// the new version if it differs (or `force`) and parses; `None` if
+/// nothing changed, or if it is broken, which is logged once per
+/// version while the one in force stays.
+fn reload<T>(
+    current: &mut Source<T>,
+    force: bool,
+    log: &Log,
+    what: &str,
+    parse: fn(&[u8]) -> Result<T, shardspawn_common::limits::LimitsError>,
+) -> Option<Source<T>> {
+    let path = current.path.clone();
+    if !force && startup::stamp(&path) == current.stamp {
+        return None;
+    }
+    match Source::read(&path, parse) {
+        Ok(new) => {
+            if new.text == current.text && !force {
+                current.stamp = new.stamp;
+                return None;
+            }
+            Some(new)
+        }
+        Err(e) => {
+            // Remember the stamp: one warning per broken version.
+            current.stamp = startup::stamp(&path);
+            log.warn(format_args!(
+                "{what} not reloaded, keeping the ones in force: {e}"
+            ));
+            None
+        }
+    }
 }

@@ -13,7 +13,8 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Uid, User};
 
 use shardspawn_common::command::DelnumWidth;
-use shardspawn_common::limits::Limits;
+use shardspawn_common::limits::{Limits, LimitsError};
+use shardspawn_common::response::Responses;
 use shardspawn_common::settings::{QueueOwner, Settings};
 use shardspawn_spawner::ShardConfig;
 use shardspawn_spawner::log::Log;
@@ -66,9 +67,10 @@ pub fn stamp(path: &Path) -> Stamp {
         .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
-/// The limits in force and where they came from.
+/// A control file in force (the limits or the response rules), and
+/// where it came from.
 #[derive(Clone, Debug)]
-pub struct LimitsSource {
+pub struct Source<T> {
     /// The file.
     pub path: PathBuf,
     /// Its stamp when read.
@@ -76,12 +78,21 @@ pub struct LimitsSource {
     /// What it said (empty when absent): sent to every shard.
     pub text: Vec<u8>,
     /// Parsed.
-    pub limits: Limits,
+    pub parsed: T,
 }
 
-impl LimitsSource {
-    /// Reads the file; absent means every domain gets the default.
-    pub fn read(path: &Path) -> Result<LimitsSource, String> {
+/// The limits in force.
+pub type LimitsSource = Source<Limits>;
+
+/// The response rules in force.
+pub type ResponsesSource = Source<Responses>;
+
+impl<T> Source<T> {
+    /// Reads the file; absent is the same as empty.
+    pub fn read(
+        path: &Path,
+        parse: fn(&[u8]) -> Result<T, LimitsError>,
+    ) -> Result<Source<T>, String> {
         let stamp = stamp(path);
         let text = match std::fs::read(path) {
             Ok(text) => text,
@@ -90,9 +101,9 @@ impl LimitsSource {
                 return Err(format!("unable to read {}: {e}", path.display()));
             }
         };
-        let limits = Limits::parse(&text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(LimitsSource { path: path.to_path_buf(), stamp, text, limits })
+        let parsed =
+            parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Source { path: path.to_path_buf(), stamp, text, parsed })
     }
 }
 
@@ -109,6 +120,8 @@ pub struct Runtime {
     pub shard: ShardConfig,
     /// The per-destination limits.
     pub limits: LimitsSource,
+    /// The response rules.
+    pub responses: ResponsesSource,
     /// Where the supervisor publishes its status, if it can.
     pub state_dir: Option<PathBuf>,
 }
@@ -193,19 +206,37 @@ pub fn prepare(
     // made absolute first, as the working directory is queue/mess now.
     let limits_path =
         Settings { home: home.clone(), ..settings.clone() }.limits_path();
-    let limits = LimitsSource::read(&limits_path).map_err(|e| {
+    let fatal = |e: String| {
         if e.starts_with("unable to read") {
             Fatal::Temporary(e)
         } else {
             Fatal::Config(e)
         }
-    })?;
+    };
+    let limits =
+        LimitsSource::read(&limits_path, Limits::parse).map_err(fatal)?;
     log.info(format_args!(
         "limits from {}{}: default {}, {} rules",
         limits_path.display(),
         if limits.stamp.is_none() { " (absent)" } else { "" },
-        limits.limits.default_limit(),
-        limits.limits.rules().count()
+        limits.parsed.default_limit(),
+        limits.parsed.rules().count()
+    ));
+    let responses_path =
+        Settings { home: home.clone(), ..settings.clone() }.responses_path();
+    let responses = ResponsesSource::read(&responses_path, Responses::parse)
+        .map_err(fatal)?;
+    log.info(format_args!(
+        "response rules from {}{}: {} of the file, {} built in; {}",
+        responses_path.display(),
+        if responses.stamp.is_none() { " (absent)" } else { "" },
+        responses.parsed.from_file(),
+        responses.parsed.rules().len() - responses.parsed.from_file(),
+        if settings.initial_limit == 0 {
+            "no adaptation".to_owned()
+        } else {
+            format!("keys start at {}", settings.initial_limit)
+        }
     ));
     let state_dir = home.join(&settings.state_dir);
     let state_dir = match std::fs::create_dir_all(&state_dir) {
@@ -286,8 +317,12 @@ pub fn prepare(
             state_dir: state_dir.clone(),
             log_dir: logs.dir.clone(),
             logger: logs.logger.clone(),
+            initial_limit: settings.initial_limit,
+            suspend_after: settings.suspend_after,
+            suspend: settings.suspend,
         },
         limits,
+        responses,
         state_dir,
     })
 }

@@ -46,6 +46,9 @@ pub fn spawner(home: &QmailHome, width: DelnumWidth) -> Command {
     let mut cmd = Command::new(bin_path("shardspawn"));
     cmd.env_clear()
         .env("SHARDSPAWN_HOME", home.path())
+        // Configured limits from the first delivery: this test is not
+        // about adaptation (issue 7), which would start each key at 5.
+        .env("SHARDSPAWN_INITIAL_LIMIT", "0")
         .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
         .env("QMAILREMOTE", fake_remote())
         .env("SHARDSPAWN_SHARDS", "2")
