@@ -80,10 +80,9 @@ fn three_failures_in_a_row_suspend_held_and_new_deliveries() {
     let body = deliver(&rig, &mut emu, 5, &[]);
     assert_eq!(suspended_until(&body, "d1.test", REASON), until);
     assert_eq!(rig.recording().started(), 3);
+    // The log says so. (Not the status file: a 2 s suspension may be
+    // over before a shard publishes it; status_per_key.rs reads one.)
     rig.wait_log(&["d1.test", "suspended until", REASON], 1);
-    rig.wait_key("d1.test", |k| {
-        k.suspended_until.abs_diff(until) <= 1 && k.why.contains(REASON)
-    });
 
     // Recovery: once the named time is past, a delivery runs. The
     // shard may lift the suspension a moment after the second the text
