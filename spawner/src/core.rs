@@ -726,8 +726,11 @@ impl Core {
                     }
                 }
                 let n = state.failures;
+                // Deliveries that were running when the key was suspended
+                // end as they end; their failures do not extend it.
                 if self.policy.suspend_after > 0
                     && n >= self.policy.suspend_after
+                    && state.suspended.is_none()
                 {
                     suspend = Some((
                         now + self.policy.suspend_for,

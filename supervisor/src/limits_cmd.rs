@@ -1,6 +1,7 @@
-//! `shardspawn limits check [FILE]` and `shardspawn limits explain
-//! DOMAIN...`: what an admin asks before and after changing the limits
-//! file, without a running spawner.
+//! `shardspawn limits check [FILE]`, `shardspawn limits explain
+//! DOMAIN...` and `shardspawn limits rules [FILE]`: what an admin asks
+//! before and after changing the limits file or the response rules,
+//! without a running spawner.
 
 use std::ffi::OsString;
 use std::io;
@@ -8,17 +9,22 @@ use std::path::{Path, PathBuf};
 
 use shardspawn_common::domain;
 use shardspawn_common::limits::{Limits, MatchedRule, Rule};
+use shardspawn_common::response::{Action, Responses};
 use shardspawn_common::settings::Settings;
 
 const USAGE: &str = "\
 usage: shardspawn limits check [FILE]
        shardspawn limits explain DOMAIN...
+       shardspawn limits rules [FILE]
 
 check: validates the limits file (default: the SHARDSPAWN_LIMITS setting,
 else HOME/control/concurrencydomains) and says what it holds.
 explain: for each domain (or address), the rule that matches, the limit
 key, the limit, and the shard that owns the key at the current shard
 count (SHARDSPAWN_SHARDS, else the number of CPUs).
+rules: validates the response rules file (default: the SHARDSPAWN_RESPONSES
+setting, else HOME/control/responserules) and lists every rule in force,
+in the order they are tried: the file's, then the built-in ones.
 ";
 
 /// How the limits file reads: absent (every domain gets the default), or
@@ -49,6 +55,12 @@ pub fn main(args: &[OsString]) -> i32 {
                 .get(1)
                 .map_or_else(|| settings.limits_path(), PathBuf::from);
             check(&path, args.len() == 2)
+        }
+        Some("rules") if args.len() <= 2 => {
+            let path = args
+                .get(1)
+                .map_or_else(|| settings.responses_path(), PathBuf::from);
+            rules(&path, args.len() == 2)
         }
         Some("explain") if args.len() >= 2 => {
             let shards = settings.shards.unwrap_or_else(|| {
@@ -146,13 +158,60 @@ fn explain(path: &Path, shards: u16, domains: &[OsString]) -> i32 {
                 "the built-in default".to_string()
             }
         };
+        let rate = m.rate.map_or_else(String::new, |r| format!("; rate {r}"));
         println!(
-            "{}: rule {rule}; key {}; limit {}; shard {} of {shards}",
+            "{}: rule {rule}; key {}; limit {}{rate}; shard {} of {shards}",
             domain::printable(&d),
             domain::printable(&m.key),
             m.limit,
             domain::shard_for(&m.key, shards)
         );
+    }
+    0
+}
+
+/// `limits rules`: the response rules in force, one a line.
+fn rules(path: &Path, named: bool) -> i32 {
+    let (responses, what) = match std::fs::read(path) {
+        Ok(text) => match Responses::parse(&text) {
+            Ok(r) => (r, "ok"),
+            Err(e) => {
+                eprintln!("shardspawn limits: {}: {e}", path.display());
+                return 100;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !named => {
+            (Responses::built_in(), "absent")
+        }
+        Err(e) => {
+            eprintln!(
+                "shardspawn limits: unable to read {}: {e}",
+                path.display()
+            );
+            return 111;
+        }
+    };
+    println!(
+        "{}: {what}: {} rules of the file, then {} built in",
+        path.display(),
+        responses.from_file(),
+        responses.rules().len() - responses.from_file()
+    );
+    for rule in responses.rules() {
+        let action = match rule.action {
+            Action::Adapt => "adapt (site-level pushback)".to_owned(),
+            Action::Ignore => "ignore".to_owned(),
+            Action::Limit(n) => {
+                format!("limit {n} for {}s", rule.duration.as_secs())
+            }
+            Action::Rate(r) => {
+                format!("rate {r} for {}s", rule.duration.as_secs())
+            }
+            Action::Suspend => {
+                format!("suspend for {}s", rule.duration.as_secs())
+            }
+        };
+        println!("{}: \"{}\": {action}", rule.origin, rule.pattern);
     }
     0
 }

@@ -83,3 +83,28 @@ fn a_bad_setting_is_logged_in_the_log_dir_even_with_fd_2_closed() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(text.contains(want), "log: {text:?}");
 }
+
+#[test]
+fn a_broken_response_rules_file_exits_100_without_announcing() {
+    // As a broken limits file does: the admin meant something by it, and
+    // running without it would be a surprise. (Queue owner: our own uid,
+    // so that startup reaches the control files.)
+    let home = std::env::temp_dir()
+        .join(format!("shardspawn-rules-{}", std::process::id()));
+    std::fs::create_dir_all(home.join("queue/mess")).unwrap();
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    std::fs::write(home.join("control/responserules"), "suspend:0:x\n")
+        .unwrap();
+    let uid = std::fs::metadata(&home).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let (code, stdout) = run(&[
+        ("SHARDSPAWN_HOME", home.to_str().unwrap()),
+        ("SHARDSPAWN_QUEUE_OWNER", &uid.unwrap().to_string()),
+        ("SHARDSPAWN_STATE_DIR", home.join("state").to_str().unwrap()),
+    ]);
+    std::fs::remove_dir_all(&home).unwrap();
+    assert_eq!(code, Some(100));
+    assert!(stdout.is_empty(), "announced {stdout:?}");
+}

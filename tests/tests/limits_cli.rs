@@ -1,4 +1,5 @@
-//! `shardspawn limits check [FILE]` and `shardspawn limits explain
+//! `shardspawn limits check [FILE]`, `shardspawn limits rules [FILE]` and
+//! `shardspawn limits explain
 //! DOMAIN...`, what an admin runs before and after editing the limits
 //! file: `check` says what a good file holds and names the line of a bad
 //! one (exit 100, as the spawner would refuse to start on it); `explain`
@@ -173,6 +174,57 @@ fn explain_without_a_file_uses_the_built_in_default() {
             "a.test: rule the built-in default; key a.test; limit 20; \
              shard {} of 3\n",
             shard_for(b"a.test", 3)
+        )
+    );
+}
+
+#[test]
+fn explain_names_a_rate_and_rules_lists_the_rules_in_force() {
+    let home = QmailHome::new().unwrap();
+    let file = home
+        .write_file("limits", b":4\nr.test:3,90/m\n=g:2,1/s\ng.test:=g\n")
+        .unwrap();
+    let out = limits(
+        &["explain", "r.test", "g.test", "x.test"],
+        &[("SHARDSPAWN_LIMITS", &file), ("SHARDSPAWN_SHARDS", Path::new("1"))],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> =
+        text(&out.stdout).lines().map(String::from).collect();
+    assert!(
+        lines[0].ends_with("key r.test; limit 3; rate 90/m; shard 0 of 1")
+    );
+    assert!(lines[1].ends_with("key =g; limit 2; rate 1/s; shard 0 of 1"));
+    assert!(lines[2].ends_with("key x.test; limit 4; shard 0 of 1"));
+
+    // The file's rules first, then the built-in ones, each with its
+    // origin; the default path is HOME/control/responserules.
+    home.write_file("control/responserules", b"# ours\nsuspend:2m:go away\n")
+        .unwrap();
+    let out = limits(&["rules"], &[("SHARDSPAWN_HOME", home.path())]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = text(&out.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].ends_with(
+        "responserules: ok: 1 rules of the file, then 11 built in"
+    ));
+    assert_eq!(lines[1], "response rule 2: \"go away\": suspend for 120s");
+    assert_eq!(
+        lines[2],
+        "built-in rule 1: \"receiving mail at a rate\": ignore"
+    );
+    assert_eq!(lines.len(), 13);
+
+    // A bad line is named, exit 100 as the spawner would refuse it.
+    let bad = home.write_file("bad-rules", b"limit=0:5m:x\n").unwrap();
+    let out = limits(&["rules", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(100));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "shardspawn limits: {}: line 1: limit=0:5m:x: limit=0: a limit \
+             must be at least 1\n",
+            bad.display()
         )
     );
 }
