@@ -31,6 +31,14 @@ use shardspawn_common::report::{ChildEnd, Translator};
 use shardspawn_common::response::{self, Action, Responses, Verdict};
 use shardspawn_common::status::{KeyStatus, printable, utc};
 
+/// How many bits of a [`SlotId::generation`] are used: generations wrap
+/// at `1 << GENERATION_BITS`, because the driver packs one into an epoll
+/// token beside the index and the kind, and compares what comes back
+/// with the core's own. (Wrapping at u32 instead, a slot reused 2^29
+/// times, a few days of one busy slot, would never again see its
+/// events.)
+pub const GENERATION_BITS: u32 = 29;
+
 /// A slot of the shard's table and the generation of its occupant, so a
 /// late event for a finished delivery can never touch the next one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -601,8 +609,9 @@ impl Core {
     ) {
         let Some(run) = self.running_mut(id) else { return };
         let (delnum, key) = (run.delnum, run.key.clone());
-        self.slots[id.index as usize] =
-            Slot::Free { generation: id.generation.wrapping_add(1) };
+        self.slots[id.index as usize] = Slot::Free {
+            generation: (id.generation + 1) % (1 << GENERATION_BITS),
+        };
         self.free.push(id.index);
         if let Some(epoch) = ran {
             self.learn(&key, epoch, &body, effects);
