@@ -179,7 +179,11 @@ fn spawn_failure(e: io::Error) -> StartError {
 pub fn child_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    set_nonblocking(read.as_fd(), true)?;
+    // A fresh read end has no status flag set (O_RDONLY is the access
+    // mode, which F_SETFL leaves alone): set O_NONBLOCK without reading
+    // the flags first.
+    fcntl(read.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map_err(io_err)?;
     Ok((read, write))
 }
 
