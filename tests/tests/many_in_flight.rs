@@ -7,6 +7,19 @@
 //! delnum byte) or 509 (select's FD_SETSIZE). If the machine cannot reach
 //! 10,000 at once, the test fails and says which limit it met; it never
 //! lowers the number.
+//!
+//! The same body with 20,000 (issue 5) takes about a minute of a 2-core
+//! machine and 20,000 processes, too much for every `cargo test`, so it
+//! is ignored there; run it with
+//!
+//!     cargo test --release -p shardspawn-harness --test many_in_flight \
+//!         -- --ignored
+//!
+//! and `SHARDSPAWN_TEST_IN_FLIGHT=N` for another number (up to 32,767,
+//! the most slots the 2-byte framing announces), to see which limit
+//! comes next. As root it raises RLIMIT_NOFILE and RLIMIT_NPROC where the
+//! number needs it; kernel-wide limits (pid_max, threads-max) it only
+//! reports.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -24,13 +37,16 @@ use shardspawn_harness::{
     Emulator, Options, QmailHome, Recording, bin_path, wait_for, workload,
 };
 
-const DELIVERIES: usize = 10_000;
 const SHARDS: u16 = 4;
-const SLOTS: u16 = 10_000;
 
 /// shardspawn as qmail-start runs it: no arguments, settings in a clean
 /// environment, plus what the stand-in needs (gate and recording files).
-fn spawner(home: &QmailHome, gate: &Path, record: &Path) -> Process {
+fn spawner(
+    home: &QmailHome,
+    gate: &Path,
+    record: &Path,
+    slots: u16,
+) -> Process {
     let mut cmd = Process::new(bin_path("shardspawn"));
     cmd.env_clear()
         .env("SHARDSPAWN_HOME", home.path())
@@ -44,7 +60,7 @@ fn spawner(home: &QmailHome, gate: &Path, record: &Path) -> Process {
         // Status files in the home, not in a /run shared with every
         // other test.
         .env("SHARDSPAWN_STATE_DIR", home.path().join("state"))
-        .env("SHARDSPAWN_SLOTS", SLOTS.to_string())
+        .env("SHARDSPAWN_SLOTS", slots.to_string())
         .env(remote::ENV_GATE, gate)
         .env(remote::ENV_RECORD, record);
     cmd
@@ -94,19 +110,54 @@ fn limits_report(home: &QmailHome, supervisor: u32, want: usize) -> String {
 
 #[test]
 fn ten_thousand_deliveries_run_at_once_and_each_gets_one_k() {
+    deliveries_run_at_once_and_each_gets_one_k(10_000);
+}
+
+/// Issue 5: 20,000 at once (see the top of this file for how to run it).
+#[test]
+#[ignore = "20,000 processes for a minute: run by hand, see the file's top"]
+fn twenty_thousand_deliveries_run_at_once_and_each_gets_one_k() {
+    let n = std::env::var("SHARDSPAWN_TEST_IN_FLIGHT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    deliveries_run_at_once_and_each_gets_one_k(n);
+}
+
+/// As root, raises this process's descriptor and process limits (which
+/// shardspawn inherits and raises its soft limits to) so that `want`
+/// deliveries fit: one pipe each in a shard, one process each.
+fn raise_limits(want: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let need = want as u64 + 4096;
+    for r in [Resource::RLIMIT_NOFILE, Resource::RLIMIT_NPROC] {
+        if let Ok((soft, hard)) = getrlimit(r)
+            && hard < need
+        {
+            let _ = setrlimit(r, soft.max(need), need);
+        }
+    }
+}
+
+fn deliveries_run_at_once_and_each_gets_one_k(deliveries: usize) {
     let _lock = fork_lock();
     let began = Instant::now();
+    raise_limits(deliveries);
+    let slots = u16::try_from(deliveries).unwrap();
     let home = QmailHome::new().unwrap();
     let gate_path = home.path().join("gate");
     let record = home.path().join("recording");
     let mut gate = Gate::closed(&gate_path).unwrap();
     let mut emu = Emulator::start(
-        spawner(&home, &gate_path, &record),
+        spawner(&home, &gate_path, &record, slots),
         DelnumWidth::Two,
         Options::default(),
     )
     .unwrap();
-    assert_eq!(emu.slots(), SLOTS, "shardspawn lowered the slots");
+    assert_eq!(emu.slots(), slots, "shardspawn lowered the slots");
     let sup = emu.pid();
     let shards: Vec<u32> = children(sup).iter().map(|c| c.0).collect();
     assert_eq!(shards.len(), usize::from(SHARDS));
@@ -114,7 +165,8 @@ fn ten_thousand_deliveries_run_at_once_and_each_gets_one_k() {
     // 500 domains, uniform: about 2,500 deliveries per shard, but not
     // exactly (2,334 to 2,796 with this seed), so no shard may be held
     // to a quarter of the slots.
-    let work = workload::generate(&home, DELIVERIES, 500, 0.0, 10_000, "gate");
+    let work = workload::generate(&home, deliveries, 500, 0.0, 10_000, "gate");
+    let limit_s = (deliveries / 200).max(50) as u64;
     for (delnum, d) in work.iter().enumerate() {
         let cmd = Command {
             delnum: u16::try_from(delnum).unwrap(),
@@ -124,7 +176,7 @@ fn ten_thousand_deliveries_run_at_once_and_each_gets_one_k() {
         };
         emu.send(&cmd).unwrap();
     }
-    assert_eq!(emu.in_flight(), DELIVERIES);
+    assert_eq!(emu.in_flight(), deliveries);
 
     // The gate is closed, so no stand-in can end: once all have
     // started, all run at the same time. While waiting, only lines are
@@ -135,26 +187,26 @@ fn ten_thousand_deliveries_run_at_once_and_each_gets_one_k() {
         || {
             started = std::fs::read(&record)
                 .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
-            started == DELIVERIES
+            started == deliveries
         },
-        deadline_in(Duration::from_secs(50)),
+        deadline_in(Duration::from_secs(limit_s)),
     );
     assert!(
         all_started,
         "only {started} stand-ins started: {}",
-        limits_report(&home, sup, DELIVERIES)
+        limits_report(&home, sup, deliveries)
     );
     let recording = Recording::read(&record).unwrap();
     assert_eq!(recording.ended(), 0, "a stand-in passed a closed gate");
-    assert_eq!(recording.peak(), DELIVERIES);
+    assert_eq!(recording.peak(), deliveries);
     let running: usize = shards.iter().map(|&pid| children(pid).len()).sum();
-    assert_eq!(running, DELIVERIES, "stand-ins alive as shard children");
-    eprintln!("{DELIVERIES} in flight at once after {:?}", began.elapsed());
+    assert_eq!(running, deliveries, "stand-ins alive as shard children");
+    eprintln!("{deliveries} in flight at once after {:?}", began.elapsed());
 
     gate.open();
     let mut answers: HashMap<u16, usize> = HashMap::new();
-    let deadline = deadline_in(Duration::from_secs(40));
-    while answers.len() < DELIVERIES {
+    let deadline = deadline_in(Duration::from_secs(limit_s));
+    while answers.len() < deliveries {
         let Some(r) = emu.recv(deadline) else { break };
         let d = &work[usize::from(r.delnum)];
         let host = d.recipient.rsplit(|&b| b == b'@').next().unwrap();
@@ -166,7 +218,7 @@ fn ten_thousand_deliveries_run_at_once_and_each_gets_one_k() {
         );
         *answers.entry(r.delnum).or_default() += 1;
     }
-    assert_eq!(answers.len(), DELIVERIES, "delnums answered");
+    assert_eq!(answers.len(), deliveries, "delnums answered");
     assert!(answers.values().all(|&n| n == 1));
     assert!(emu.violations().is_empty(), "{:?}", emu.violations());
     assert_eq!(emu.in_flight(), 0);
