@@ -1627,4 +1627,160 @@ mod tests {
         assert_eq!(expired, vec![4, 5]);
         assert_eq!(t, now + ms(2000));
     }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+        use shardspawn_common::limits::Per;
+        use std::collections::BTreeMap;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Job(u8),
+            End(usize, u8),
+            StartFailed(usize),
+            Wait(u16),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u8..3).prop_map(Op::Job),
+                4 => (any::<usize>(), 0u8..6).prop_map(|(i, o)| Op::End(i, o)),
+                1 => any::<usize>().prop_map(Op::StartFailed),
+                2 => (0u16..3000).prop_map(Op::Wait),
+            ]
+        }
+
+        const KEYS: [&str; 3] = ["a.test", "b.test", "c.test"];
+        const OUTCOMES: [&[u8]; 6] = [
+            OK,
+            GREETING_421,
+            b"s1.2.3.4 does not like recipient.\nRemote host said: 450 \
+              busy\n\0DGiving up on 1.2.3.4.\n\0",
+            b"ZConnected to 1.2.3.4 but greeting failed.\nRemote host \
+              said: 451 Server busy\n\0",
+            b"Z1.2.3.4 said: 421 4.7.0 rate limited, slow down\n\0",
+            b"ZSorry, I wasn't able to establish an SMTP connection. \
+              (#4.4.1)\n\0",
+        ];
+
+        proptest! {
+            /// Whatever happens (results of every kind, failed starts,
+            /// time passing through rates, rules and suspensions),
+            /// every delnum is answered exactly once, no key ever runs
+            /// more than its configured limit, and a rated key's starts
+            /// are never closer than its interval.
+            #[test]
+            fn every_delivery_is_answered_once_and_no_bound_is_broken(
+                ops in proptest::collection::vec(op(), 1..300),
+            ) {
+                let rate = Rate { count: 5, per: Per::Second };
+                let mut c = Core::new(
+                    6,
+                    Duration::from_secs(20),
+                    Some(8),
+                    Box::new(move |k: &[u8]| match k {
+                        b"a.test" => 3.into(),
+                        b"b.test" => Allowance { limit: 20, rate: Some(rate) },
+                        _ => 1.into(),
+                    }),
+                    Policy {
+                        initial: 2,
+                        suspend_after: 3,
+                        suspend_for: Duration::from_secs(10),
+                    },
+                );
+                let t0 = Instant::now();
+                let mut now = t0;
+                c.set_clock(now, 1_764_336_000);
+                let mut fx = Vec::new();
+                let mut running: Vec<(SlotId, Vec<u8>)> = Vec::new();
+                let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+                let mut last_b: Option<Instant> = None;
+                let mut next: u16 = 0;
+                let mut settle = |c: &mut Core,
+                                  fx: &mut Vec<Effect>,
+                                  running: &mut Vec<(SlotId, Vec<u8>)>,
+                                  now: Instant|
+                 -> Result<(), TestCaseError> {
+                    for e in fx.drain(..) {
+                        match e {
+                            Effect::Start { id, job } => {
+                                if job.key == b"b.test" {
+                                    if let Some(last) = last_b {
+                                        prop_assert!(
+                                            now - last >= rate.interval(),
+                                            "b.test started {:?} apart",
+                                            now - last
+                                        );
+                                    }
+                                    last_b = Some(now);
+                                }
+                                running.push((id, job.key));
+                            }
+                            Effect::Report { delnum, body } => {
+                                prop_assert!(!body.contains(&0));
+                                *answers.entry(delnum).or_default() += 1;
+                            }
+                        }
+                    }
+                    for (k, limit) in [("a.test", 3), ("b.test", 20), ("c.test", 1)] {
+                        let n = running
+                            .iter()
+                            .filter(|(_, key)| key == k.as_bytes())
+                            .count();
+                        prop_assert!(n <= limit, "{k} runs {n}");
+                    }
+                    c.check_invariants();
+                    Ok(())
+                };
+                for op in ops {
+                    match op {
+                        Op::Job(k) => {
+                            c.handle(
+                                Event::Job { job: job(next, KEYS[usize::from(k)]), now },
+                                &mut fx,
+                            );
+                            next += 1;
+                        }
+                        Op::End(i, o) if !running.is_empty() => {
+                            let (id, _) = running.remove(i % running.len());
+                            end(&mut c, id, OUTCOMES[usize::from(o)], &mut fx);
+                        }
+                        Op::StartFailed(i) if !running.is_empty() => {
+                            let (id, _) = running.remove(i % running.len());
+                            c.handle(
+                                Event::StartFailed(id, b"Zfork\n".to_vec()),
+                                &mut fx,
+                            );
+                        }
+                        Op::End(..) | Op::StartFailed(_) => {}
+                        Op::Wait(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            c.set_clock(now, 1_764_336_000);
+                            c.handle(Event::Tick(now), &mut fx);
+                        }
+                    }
+                    settle(&mut c, &mut fx, &mut running, now)?;
+                }
+                // Drain: everything running ends well, time passes.
+                let mut rounds = 0;
+                while !c.is_idle() || !running.is_empty() {
+                    rounds += 1;
+                    prop_assert!(rounds < 10_000, "never idle");
+                    for (id, _) in std::mem::take(&mut running) {
+                        end(&mut c, id, OK, &mut fx);
+                    }
+                    settle(&mut c, &mut fx, &mut running, now)?;
+                    if running.is_empty() {
+                        now = c.next_deadline().unwrap_or(now).max(now);
+                        c.handle(Event::Tick(now), &mut fx);
+                        settle(&mut c, &mut fx, &mut running, now)?;
+                    }
+                }
+                prop_assert_eq!(answers.len(), usize::from(next));
+                prop_assert!(answers.values().all(|&n| n == 1), "{:?}", answers);
+            }
+        }
+    }
 }
