@@ -118,3 +118,44 @@ fn a_suspend_rule_answers_at_once_until_it_ends() {
     rig.wait_key("d1.test", |k| k.suspended_until == 0);
     finish(&mut emu);
 }
+
+/// Replaces the rules file as an admin should: a new file renamed over
+/// the old one, so the spawner never reads half of it.
+fn replace_rules(rig: &Rig, text: &str) {
+    let tmp = rig.home.path().join("control/responserules.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, rig.home.path().join(adaptive_common::RULES))
+        .unwrap();
+}
+
+#[test]
+fn rules_are_reloaded_while_it_runs_and_a_broken_file_is_kept_out() {
+    let rig = Rig::new("d1.test:10\nd2.test:10\n", 1);
+    let mut emu = rig.start(&[("SHARDSPAWN_INITIAL_LIMIT", "0")]);
+    // No file: the text is a deferral like any other, nothing follows.
+    rig.send(&mut emu, 0, &rcpt(&[&out_directive(RULE_TEXT)], "d1.test"));
+    assert_body(&next(&mut emu).body, &RULE_TEXT[..RULE_TEXT.len() - 1]);
+    rig.send(&mut emu, 1, &rcpt(&[], "d1.test"));
+    assert_body(&next(&mut emu).body, &default_result(b"d1.test"));
+
+    // A rule appears: the supervisor reloads it within seconds and sends
+    // it to the shard ahead of any job sent after that.
+    replace_rules(&rig, "suspend:1h:slow down please\n");
+    rig.wait_log(&["response rules reloaded"], 1);
+    let reason = "response rule 1 matched \"slow down please\"";
+    rig.send(&mut emu, 2, &rcpt(&[&out_directive(RULE_TEXT)], "d1.test"));
+    assert_body(&next(&mut emu).body, &RULE_TEXT[..RULE_TEXT.len() - 1]);
+    rig.send(&mut emu, 3, &rcpt(&[], "d1.test"));
+    suspended_until(&next(&mut emu).body, "d1.test", reason);
+
+    // A broken file is logged and kept out: the rule in force stays.
+    replace_rules(&rig, "suspend:0:slow down please\n");
+    rig.wait_log(&["response rules not reloaded", "line 1"], 1);
+    rig.send(&mut emu, 4, &rcpt(&[&out_directive(RULE_TEXT)], "d2.test"));
+    assert_body(&next(&mut emu).body, &RULE_TEXT[..RULE_TEXT.len() - 1]);
+    rig.send(&mut emu, 5, &rcpt(&[], "d2.test"));
+    suspended_until(&next(&mut emu).body, "d2.test", reason);
+    // 0, 1, 2 and 4 ran; the suspended 3 and 5 did not.
+    assert_eq!(rig.recording().started(), 4);
+    finish(&mut emu);
+}
