@@ -158,6 +158,15 @@ struct Held {
     deadline: Instant,
 }
 
+/// Why a key's limit last changed. A raise in slow start happens on
+/// every good delivery at the limit, so it is recorded without a string
+/// and without a log line; every other change is rare and says itself.
+#[derive(Debug)]
+enum Why {
+    SlowStart,
+    Said(String),
+}
+
 /// A cap set by a response rule, until a moment.
 #[derive(Clone, Copy, Debug)]
 struct Timed<T> {
@@ -199,7 +208,7 @@ struct KeyState {
     /// The earliest moment the rate lets the next delivery start.
     next_start: Option<Instant>,
     /// The last change: Unix seconds and why.
-    changed: Option<(u64, String)>,
+    changed: Option<(u64, Why)>,
     running: u32,
     held: VecDeque<Held>,
     /// In `Core::ready`: could start but for the shard's running cap.
@@ -663,6 +672,7 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         let Some(now) = self.now else { return };
+        let unix = self.unix(now);
         let adapt = self.policy.initial > 0;
         // What the rules say, owned, so that the key can change below.
         enum Lesson {
@@ -707,12 +717,13 @@ impl Core {
                         state.adaptive += 1;
                         state.streak = 0;
                         state.last_was_raise = true;
-                        change = Some(if state.slow_start {
-                            "a good delivery at the limit (slow start)"
-                                .to_owned()
+                        if state.slow_start {
+                            state.changed = Some((unix, Why::SlowStart));
                         } else {
-                            format!("{need} good deliveries at the limit")
-                        });
+                            change = Some(format!(
+                                "{need} good deliveries at the limit"
+                            ));
+                        }
                     }
                 }
             }
@@ -783,7 +794,7 @@ impl Core {
     fn note(&mut self, key: &Key, line: String) {
         let unix = self.now.map_or(0, |now| self.unix(now));
         if let Some(state) = self.keys.get_mut(key) {
-            state.changed = Some((unix, line.clone()));
+            state.changed = Some((unix, Why::Said(line.clone())));
         }
         self.notes.changes.push((key.clone(), line));
     }
@@ -1041,10 +1052,15 @@ impl Core {
                 held_total: k.held_total,
                 deferred: k.deferred,
                 changed: k.changed.as_ref().map_or(0, |c| c.0),
-                why: k
-                    .changed
-                    .as_ref()
-                    .map_or_else(String::new, |c| printable_line(&c.1)),
+                why: match k.changed.as_ref().map(|c| &c.1) {
+                    None => String::new(),
+                    Some(Why::SlowStart) => format!(
+                        "raised to {} in slow start: good deliveries at \
+                         the limit",
+                        k.adaptive
+                    ),
+                    Some(Why::Said(line)) => printable_line(line),
+                },
             })
             .collect()
     }
@@ -1485,6 +1501,34 @@ mod tests {
         assert_eq!(status(&c).failures, 2);
         end(&mut c, ids[3], OK, &mut fx);
         assert_eq!(status(&c).failures, 0);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn slow_start_raises_quietly_and_the_status_says_so() {
+        let now = Instant::now();
+        let mut c = adaptive(None);
+        let mut fx = Vec::new();
+        for d in 0..12 {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
+        }
+        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(ids.len(), 5);
+        fx.clear();
+        for id in ids {
+            end(&mut c, id, OK, &mut fx);
+        }
+        // Each good delivery at the limit: +1, and its slot to the next.
+        let s = status(&c);
+        // (The fifth found the key under its limit, nothing waiting: no
+        // raise.)
+        assert_eq!((s.effective, s.running, s.held), (9, 7, 0));
+        assert_eq!(
+            s.why,
+            "raised to 9 in slow start: good deliveries at the limit"
+        );
+        // Not a line each in the log: a busy relay would drown in them.
+        assert!(c.take_notes().changes.is_empty());
         c.check_invariants();
     }
 
