@@ -188,46 +188,20 @@ impl Refusal {
             CreatePipe => "qmail-spawn unable to create pipe. (#4.3.0)\n",
             Fork => "qmail-spawn unable to fork. (#4.3.0)\n",
             HoldExpired { key, limit, waited } => {
-                out.extend_from_slice(b"shardspawn: ");
-                put_key(key, out);
-                let text = format!(
-                    " is at its limit of {limit}; held {}s, longer than \
-                     the hold limit. (#4.4.5)\n",
-                    waited.as_secs()
-                );
-                out.extend_from_slice(text.as_bytes());
-                return;
+                let held = format!("limit of {limit}");
+                return held_text(key, &held, Some(*waited), 0, out);
             }
             HoldFull { key, limit, waiting } => {
-                out.extend_from_slice(b"shardspawn: ");
-                put_key(key, out);
-                let text = format!(
-                    " is at its limit of {limit}; {waiting} deliveries \
-                     already wait for it. (#4.4.5)\n"
-                );
-                out.extend_from_slice(text.as_bytes());
-                return;
+                let held = format!("limit of {limit}");
+                return held_text(key, &held, None, *waiting, out);
             }
             RateExpired { key, rate, waited } => {
-                out.extend_from_slice(b"shardspawn: ");
-                put_key(key, out);
-                let text = format!(
-                    " is at its rate of {rate}; held {}s, longer than the \
-                     hold limit. (#4.4.5)\n",
-                    waited.as_secs()
-                );
-                out.extend_from_slice(text.as_bytes());
-                return;
+                let held = format!("rate of {rate}");
+                return held_text(key, &held, Some(*waited), 0, out);
             }
             RateFull { key, rate, waiting } => {
-                out.extend_from_slice(b"shardspawn: ");
-                put_key(key, out);
-                let text = format!(
-                    " is at its rate of {rate}; {waiting} deliveries \
-                     already wait for it. (#4.4.5)\n"
-                );
-                out.extend_from_slice(text.as_bytes());
-                return;
+                let held = format!("rate of {rate}");
+                return held_text(key, &held, None, *waiting, out);
             }
             Suspended { key, until, why } => {
                 out.extend_from_slice(b"shardspawn: ");
@@ -274,6 +248,29 @@ impl Refusal {
 /// it), and a newline would split qmail-send's log line.
 fn put_key(key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(crate::domain::printable(key).as_bytes());
+}
+
+/// Appends the text of a delivery refused for what its key is at (`limit
+/// of 5`, `rate of 30/m`): it waited `waited`, or found `waiting` others
+/// waiting.
+fn held_text(
+    key: &[u8],
+    held: &str,
+    waited: Option<Duration>,
+    waiting: u32,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"shardspawn: ");
+    put_key(key, out);
+    let why = match waited {
+        Some(waited) => {
+            format!("held {}s, longer than the hold limit", waited.as_secs())
+        }
+        None => format!("{waiting} deliveries already wait for it"),
+    };
+    out.extend_from_slice(
+        format!(" is at its {held}; {why}. (#4.4.5)\n").as_bytes(),
+    );
 }
 
 /// Appends text for a body with every control byte (NUL and newline
