@@ -286,8 +286,9 @@ pub struct Core {
     limit_of: LimitFn,
     policy: Policy,
     responses: Responses,
-    /// The loop's last wake-up, and the same moment in Unix seconds.
-    now: Option<Instant>,
+    /// The loop's last wake-up (at first, when the core was made), and
+    /// a moment in Unix seconds.
+    now: Instant,
     clock: Option<(Instant, u64)>,
     counters: Counters,
     notes: Notes,
@@ -309,13 +310,16 @@ impl Core {
     /// delivery at most `hold`, and lets at most `hold_max` (default 4 ×
     /// the key's configured limit) wait per key; keys adapt as `policy`
     /// says, to results judged by the built-in response rules until
-    /// [`Core::set_responses`] gives others.
+    /// [`Core::set_responses`] gives others. `now` is the time it is made
+    /// (the core reads no clock: the driver passes the time of each
+    /// pass in events and [`Core::set_clock`]).
     pub fn new(
         max_running: u32,
         hold: Duration,
         hold_max: Option<u32>,
         limit_of: LimitFn,
         policy: Policy,
+        now: Instant,
     ) -> Core {
         Core {
             slots: Vec::new(),
@@ -332,7 +336,7 @@ impl Core {
             limit_of,
             policy,
             responses: Responses::built_in(),
-            now: None,
+            now,
             clock: None,
             counters: Counters::default(),
             notes: Notes::default(),
@@ -342,7 +346,7 @@ impl Core {
     /// Tells the core the time at the top of a loop pass: `now`, and the
     /// same moment in Unix seconds (for the texts that name a time).
     pub fn set_clock(&mut self, now: Instant, unix: u64) {
-        self.now = Some(now);
+        self.now = now;
         self.clock = Some((now, unix));
     }
 
@@ -355,7 +359,7 @@ impl Core {
     pub fn handle(&mut self, event: Event<'_>, effects: &mut Vec<Effect>) {
         match event {
             Event::Job { job, now } => {
-                self.now = Some(now);
+                self.now = now;
                 self.counters.received += 1;
                 self.admit(job, now, effects);
             }
@@ -380,7 +384,7 @@ impl Core {
                 self.release(id, body, None, effects)
             }
             Event::Tick(now) => {
-                self.now = Some(now);
+                self.now = now;
                 self.expire(now, effects);
                 self.wake(now, effects);
             }
@@ -574,7 +578,8 @@ impl Core {
             state.started += 1;
             state.peak = state.peak.max(state.running);
             epoch = state.epoch;
-            if let (Some(rate), Some(now)) = (state.rate(), self.now) {
+            if let Some(rate) = state.rate() {
+                let now = self.now;
                 // Evenly spaced, no burst: the next start is one interval
                 // after this one (or after the moment it was allowed, if
                 // the loop was late).
@@ -630,18 +635,17 @@ impl Core {
         let now = self.now;
         if let Some(state) = self.keys.get_mut(&key) {
             state.running -= 1;
-            let rate_ok = now.is_none_or(|now| state.rate_allows(now));
             if !state.held.is_empty()
                 && state.running < state.limit()
                 && state.suspended.is_none()
                 && !state.queued
-                && rate_ok
+                && state.rate_allows(now)
             {
                 // This key's own turn comes first: a held delivery starts
                 // as soon as a process for its key ends.
                 state.queued = true;
                 self.ready.push_front(key.clone());
-            } else if let Some(now) = now {
+            } else {
                 self.kick(&key, now);
             }
         }
@@ -671,7 +675,7 @@ impl Core {
         body: &[u8],
         effects: &mut Vec<Effect>,
     ) {
-        let Some(now) = self.now else { return };
+        let now = self.now;
         let unix = self.unix(now);
         let adapt = self.policy.initial > 0;
         // What the rules say, owned, so that the key can change below.
@@ -792,7 +796,7 @@ impl Core {
 
     /// Records a change for the status page and the log.
     fn note(&mut self, key: &Key, line: String) {
-        let unix = self.now.map_or(0, |now| self.unix(now));
+        let unix = self.unix(self.now);
         if let Some(state) = self.keys.get_mut(key) {
             state.changed = Some((unix, Why::Said(line.clone())));
         }
@@ -897,26 +901,16 @@ impl Core {
             if state.running >= state.limit() || state.suspended.is_some() {
                 continue;
             }
-            if let Some(now) = self.now
-                && !state.rate_allows(now)
-            {
+            let now = self.now;
+            if !state.rate_allows(now) {
                 self.kick(&key, now);
                 continue;
             }
             let Some(next) = state.held.pop_front() else { continue };
             self.held -= 1;
             self.start(next.job, key.clone(), effects);
-            match self.now {
-                Some(now) => self.kick(&key, now),
-                None => {
-                    let state = self.keys.get_mut(&key).expect("started");
-                    if !state.held.is_empty() && state.running < state.limit()
-                    {
-                        state.queued = true;
-                        self.ready.push_back(key);
-                    }
-                }
-            }
+            // Its next held delivery, if any, takes its turn later.
+            self.kick(&key, now);
         }
     }
 
@@ -1006,15 +1000,7 @@ impl Core {
             } else {
                 state.configured.limit
             };
-            if let Some(now) = self.now {
-                self.kick(&key, now);
-            } else if !state.held.is_empty()
-                && state.running < state.limit()
-                && !state.queued
-            {
-                state.queued = true;
-                self.ready.push_back(key);
-            }
+            self.kick(&key, self.now);
         }
         self.schedule(effects);
     }
@@ -1138,6 +1124,7 @@ mod tests {
                 },
             ),
             Policy::STATIC,
+            Instant::now(),
         )
     }
 
@@ -1330,6 +1317,7 @@ mod tests {
             Some(100),
             Box::new(|_| u32::MAX.into()),
             Policy::STATIC,
+            Instant::now(),
         );
         let mut fx = Vec::new();
         // One big key with 5, then two small keys with 1 each.
@@ -1390,6 +1378,7 @@ mod tests {
                 suspend_after: 4,
                 suspend_for: Duration::from_secs(60),
             },
+            Instant::now(),
         );
         c.set_clock(Instant::now(), 1_764_336_000);
         c
@@ -1421,6 +1410,7 @@ mod tests {
             Some(10_000),
             Box::new(|_| 20.into()),
             Policy { initial, ..Policy::STATIC },
+            Instant::now(),
         );
         let now = Instant::now();
         c.set_clock(now, 0);
@@ -1637,6 +1627,7 @@ mod tests {
             Some(100),
             Box::new(move |_| Allowance { limit: 20, rate: Some(rate) }),
             Policy::STATIC,
+            Instant::now(),
         );
         c.set_clock(now, 0);
         let mut fx = Vec::new();
@@ -1733,6 +1724,7 @@ mod tests {
                         suspend_after: 3,
                         suspend_for: Duration::from_secs(10),
                     },
+                    Instant::now(),
                 );
                 let t0 = Instant::now();
                 let mut now = t0;

@@ -170,6 +170,7 @@ impl Shard {
             cfg.hold_max,
             limit_of,
             policy,
+            Instant::now(),
         );
         Ok(Shard {
             cfg,
