@@ -81,11 +81,6 @@ impl Done {
     }
 }
 
-/// Appends a limits frame carrying `text`, the limits file as read.
-pub fn encode_limits(text: &[u8], out: &mut Vec<u8>) {
-    encode_text(LIMITS, text, out);
-}
-
 /// Appends a frame of `kind` ([`LIMITS`] or [`RESPONSES`]) carrying a
 /// control file's whole text.
 pub fn encode_text(kind: u8, text: &[u8], out: &mut Vec<u8>) {
@@ -238,7 +233,7 @@ mod tests {
         job(300, [b"7/1", b"", b"u@d", b"d"]).encode(&mut out);
         assert_eq!(out, b"J\x2c\x01\x0b\0\0\x007/1\0\0u@d\0d\0");
         out.clear();
-        encode_limits(b":5\n", &mut out);
+        encode_text(LIMITS, b":5\n", &mut out);
         assert_eq!(out, b"L\0\0\x03\0\0\0:5\n");
     }
 
@@ -270,7 +265,7 @@ mod tests {
             .encode(&mut bytes);
         Done { delnum: 0, body: Vec::new() }.encode(&mut bytes);
         Done { delnum: 0xffff, body: b"Z\0\0".to_vec() }.encode(&mut bytes);
-        encode_limits(b"", &mut bytes);
+        encode_text(LIMITS, b"", &mut bytes);
         let want: Vec<Frame> = vec![
             (JOB, 0, b"7/1234567\0\0u@d1.test\0d1.test\0".to_vec()),
             (DONE, 0, Vec::new()),

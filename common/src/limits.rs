@@ -644,7 +644,7 @@ fn is_blank(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r')
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|&b| !is_blank(b)).unwrap_or(0);
     let end = bytes.iter().rposition(|&b| !is_blank(b)).map_or(0, |i| i + 1);
     bytes.get(start..end).unwrap_or_default()

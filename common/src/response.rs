@@ -34,7 +34,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::limits::{LimitsError, Rate};
+use crate::limits::{LimitsError, Rate, trim};
 
 /// What a rule does when its pattern matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,13 +287,6 @@ fn parse_duration(text: &[u8]) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs(secs))
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r');
-    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !blank(b)).map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 /// What one finished delivery says about its destination.

@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use shardspawn_common::frame::{
     DONE, Done, Frame, FrameDecoder, FrameTooLong, JOB, Job, LIMITS,
-    encode_limits,
+    encode_text,
 };
 use shardspawn_fuzz::{cuts, pieces};
 
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
                 let body = payload.clone();
                 Done { delnum: *delnum, body }.encode(&mut encoded);
             }
-            LIMITS if *delnum == 0 => encode_limits(payload, &mut encoded),
+            LIMITS if *delnum == 0 => encode_text(LIMITS, payload, &mut encoded),
             _ => continue,
         }
         assert_eq!(encoded, again[at..], "kind {kind} re-encoded");

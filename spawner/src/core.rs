@@ -1045,7 +1045,7 @@ impl Core {
                          the limit",
                         k.adaptive
                     ),
-                    Some(Why::Said(line)) => printable_line(line),
+                    Some(Why::Said(line)) => line.clone(),
                 },
             })
             .collect()
@@ -1090,11 +1090,6 @@ impl Core {
         let held: usize = self.keys.values().map(|k| k.held.len()).sum();
         assert_eq!(held as u32, self.held, "held count drifted");
     }
-}
-
-/// A reason as one printable line: the remote's words may hold anything.
-fn printable_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
