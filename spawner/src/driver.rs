@@ -149,7 +149,8 @@ impl Shard {
                     "NUL in the remote",
                 )
             })?;
-        let spawner = spawn::Spawner::new(program.clone())?;
+        let spawner =
+            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
         let signals = sys::signal_fd(&[Signal::SIGCHLD])?;
         let poller = Poller::new(1024)?;
         let stdin = io::stdin();
@@ -228,6 +229,9 @@ impl Shard {
                 deadline = Some(Instant::now());
             }
             self.poller.wait(deadline)?;
+            // Children that exec'd since: their staged descriptors go, so
+            // their pipes can reach EOF.
+            self.spawner.collect();
             let now = Instant::now();
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -455,11 +459,23 @@ impl Shard {
     fn reap(&mut self) {
         sys::drain_signals(&self.signals);
         while let Some((pid, end)) = sys::reap() {
+            let failed = self.spawner.exec_failure(pid);
             let Some(id) = self.pids.remove(&pid) else { continue };
             if let Some(child) = self.child_mut(id) {
                 child.pid = None;
+                if failed.is_some() {
+                    // Its pipe says nothing more: it never ran.
+                    child.output = None;
+                }
             }
-            self.core.handle(Event::Exited(id, end), &mut self.effects);
+            match failed {
+                // It exited 127 without running qmail-remote: the start
+                // failed, as if clone had said so.
+                Some(e) => self.start_failed(id, sys::spawn_failure(e)),
+                None => {
+                    self.core.handle(Event::Exited(id, end), &mut self.effects)
+                }
+            }
             self.forget_child(id);
         }
     }
@@ -582,21 +598,21 @@ impl Shard {
                     output: Some(started.output),
                 });
             }
-            Err(failure) => {
-                if let Some(e) = &failure.error {
-                    // No delnum in the line: a run of the same failure is
-                    // then one line and a count.
-                    self.log.warn(format_args!(
-                        "unable to {}: {e}; deferred",
-                        failure.what
-                    ));
-                }
-                self.core.handle(
-                    Event::StartFailed(id, failure.body),
-                    &mut self.effects,
-                );
-            }
+            Err(failure) => self.start_failed(id, failure),
         }
+    }
+
+    fn start_failed(&mut self, id: SlotId, failure: sys::StartError) {
+        if let Some(e) = &failure.error {
+            // No delnum in the line: a run of the same failure is then
+            // one line and a count.
+            self.log.warn(format_args!(
+                "unable to {}: {e}; deferred",
+                failure.what
+            ));
+        }
+        self.core
+            .handle(Event::StartFailed(id, failure.body), &mut self.effects);
     }
 
     fn flush(&mut self) -> io::Result<()> {

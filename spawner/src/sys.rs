@@ -148,9 +148,9 @@ pub fn start(
     let argv =
         [program, host.as_c_str(), sender.as_c_str(), recipient.as_c_str()];
     match spawner.spawn(&argv, message.as_fd(), write.as_fd()) {
-        // The parent's copies of the message and the write end close
-        // here; EOF on `read` then means the child and anything it
-        // started are done writing.
+        // Our copies of the message and the write end close here, the
+        // spawner's staged ones once the child has exec'd; EOF on `read`
+        // then means the child and anything it started are done writing.
         Ok(pid) => Ok(Started { pid, output: read }),
         Err(e) => Err(spawn_failure(e)),
     }
@@ -160,7 +160,7 @@ pub fn start(
 /// child that exits; give qmail-send what stock would: a temporary errno is
 /// exit 111 (`Z`), any other exit 100 (`D`, so a missing program bounces,
 /// as with stock). EAGAIN and ENOMEM are the fork's own failures.
-fn spawn_failure(e: io::Error) -> StartError {
+pub fn spawn_failure(e: io::Error) -> StartError {
     let errno = e.raw_os_error().unwrap_or(0);
     if errno == Errno::EAGAIN as i32 || errno == Errno::ENOMEM as i32 {
         return StartError::refusal(Refusal::Fork, "fork", Some(e));

@@ -24,8 +24,8 @@ use shardspawn_harness::remote::{
 use shardspawn_harness::util::wait_for;
 
 use qmail_start::{
-    cmd, expect, fake_remote, finish, rcpt, result_of, show, soon, spawner,
-    start,
+    cmd, expect, fake_remote, finish, next, rcpt, result_of, send, show, soon,
+    spawner, start,
 };
 
 const ONE: DelnumWidth = DelnumWidth::One;
@@ -208,6 +208,31 @@ fn a_missing_remote_program_fails_permanently() {
     let mut emu = start(spawner, ONE);
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
+    assert!(finish(&mut emu).is_empty());
+}
+
+/// A shard does not wait for each child's exec, so a failed exec is
+/// learnt when the child is reaped: with 200 at once, each is answered
+/// once, as stock answers it, and nothing else is.
+#[test]
+fn many_failed_execs_at_once_are_each_answered_once() {
+    let home = QmailHome::new().unwrap();
+    let m = home.add_message(b"x\n");
+    let mut spawner = spawner(&home, DelnumWidth::Two);
+    spawner
+        .env("QMAILREMOTE", home.path().join("bin/no-such-remote"))
+        .env("SHARDSPAWN_SLOTS", "200");
+    let mut emu = start(spawner, DelnumWidth::Two);
+    for d in 0..200 {
+        send(&mut emu, &cmd(d, &m, b"", format!("u@d{d}.test").as_bytes()));
+    }
+    let mut seen = BTreeMap::new();
+    for _ in 0..200 {
+        let r = next(&mut emu);
+        assert_eq!(show(&r.body), show(b"DUnable to run qmail-remote.\n"));
+        *seen.entry(r.delnum).or_insert(0) += 1;
+    }
+    assert!(seen.len() == 200 && seen.values().all(|&n| n == 1), "{seen:?}");
     assert!(finish(&mut emu).is_empty());
 }
 
