@@ -71,7 +71,8 @@ const USAGE: &str = "\
 usage: shardspawn-bench [--deliveries N] [--rounds N] [--in-flight N,...]
                         [--shards N,N,...] [--framing N] [--domains N]
                         [--seed N] [--out DIR] [--quick] [--no-baselines]
-                        [--remote PATH] [--shardspawn PATH]
+                        [--live N] [--no-live] [--remote PATH]
+                        [--shardspawn PATH]
 
 Measures shardspawn (supervisor and shards, driven by an emulated
 qmail-send) and two baselines with no protocol (one spawn/waitpid loop
@@ -94,6 +95,10 @@ between its markers) and DIR/benchmarks.png.
   --quick          2000 deliveries, 1 round, in flight 100,1000, shards 1,2,
                    out target/bench-quick (flags after it still count)
   --no-baselines   skip the baselines (ratios are then blank)
+  --live N         also hold N stand-ins alive at once, each living
+                   5 to 15 s as a qmail-remote waits on the network, with
+                   each shard count, 2 x N deliveries (default 10000)
+  --no-live        skip that
   --remote PATH    stand-in qmail-remote  (default: beside this program)
   --shardspawn PATH  shardspawn           (default: beside this program)
 ";
@@ -112,6 +117,8 @@ struct Plan {
     out: PathBuf,
     quick: bool,
     baselines: bool,
+    /// Stand-ins alive at once in the live points, if any.
+    live: Option<usize>,
     remote: Option<PathBuf>,
     shardspawn: Option<PathBuf>,
 }
@@ -129,6 +136,7 @@ impl Default for Plan {
             out: PathBuf::from("."),
             quick: false,
             baselines: true,
+            live: Some(10_000),
             remote: None,
             shardspawn: None,
         }
@@ -150,11 +158,16 @@ fn parse(args: &[String]) -> Result<Plan, String> {
                 plan.rounds = 1;
                 plan.in_flight = vec![100, 1000];
                 plan.shards = vec![1, 2];
+                plan.live = None;
                 plan.out = PathBuf::from("target/bench-quick");
                 continue;
             }
             "--no-baselines" => {
                 plan.baselines = false;
+                continue;
+            }
+            "--no-live" => {
+                plan.live = None;
                 continue;
             }
             _ => {}
@@ -175,6 +188,13 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         };
         match flag {
             "--deliveries" => plan.deliveries = num(&value)? as usize,
+            "--live" => {
+                let n = num(&value)?;
+                if n > 32_767 {
+                    return Err(bad("at most 32767"));
+                }
+                plan.live = Some(n as usize);
+            }
             "--rounds" => plan.rounds = num(&value)? as usize,
             "--framing" => match num(&value)? {
                 n @ (1 | 2) => plan.framing = Some(n as usize),
@@ -245,6 +265,9 @@ struct Ctx {
     shardspawn: PathBuf,
     home: QmailHome,
     deliveries: Vec<crate::emulator::Delivery>,
+    /// The same messages and recipients, each stand-in told to live 5 to
+    /// 15 s, for the live points.
+    live: Vec<crate::emulator::Delivery>,
     plan: Plan,
     clk_tck: u64,
 }
@@ -457,6 +480,8 @@ struct Results {
     /// One loop at 100 in flight with [`FD_SWEEP`] descriptors open,
     /// with `posix_spawn` and with the shard's clone.
     fd_sweep: Vec<Baseline>,
+    /// Many stand-ins alive at once, one point per shard count.
+    live: Vec<Point>,
     /// Rounds asked for.
     rounds: usize,
     duration: Duration,
@@ -506,12 +531,16 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
         .and_then(|t| u64::try_from(t).ok())
         .filter(|&t| t > 0)
         .unwrap_or(100);
+    let live = plan.live.map_or_else(Vec::new, |n| {
+        live_deliveries(&deliveries, 2 * n, plan.seed)
+    });
     let ctx = Ctx {
         me,
         remote,
         shardspawn,
         home,
         deliveries,
+        live,
         plan: plan.clone(),
         clk_tck,
     };
@@ -531,7 +560,7 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
     let mut baselines: Vec<(usize, Vec<Baseline>, Vec<Baseline>)> =
         in_flight.iter().map(|&c| (c, Vec::new(), Vec::new())).collect();
     let sweep_points: Vec<(Method, usize)> =
-        [Method::PosixSpawn, Method::Clone]
+        [Method::PosixSpawn, Method::Clone, Method::Overlap]
             .into_iter()
             .flat_map(|m| FD_SWEEP.map(|fds| (m, fds)))
             .collect();
@@ -566,7 +595,15 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
                 .filter(|w| plan.framing.is_none_or(|f| f == w.bytes()));
             for width in widths {
                 for &shards in &plan.shards {
-                    let (p, raw) = run_point(&ctx, c, width, shards, n)?;
+                    let (p, raw) = run_point(
+                        &ctx,
+                        &ctx.deliveries,
+                        "",
+                        c,
+                        width,
+                        shards,
+                        n,
+                    )?;
                     let l =
                         summarize(raw.clone()).map_or(String::new(), |l| {
                             format!(
@@ -611,6 +648,30 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
             }
         }
     }
+    if let Some(live) = plan.live {
+        for &shards in &plan.shards {
+            eprintln!("{live} alive at once, {shards} shard(s):");
+            let (mut p, raw) = run_point(
+                &ctx,
+                &ctx.live,
+                "live-",
+                live,
+                DelnumWidth::Two,
+                shards,
+                ctx.live.len(),
+            )?;
+            p.latency = summarize(raw);
+            eprintln!(
+                "  {:.0}/s, peak running {}, {} CPU/delivery, exit→result \
+                 p99 {}",
+                p.rate(),
+                p.peak_running,
+                micros(p.cpu_us),
+                p.latency.map_or("–".into(), |l| micros(l.p99_us))
+            );
+            results.live.push(p);
+        }
+    }
     results.rounds = rounds;
     results.baselines = baselines
         .into_iter()
@@ -621,7 +682,11 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
     results.fd_sweep = sweep.into_iter().filter_map(Baseline::merge).collect();
     results.machine.load_after = loadavg();
     results.duration = began.elapsed();
-    let clean = results.points.iter().all(|p| p.problems.is_empty())
+    let clean = results
+        .points
+        .iter()
+        .chain(&results.live)
+        .all(|p| p.problems.is_empty())
         && results
             .baselines
             .iter()
@@ -843,6 +908,9 @@ enum Method {
     /// the child unshares down to fds 0-4, as a shard starts
     /// qmail-remote.
     Clone,
+    /// The shard's own start: [`spawn::Spawner`] as with `Clone`, but
+    /// not waiting for the child's exec ([`spawn::Mode::Overlap`]).
+    Overlap,
     /// glibc's `posix_spawn` ([`spawn::spawn`]), which copies the whole
     /// descriptor table.
     PosixSpawn,
@@ -852,6 +920,7 @@ impl Method {
     fn name(self) -> &'static str {
         match self {
             Method::Clone => "clone",
+            Method::Overlap => "overlap",
             Method::PosixSpawn => "posix_spawn",
         }
     }
@@ -862,6 +931,7 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Method, String> {
         match s {
             "clone" => Ok(Method::Clone),
+            "overlap" => Ok(Method::Overlap),
             "posix_spawn" => Ok(Method::PosixSpawn),
             _ => Err(format!("unknown start method {s:?}")),
         }
@@ -897,7 +967,12 @@ fn baseline_loop(args: &[String]) -> Result<String, String> {
     // First, as in a shard: the spawner takes fds 3 and 4.
     let mut spawner = match method.parse::<Method>()? {
         Method::Clone => Some(
-            spawn::Spawner::new(program.clone()).map_err(|e| e.to_string())?,
+            spawn::Spawner::new(program.clone(), spawn::Mode::WaitForExec)
+                .map_err(|e| e.to_string())?,
+        ),
+        Method::Overlap => Some(
+            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)
+                .map_err(|e| e.to_string())?,
         ),
         Method::PosixSpawn => None,
     };
@@ -980,7 +1055,15 @@ fn baseline_loop(args: &[String]) -> Result<String, String> {
         if running == 0 {
             continue;
         }
-        match waitpid(None, None) {
+        let reaped = waitpid(None, None);
+        if let (Some(s), Ok(status)) = (spawner.as_mut(), &reaped)
+            && let Some(pid) = status.pid()
+        {
+            // Frees its pad (and says whether its exec failed: it then
+            // exited 127, counted below).
+            let _ = s.exec_failure(pid);
+        }
+        match reaped {
             Ok(WaitStatus::Exited(_, 0)) => {}
             Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
                 failures += 1
@@ -1045,15 +1128,53 @@ fn parse_hwm(status: &str) -> Option<u64> {
     })
 }
 
+/// `n` deliveries for the live points: the workload's messages and
+/// recipients in turn, each stand-in told to sleep 5 to 15 s (uniform,
+/// from `seed`), as a qmail-remote waits on DNS and SMTP. The spread
+/// keeps the exits apart: the first of them comes after every first
+/// start.
+fn live_deliveries(
+    workload: &[crate::emulator::Delivery],
+    n: usize,
+    seed: u64,
+) -> Vec<crate::emulator::Delivery> {
+    let mut rng = workload::SplitMix64::new(seed ^ 0x5eed_11fe);
+    workload
+        .iter()
+        .cycle()
+        .take(if workload.is_empty() { 0 } else { n })
+        .map(|d| {
+            let ms = 5000 + (rng.next_f64() * 10_000.0) as u64;
+            let tag = format!("+{LOCAL_PART}+sleep{ms}@");
+            let at = d.recipient.iter().rposition(|&b| b == b'@');
+            let plus = format!("+{LOCAL_PART}@");
+            let recipient = match at {
+                Some(at) if d.recipient[..=at].ends_with(plus.as_bytes()) => {
+                    let keep = at + 1 - plus.len();
+                    let mut r = d.recipient[..keep].to_vec();
+                    r.extend_from_slice(tag.as_bytes());
+                    r.extend_from_slice(&d.recipient[at + 1..]);
+                    r
+                }
+                _ => d.recipient.clone(),
+            };
+            crate::emulator::Delivery { recipient, ..d.clone() }
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_point(
     ctx: &Ctx,
+    deliveries: &[crate::emulator::Delivery],
+    prefix: &str,
     in_flight: usize,
     width: DelnumWidth,
     shards: u16,
     n: usize,
 ) -> Result<(Point, LatRaw), String> {
     let bytes = width.bytes();
-    let label = format!("{in_flight}-{bytes}b-{shards}s");
+    let label = format!("{prefix}{in_flight}-{bytes}b-{shards}s");
     let home = ctx.home.path();
     let record = home.join(format!("{label}.record"));
     let mut cmd = Command::new(&ctx.shardspawn);
@@ -1095,10 +1216,10 @@ fn run_point(
     let before = cpu(&pids).ok_or("a shardspawn process vanished")?;
     let emu_before = proc_cpu(me).map_or(0, |c| c.0);
     let reference = (Instant::now(), monotonic_ns());
-    let n = n.min(ctx.deliveries.len());
+    let n = n.min(deliveries.len());
     let mut last = Instant::now();
     let report = emu.run_with_progress(
-        &ctx.deliveries[..n],
+        &deliveries[..n],
         in_flight,
         Instant::now() + Duration::from_secs(600),
         |p: &Progress| {
@@ -1533,12 +1654,49 @@ fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
     }
     out.push((
         format!(
-            "p99 exit→result < 5 ms at {} in flight",
+            "p99 exit→result < 5 ms at {} in flight, the machine saturated \
+             by stand-ins that live for nothing",
             thousands(top as f64)
         ),
         measured.join("; "),
         any.then_some(ok),
     ));
+    // The same with that many truly alive at once.
+    if let Some(first) = r.live.first() {
+        let who = |p: &Point, x: String| format!("{} shard(s): {x}", p.shards);
+        let all = |f: &dyn Fn(&Point) -> Option<(bool, String)>| {
+            let got: Vec<(bool, String)> =
+                r.live.iter().filter_map(f).collect();
+            let ok = got.iter().all(|(ok, _)| *ok);
+            let text: Vec<String> = got.into_iter().map(|(_, t)| t).collect();
+            (text.join("; "), (!text.is_empty()).then_some(ok))
+        };
+        let (text, ok) = all(&|p| {
+            let l = p.latency?;
+            Some((l.p99_us < 5000.0, who(p, micros(l.p99_us))))
+        });
+        out.push((
+            format!(
+                "… and with {} alive at once (stand-ins living 5–15 s)",
+                thousands(first.in_flight as f64)
+            ),
+            text,
+            ok,
+        ));
+        let (text, ok) = all(&|p| {
+            let m = p.mem_per_in_flight();
+            Some((m <= 4096.0, who(p, bytes(m))))
+        });
+        out.push((
+            format!(
+                "≤ 4 KiB of shardspawn memory per delivery in flight, {} alive \
+                 at once",
+                thousands(first.in_flight as f64)
+            ),
+            text,
+            ok,
+        ));
+    }
     out
 }
 
@@ -1709,6 +1867,7 @@ fn render(r: &Results) -> String {
     let problems: Vec<String> = r
         .points
         .iter()
+        .chain(&r.live)
         .flat_map(|p| {
             p.problems.iter().map(move |x| {
                 format!(
@@ -1747,6 +1906,48 @@ fn render(r: &Results) -> String {
         unmatched
     );
 
+    if !r.live.is_empty() {
+        let _ = writeln!(
+            w,
+            "### {} alive at once\n\n\
+             The same workload, but each stand-in sleeps 5 to 15 s (uniform) \
+             before it answers, as a qmail-remote waits on DNS and SMTP: \
+             {} deliveries, {} in flight, so that many children and their \
+             pipes are alive at once and the machine is not saturated. \
+             Columns as above.\n",
+            thousands(r.live[0].in_flight as f64),
+            thousands(r.live[0].deliveries as f64),
+            thousands(r.live[0].in_flight as f64),
+        );
+        let mut t = Table::new(&[
+            ("shards", Align::Right),
+            ("deliveries/s", Align::Right),
+            ("peak running", Align::Right),
+            ("CPU/delivery", Align::Right),
+            ("memory/in flight", Align::Right),
+            ("exit→result p50", Align::Right),
+            ("p99", Align::Right),
+            ("max", Align::Right),
+            ("stand-in CPU", Align::Right),
+        ]);
+        for p in &r.live {
+            let lat = |f: fn(&Latency) -> f64| {
+                p.latency.as_ref().map_or("–".into(), |l| micros(f(l)))
+            };
+            t.row(vec![
+                p.shards.to_string(),
+                thousands(p.rate()),
+                thousands(p.peak_running as f64),
+                micros(p.cpu_us),
+                bytes(p.mem_per_in_flight()),
+                lat(|l| l.p50_us),
+                lat(|l| l.p99_us),
+                lat(|l| l.max_us),
+                micros(p.standin_cpu_us),
+            ]);
+        }
+        let _ = writeln!(w, "{}", t.render());
+    }
     let _ = writeln!(w, "### Targets\n");
     let mut t = Table::new(&[
         ("target", Align::Left),
@@ -2655,16 +2856,21 @@ mod tests {
             (vec![10, 20], vec![3], false)
         );
         assert_eq!(p(&["--deliveries", "20_000"]).unwrap().deliveries, 20_000);
+        assert_eq!(Plan::default().live, Some(10_000));
+        assert_eq!(p(&["--live", "500"]).unwrap().live, Some(500));
+        assert_eq!(p(&["--no-live"]).unwrap().live, None);
+        assert_eq!(p(&["--quick"]).unwrap().live, None);
         for bad in [
             &["--deliveries"][..],
             &["--deliveries", "0"],
             &["--x", "1"],
             &["--in-flight", "70000"],
+            &["--live", "40000"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
         assert_eq!(framings(255).len(), 2);
-        for m in [Method::Clone, Method::PosixSpawn] {
+        for m in [Method::Clone, Method::Overlap, Method::PosixSpawn] {
             assert_eq!(m.name().parse::<Method>(), Ok(m));
         }
         assert!("fork".parse::<Method>().is_err());
@@ -2761,6 +2967,16 @@ mod tests {
                 point(10_000, 2, 2, 1850.0, 50.0, 40_000),
             ],
             fd_sweep: vec![base(1, 1000.0)],
+            live: vec![
+                {
+                    let mut p = point(10_000, 2, 1, 700.0, 55.0, 30_000);
+                    if let Some(l) = &mut p.latency {
+                        l.p99_us = 6000.0;
+                    }
+                    p
+                },
+                point(10_000, 2, 2, 700.0, 50.0, 40_000),
+            ],
             rounds: 1,
             duration: Duration::from_secs(60),
         }
@@ -2787,9 +3003,15 @@ mod tests {
         // Slope: (30000 - 6000) KiB / 9900 ≈ 2.4 KiB.
         assert_eq!(result(4), Some(true));
         assert_eq!(result(5), Some(true));
+        // Alive at once: 1 shard's p99 of 6 ms fails; memory 3 and 4 KiB.
+        assert_eq!(result(6), Some(false));
+        assert!(t[6].1.contains("1 shard(s): 6.0 ms"), "{}", t[6].1);
+        assert_eq!(result(7), Some(true));
         let mut r = sample();
         r.baselines.clear();
         assert_eq!(targets(&r)[0].2, None);
+        r.live.clear();
+        assert_eq!(targets(&r).len(), 6);
     }
 
     #[test]
@@ -2797,6 +3019,7 @@ mod tests {
         let block = render(&sample());
         assert!(block.starts_with(BEGIN) && block.trim_end().ends_with(END));
         assert!(block.contains("|    10,000 | 2-byte  |      2 |"), "{block}");
+        assert!(block.contains("### 10,000 alive at once"), "{block}");
         assert!(block.contains("**FAIL**") && block.contains("**pass**"));
         let fresh = splice(None, &block);
         assert!(fresh.starts_with("# Benchmarks\n\n"));
