@@ -1745,10 +1745,13 @@ fn render(r: &Results) -> String {
     let _ = writeln!(
         w,
         "### Baselines: no protocol, no shards\n\n\
-         One loop that starts the stand-in as a shard does (`clone`, the \
-         spawner's `Spawner`) with fds 0-2 on /dev/null, and reaps it \
-         with `waitpid`, keeping that many in flight; and one such loop \
-         per core, in parallel, sharing the same number in flight.\n"
+         One loop that starts the stand-in with the shard's clone but \
+         waits for each child's exec, as vfork and `posix_spawn` do \
+         (`clone`, the spawner's `Spawner` in `WaitForExec` mode), with \
+         fds 0-2 on /dev/null, and reaps it with `waitpid`, keeping that \
+         many in flight; and one such loop per core, in parallel, sharing \
+         the same number in flight. A shard does not wait for the exec \
+         (`overlap` below).\n"
     );
     let mut t = Table::new(&[
         ("in flight", Align::Right),
@@ -1787,10 +1790,11 @@ fn render(r: &Results) -> String {
              One loop, 100 in flight, {} deliveries in all, holding pipes \
              open (close-on-exec) as a shard holds one per running \
              delivery. `posix_spawn` copies the whole descriptor table \
-             into the child, which closes it again; `clone` is the \
-             shard's own start (`Spawner`: the table is shared, then \
-             unshared down to fds 0-4 by the child). The baselines above \
-             use `clone`.\n",
+             into the child, which closes it again; `clone` shares the \
+             table, which the child unshares down to the few staged \
+             descriptors, and waits for the exec (the baselines above); \
+             `overlap` is the shard's own start, the same clone without \
+             waiting for the exec.\n",
             thousands(r.fd_sweep[0].deliveries as f64)
         );
         let mut t = Table::new(&[
