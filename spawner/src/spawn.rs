@@ -324,6 +324,8 @@ struct Pad {
     shared: ptr::NonNull<Shared>,
     /// The child using it, until collected.
     pid: Option<Pid>,
+    /// Which start used it last.
+    started: u64,
     stack: Vec<u8>,
     /// The path and argv, NUL-terminated, and pointers to them.
     strings: Vec<u8>,
@@ -378,8 +380,8 @@ pub struct Spawner {
     /// Where staged descriptors point between starts.
     devnull: std::os::fd::OwnedFd,
     pads: Vec<Pad>,
-    /// The pad the next start uses: the one used longest ago.
-    next: usize,
+    /// Starts so far: a pad's `started` tells the oldest.
+    starts: u64,
     /// Children whose exec failed, with its errno, until asked about.
     failed: Vec<(Pid, i32)>,
     /// The program as found in PATH, cached; looked up again if it
@@ -501,7 +503,7 @@ impl Spawner {
             mode,
             devnull,
             pads: Vec::with_capacity(pads),
-            next: 0,
+            starts: 0,
             failed: Vec::new(),
             path: None,
             program,
@@ -521,6 +523,7 @@ impl Spawner {
             spawner.pads.push(Pad {
                 shared: ptr::NonNull::from(Box::leak(shared)),
                 pid: None,
+                started: 0,
                 stack: vec![0; STACK],
                 strings: Vec::with_capacity(512),
                 ptrs: Vec::with_capacity(8),
@@ -582,9 +585,21 @@ impl Spawner {
         out: BorrowedFd<'_>,
     ) -> io::Result<Pid> {
         let path = self.resolve();
-        let i = self.next;
-        self.next = (i + 1) % self.pads.len();
-        self.settle(i);
+        self.collect();
+        let i = match self.pads.iter().position(|p| p.pid.is_none()) {
+            Some(free) => free,
+            None => {
+                // Every child is before its exec: wait for the one that
+                // has been longest.
+                let oldest = (0..self.pads.len())
+                    .min_by_key(|&i| self.pads[i].started)
+                    .unwrap_or(0);
+                self.settle(oldest);
+                oldest
+            }
+        };
+        self.starts += 1;
+        self.pads[i].started = self.starts;
         let pad = &mut self.pads[i];
         pad.strings.clear();
         let mut offsets = [0usize; 8];
@@ -719,6 +734,13 @@ impl Spawner {
             }
             self.failed.push((pid, err));
         }
+    }
+
+    /// Whether a start now would not wait: a pad is free, or becomes free
+    /// as it is collected.
+    pub fn can_start(&mut self) -> bool {
+        self.collect();
+        self.pads.iter().any(|p| p.pid.is_none())
     }
 
     /// Collects every pad whose child has exec'd or exited since.

@@ -233,8 +233,38 @@ pub fn drain_signals(sfd: &SignalFd) -> Vec<i32> {
     got
 }
 
+/// What [`reap_pid`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reaped {
+    /// It had ended, and is reaped now.
+    Ended(ChildEnd),
+    /// It runs yet.
+    Running,
+    /// It is not a child of ours (any more).
+    Gone,
+}
+
+/// Reaps `pid` if it has ended, without blocking. The kernel finds a
+/// given pid directly, where [`reap`] looks at every child in turn: with
+/// 10,000 running, that was most of a shard's CPU.
+pub fn reap_pid(pid: Pid) -> Reaped {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Reaped::Ended(ChildEnd::Exited(code as u8));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Reaped::Ended(ChildEnd::Signaled(sig as i32));
+            }
+            Ok(_) => return Reaped::Running,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return Reaped::Gone,
+        }
+    }
+}
+
 /// Reaps one exited child without blocking: `None` when none is left to
-/// reap now.
+/// reap now. The kernel looks at every child for it: O(children).
 pub fn reap() -> Option<(Pid, ChildEnd)> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {

@@ -14,6 +14,7 @@
 //! | `hang` | step: sleep until killed; never answers |
 //! | `crash` | step: SIGKILL itself, no output |
 //! | `closeout` | step: close fds 1 and 2, sleep 200 ms, exit 0 |
+//! | `linger` | step: leave a child of its own holding fds 1 and 2 for 300 ms |
 //! | `exitN` | exit with code N after the output |
 //! | `none` | write nothing |
 //! | `outHEX` | write exactly these bytes (lowercase hex, may hold 00) |
@@ -98,6 +99,9 @@ pub enum Step {
     Crash,
     /// Close fds 1 and 2, sleep 200 ms, exit 0.
     CloseOut,
+    /// Start `sleep 0.3` with fds 1 and 2, and go on without waiting:
+    /// the pipe's EOF comes 300 ms after this process ends.
+    Linger,
 }
 
 /// What the stand-in writes at the end.
@@ -256,6 +260,7 @@ pub fn parse_script(recipient: &[u8]) -> Result<Script, String> {
             "hang" => script.steps.push(Step::Hang),
             "crash" => script.steps.push(Step::Crash),
             "closeout" => script.steps.push(Step::CloseOut),
+            "linger" => script.steps.push(Step::Linger),
             "none" => script.body = Body::Nothing,
             "stderr" => script.to_stderr = true,
             "inspect" => script.body = Body::Inspect,
@@ -527,6 +532,17 @@ pub fn main() -> ! {
                 let _ = nix::unistd::close(2);
                 std::thread::sleep(Duration::from_millis(200));
                 exit(0)
+            }
+            Step::Linger => {
+                // Inherits fds 1 and 2; never waited for (init reaps it).
+                if let Err(e) = std::process::Command::new("sleep")
+                    .arg("0.3")
+                    .stdin(std::process::Stdio::null())
+                    .spawn()
+                {
+                    write_fd(io::stdout().as_fd(), &failure(&e.to_string()));
+                    exit(0)
+                }
             }
         }
     }

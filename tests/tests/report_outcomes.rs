@@ -6,13 +6,14 @@
 mod qmail_start;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_harness::emulator::Emulator;
 use shardspawn_harness::home::QmailHome;
 use shardspawn_harness::recorder::Recording;
 use shardspawn_harness::remote::{ENV_RECORD, default_result, out_directive};
+use shardspawn_harness::util::wait_for;
 
 use qmail_start::{cmd, finish, rcpt, result_of, send, show, spawner, start};
 
@@ -167,6 +168,40 @@ fn a_megabyte_of_output_gives_a_body_of_at_most_10000_bytes() {
     assert!(body.len() <= 10_000, "body of {} bytes", body.len());
     assert_eq!(body.first(), Some(&b'K'), "{}", show(&body[..40]));
     assert!(body[1..].iter().all(|&b| b == b'x'), "text is not the x's");
+}
+
+#[test]
+fn a_pipe_held_past_the_exit_gives_the_result_at_its_eof() {
+    // `linger`: the stand-in answers and exits at once, but a child of
+    // its own holds the pipe for 300 ms more. Its SIGCHLD names no child
+    // the shard knows ended; the EOF does, and the shard reaps it by pid
+    // then (if no scan of every child did before) and reports the
+    // stand-in's answer, once.
+    let home = QmailHome::new().unwrap();
+    let m = home.add_message(b"x\n");
+    let record = home.path().join("record");
+    let mut spawner = spawner(&home, ONE);
+    spawner.env(ENV_RECORD, &record);
+    let mut emu = start(spawner, ONE);
+    let sent = Instant::now();
+    send(&mut emu, &cmd(0, &m, b"", &rcpt(&["linger"], "d.test")));
+    let r = qmail_start::next(&mut emu);
+    let waited = sent.elapsed();
+    let (pid, ended) = only_child(&record);
+    assert_eq!(r.delnum, 0);
+    assert_eq!(show(&r.body[..1]), "K", "{}", show(&r.body));
+    assert!(ended, "result came before the child's last act");
+    assert!(waited.as_millis() >= 300, "result after {waited:?}");
+    // Reaped, not left a zombie (the result needs the exit, so it is
+    // reaped by then; a moment for /proc to say so).
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    };
+    let gone = wait_for(|| !zombie(), Instant::now() + Duration::from_secs(3));
+    assert!(gone, "the stand-in {pid} was never reaped");
+    assert!(finish(&mut emu).is_empty());
 }
 
 #[test]
