@@ -44,7 +44,11 @@ pub struct QmailHome {
 impl QmailHome {
     /// Makes a new home under `std::env::temp_dir()`.
     pub fn new() -> io::Result<QmailHome> {
-        let base = std::env::temp_dir();
+        QmailHome::new_in(&std::env::temp_dir())
+    }
+
+    /// Makes a new home under `base`.
+    pub fn new_in(base: &Path) -> io::Result<QmailHome> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
