@@ -495,19 +495,27 @@ impl Shard {
     fn reap(&mut self, now: Instant) {
         sys::drain_signals(&self.signals);
         let mut found = false;
-        let pending = std::mem::take(&mut self.eof_pending);
-        for pid in pending {
-            match sys::reap_pid(pid) {
-                sys::Reaped::Ended(end) => {
-                    found = true;
-                    self.reaped(pid, end);
-                }
-                sys::Reaped::Running => self.eof_pending.push(pid),
-                sys::Reaped::Gone => {}
-            }
+        for pid in std::mem::take(&mut self.eof_pending) {
+            found |= self.reap_by_pid(pid);
         }
         if !found {
             self.reap_all(now);
+        }
+    }
+
+    /// Reaps `pid` if it ended; if it runs yet, the next SIGCHLD tries
+    /// again. Whether it ended.
+    fn reap_by_pid(&mut self, pid: Pid) -> bool {
+        match sys::reap_pid(pid) {
+            sys::Reaped::Ended(end) => {
+                self.reaped(pid, end);
+                true
+            }
+            sys::Reaped::Running => {
+                self.eof_pending.push(pid);
+                false
+            }
+            sys::Reaped::Gone => false,
         }
     }
 
@@ -591,11 +599,7 @@ impl Shard {
                     self.core.handle(Event::Eof(id), &mut self.effects);
                     // Its end, if it has come, by pid.
                     if let Some(pid) = pid {
-                        match sys::reap_pid(pid) {
-                            sys::Reaped::Ended(end) => self.reaped(pid, end),
-                            sys::Reaped::Running => self.eof_pending.push(pid),
-                            sys::Reaped::Gone => {}
-                        }
+                        self.reap_by_pid(pid);
                     }
                     self.forget_child(id);
                     return;
