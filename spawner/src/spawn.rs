@@ -180,11 +180,11 @@ pub enum Mode {
 
 /// Children that may be between clone and exec at once, each with its
 /// own stack and staged descriptors. On 2 cores saturated by execs, 8
-/// against 4 took a shard's CPU per delivery from 74 to 56 µs (fewer
-/// passes spent waiting for a pad) and lengthened exit→result (more
-/// children loading at once); with a real qmail-remote, which waits on
-/// the network, they are rarely all taken.
-pub const PADS: usize = 8;
+/// took less of a shard's CPU at 100 in flight (fewer passes find every
+/// pad taken) but more at 10,000, with hundreds of stand-ins loading at
+/// once, and longer exit→result; with a real qmail-remote, which waits
+/// on the network, they are rarely all taken.
+pub const PADS: usize = 4;
 
 /// The first staged descriptor: pad `i` stages its child's fd 0 at
 /// `STAGE + 2i` and its fds 1 and 2 at `STAGE + 2i + 1`.
