@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shardspawn_common::command::DelnumWidth;
+use shardspawn_common::record::Record;
 use shardspawn_harness::emulator::Emulator;
 use shardspawn_harness::home::QmailHome;
 use shardspawn_harness::recorder::Recording;
@@ -177,17 +178,7 @@ fn a_pipe_held_past_the_exit_gives_the_result_at_its_eof() {
     // the shard knows ended; the EOF does, and the shard reaps it by pid
     // then (if no scan of every child did before) and reports the
     // stand-in's answer, once.
-    let home = QmailHome::new().unwrap();
-    let m = home.add_message(b"x\n");
-    let record = home.path().join("record");
-    let mut spawner = spawner(&home, ONE);
-    spawner.env(ENV_RECORD, &record);
-    let mut emu = start(spawner, ONE);
-    let sent = Instant::now();
-    send(&mut emu, &cmd(0, &m, b"", &rcpt(&["linger"], "d.test")));
-    let r = qmail_start::next(&mut emu);
-    let waited = sent.elapsed();
-    let (pid, ended) = only_child(&record);
+    let Recorded { mut emu, r, waited, pid, ended, .. } = recorded("linger");
     assert_eq!(r.delnum, 0);
     assert_eq!(show(&r.body[..1]), "K", "{}", show(&r.body));
     assert!(ended, "result came before the child's last act");
@@ -208,19 +199,9 @@ fn a_pipe_held_past_the_exit_gives_the_result_at_its_eof() {
 fn closed_output_gives_its_result_only_after_the_child_exits() {
     // `closeout`: fds 1 and 2 closed at once, exit 200 ms later. EOF on
     // the pipe comes first; the result must wait for the exit.
-    let home = QmailHome::new().unwrap();
-    let m = home.add_message(b"x\n");
-    let record = home.path().join("record");
-    let mut spawner = spawner(&home, ONE);
-    spawner.env(ENV_RECORD, &record);
-    let mut emu = start(spawner, ONE);
-    let sent = Instant::now();
-    send(&mut emu, &cmd(0, &m, b"", &rcpt(&["closeout"], "d.test")));
-    let r = qmail_start::next(&mut emu);
-    let waited = sent.elapsed();
+    let Recorded { mut emu, r, waited, pid, ended, .. } = recorded("closeout");
     // Look at once, while a child that had not exited would still be
     // inside its 200 ms.
-    let (pid, ended) = only_child(&record);
     let alive = Path::new(&format!("/proc/{pid}")).exists();
     assert_eq!(
         show(&r.body),
@@ -231,6 +212,33 @@ fn closed_output_gives_its_result_only_after_the_child_exits() {
     assert!(!alive, "result came while the child {pid} still existed");
     assert!(waited.as_millis() >= 200, "result after {waited:?}");
     assert!(finish(&mut emu).is_empty());
+}
+
+/// One delivery to a stand-in told `directive`, recorded: its result,
+/// how long it took, and the stand-in's pid and whether it ended by
+/// the time the result came.
+struct Recorded {
+    _home: QmailHome,
+    emu: Emulator,
+    r: Record,
+    waited: Duration,
+    pid: u32,
+    ended: bool,
+}
+
+fn recorded(directive: &str) -> Recorded {
+    let home = QmailHome::new().unwrap();
+    let m = home.add_message(b"x\n");
+    let record = home.path().join("record");
+    let mut spawner = spawner(&home, ONE);
+    spawner.env(ENV_RECORD, &record);
+    let mut emu = start(spawner, ONE);
+    let sent = Instant::now();
+    send(&mut emu, &cmd(0, &m, b"", &rcpt(&[directive], "d.test")));
+    let r = qmail_start::next(&mut emu);
+    let waited = sent.elapsed();
+    let (pid, ended) = only_child(&record);
+    Recorded { _home: home, emu, r, waited, pid, ended }
 }
 
 /// The one stand-in of a recording: its pid and whether it ended.
