@@ -606,21 +606,20 @@ impl Spawner {
         self.pads[i].started = self.starts;
         let pad = &mut self.pads[i];
         pad.strings.clear();
-        let mut offsets = [0usize; 8];
-        let n = argv.len().min(offsets.len() - 1);
-        for (k, s) in std::iter::once(path.as_c_str())
-            .chain(argv[..n].iter().copied())
-            .enumerate()
-        {
-            offsets[k] = pad.strings.len();
+        for s in std::iter::once(path.as_c_str()).chain(argv.iter().copied()) {
             pad.strings.extend_from_slice(s.to_bytes_with_nul());
         }
-        // Pointers only now: the buffer no longer moves.
+        // Pointers only now: the buffer no longer moves. Each argument
+        // starts where the one before it (the path, first) ended.
         let base = pad.strings.as_ptr().cast::<libc::c_char>();
         pad.ptrs.clear();
-        // SAFETY (each `add`): an offset within `strings`.
-        pad.ptrs
-            .extend(offsets[1..=n].iter().map(|&o| unsafe { base.add(o) }));
+        let mut at = path.to_bytes_with_nul().len();
+        for s in argv {
+            // SAFETY: `at` is within `strings`, which holds the path and
+            // every argument, each with its NUL.
+            pad.ptrs.push(unsafe { base.add(at) });
+            at += s.to_bytes_with_nul().len();
+        }
         pad.ptrs.push(ptr::null());
         // Stage the child's descriptors.
         // SAFETY: dup2 onto the pad's own reserved numbers.
