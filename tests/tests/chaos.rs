@@ -29,7 +29,7 @@ use shardspawn_common::report::{ChildEnd, body_for};
 use shardspawn_harness::emulator::Delivery;
 use shardspawn_harness::remote::{default_output, default_result};
 use shardspawn_harness::util::{deadline_in, fork_lock};
-use shardspawn_harness::{Emulator, wait_for, workload};
+use shardspawn_harness::{Emulator, RunReport, wait_for, workload};
 
 use chaos_support::{
     Baseline, CANNOT_RUN_D, CANNOT_RUN_Z, CRASHED, NO_FORK, NO_OPEN,
@@ -103,7 +103,7 @@ fn run_under_killer(
     work: &[Delivery],
     concurrency: usize,
     kills: usize,
-) -> (shardspawn_harness::RunReport, ShardKiller) {
+) -> (RunReport, ShardKiller) {
     let mut killer = ShardKiller::new(emu.pid());
     let before = rig.started();
     let report = std::thread::scope(|scope| {
@@ -133,6 +133,27 @@ fn run_under_killer(
 /// Scenario 1, shard killer: random shards SIGKILLed during the run,
 /// fresh replacements included. Each delivery a dead shard held is
 /// answered once with its `Z`, every other with the stand-in's `K`.
+/// Checks a run under a killer: each delivery is either answered with
+/// its shard's "lost" deferral or with the stand-in's default result.
+/// Returns how many were lost.
+fn check_lost_or_default(
+    tally: &mut Tally,
+    report: &RunReport,
+    work: &[Delivery],
+    rig: &Rig,
+) -> usize {
+    let mut lost_n = 0;
+    check_run(tally, report, work, |i, body| {
+        let r = &work[i].recipient;
+        if body == lost(rig.shard_of(r)) {
+            lost_n += 1;
+            return None;
+        }
+        exactly(&default_result(host(r)), body)
+    });
+    lost_n
+}
+
 #[test]
 fn shard_killer() {
     let _lock = fork_lock();
@@ -146,15 +167,7 @@ fn shard_killer() {
     let work = load(&rig, &mut rng, 3000, 100, (5, 30));
     let (report, killer) =
         run_under_killer(&rig, &mut emu, &mut rng, &work, 400, 8);
-    let mut lost_n = 0;
-    check_run(&mut tally, &report, &work, |i, body| {
-        let r = &work[i].recipient;
-        if body == lost(rig.shard_of(r)) {
-            lost_n += 1;
-            return None;
-        }
-        exactly(&default_result(host(r)), body)
-    });
+    let lost_n = check_lost_or_default(&mut tally, &report, &work, &rig);
     tally.faults = killer.kills;
     println!(
         "chaos: {}: {} kills ({} of a fresh replacement), {lost_n} \
@@ -876,15 +889,7 @@ fn limits_under_shard_killer() {
     }
     let (report, killer) =
         run_under_killer(&rig, &mut emu, &mut rng, &work, 400, 6);
-    let mut lost_n = 0;
-    check_run(&mut tally, &report, &work, |i, body| {
-        let r = &work[i].recipient;
-        if body == lost(rig.shard_of(r)) {
-            lost_n += 1;
-            return None;
-        }
-        exactly(&default_result(host(r)), body)
-    });
+    let lost_n = check_lost_or_default(&mut tally, &report, &work, &rig);
     tally.faults = killer.kills;
 
     // Per incarnation and key: the stand-ins' intervals.
