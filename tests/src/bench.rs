@@ -21,9 +21,12 @@
 //!   (utime + stime from /proc/PID/stat, read after the run while they
 //!   still live, minus a reading before it; children excluded), their
 //!   summed peak memory (VmHWM) per delivery in flight, and the time from
-//!   a stand-in's exit (its `E` recording line) to the arrival of its
-//!   result at the emulator (p50/p99), matched through the pid the
-//!   stand-in puts in its result (the `pid` directive).
+//!   a child's exit to the arrival of its result at the emulator
+//!   (p50/p99), matched through the pid the stand-in puts in its result
+//!   (the `pid` directive). The exit is the kernel's report of it
+//!   ([`crate::exits`]), when the child can first be reaped; the time
+//!   from the stand-in's own last record (`E`, just before it calls
+//!   `exit`) is shown beside it, and is what counts without root.
 //!
 //! It writes a block of tables into `BENCHMARKS.md` (between markers, so
 //! the hand-written analysis around it stays) and a plot,
@@ -337,6 +340,20 @@ fn median(xs: &[f64]) -> Option<f64> {
     Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
 }
 
+/// A point's latencies for the progress lines.
+fn describe(l: &Latency) -> String {
+    format!(
+        ", exit→result p50 {} p99 {} max {}{} (from the exit record: p99 \
+         {}), command→start p50 {}",
+        micros(l.p50_us),
+        micros(l.p99_us),
+        micros(l.max_us),
+        if l.kernel { "" } else { " (records: no kernel reports)" },
+        micros(l.record_p99_us),
+        micros(l.to_start_p50_us)
+    )
+}
+
 /// "1,200–1,350" for the rates of several rounds, "" for one.
 fn spread(rates: &[f64]) -> String {
     if rates.len() < 2 {
@@ -351,11 +368,18 @@ fn spread(rates: &[f64]) -> String {
 /// waits, the medians of command → stand-in start and start → exit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Latency {
+    /// Results matched with the exit they count from, and not.
     matched: usize,
     unmatched: usize,
+    /// From the child's exit as the kernel reported it ([`crate::exits`])
+    /// where the bench could watch exits, else from the stand-in's exit
+    /// record; `kernel` says which.
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    kernel: bool,
+    /// From the stand-in's exit record, its last act before `exit`.
+    record_p99_us: f64,
     to_start_p50_us: f64,
     running_p50_us: f64,
 }
@@ -427,6 +451,8 @@ impl Point {
             m.hwm_kib = m.hwm_kib.max(p.hwm_kib);
             m.problems.extend(p.problems);
             lat.exit.extend(l.exit);
+            lat.kernel.extend(l.kernel);
+            lat.kernel_unmatched += l.kernel_unmatched;
             lat.to_start.extend(l.to_start);
             lat.running.extend(l.running);
             lat.unmatched += l.unmatched;
@@ -610,16 +636,8 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
                         shards,
                         n,
                     )?;
-                    let l =
-                        summarize(raw.clone()).map_or(String::new(), |l| {
-                            format!(
-                                ", exit→result p50 {} p99 {}, command→start \
-                             p50 {}",
-                                micros(l.p50_us),
-                                micros(l.p99_us),
-                                micros(l.to_start_p50_us)
-                            )
-                        });
+                    let l = summarize(raw.clone())
+                        .map_or(String::new(), |l| describe(&l));
                     eprintln!(
                         "  shardspawn, {}-byte, {shards} shard(s): {:.0}/s, \
                          {} CPU/delivery{l}{}",
@@ -668,12 +686,11 @@ fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
             )?;
             p.latency = summarize(raw);
             eprintln!(
-                "  {:.0}/s, peak running {}, {} CPU/delivery, exit→result \
-                 p99 {}",
+                "  {:.0}/s, peak running {}, {} CPU/delivery{}",
                 p.rate(),
                 p.peak_running,
                 micros(p.cpu_us),
-                p.latency.map_or("–".into(), |l| micros(l.p99_us))
+                p.latency.as_ref().map_or(String::new(), describe)
             );
             results.live.push(p);
         }
@@ -862,6 +879,9 @@ fn run_loops(
             return Err(format!("a baseline loop said {l:?}, not ready"));
         }
     }
+    // The exit watch shardspawn's points run beside, here too, so that
+    // its reading costs the baselines what it costs shardspawn.
+    let watch = crate::exits::ExitWatch::start().ok();
     for (_, stdin, _) in &mut loops {
         writeln!(stdin, "go").map_err(|e| e.to_string())?;
     }
@@ -898,6 +918,9 @@ fn run_loops(
         own_ns += f[4];
         child_ns += f[5];
         b.failures += f[6] as usize;
+    }
+    if let Some(w) = watch {
+        let _ = w.finish();
     }
     let _ = std::fs::remove_file(&record);
     b.elapsed = Duration::from_nanos(end.saturating_sub(start));
@@ -1241,6 +1264,7 @@ fn run_point(
     let me = std::process::id();
     let before = cpu(&pids).ok_or("a shardspawn process vanished")?;
     let emu_before = proc_cpu(me).map_or(0, |c| c.0);
+    let watch = crate::exits::ExitWatch::start().ok();
     let reference = (Instant::now(), monotonic_ns());
     let n = n.min(deliveries.len());
     let mut last = Instant::now();
@@ -1305,7 +1329,19 @@ fn run_point(
             answered: ns(o.answered),
         })
         .collect();
-    let raw = match_runs(&mut runs, &arrivals);
+    let mut raw = match_runs(&mut runs, &arrivals);
+    if let Some(w) = watch {
+        match w.finish() {
+            Ok(exits) => {
+                if exits.dropped {
+                    problems.push("the kernel dropped exit reports".into());
+                }
+                (raw.kernel, raw.kernel_unmatched) =
+                    match_exits(&exits, &arrivals);
+            }
+            Err(e) => problems.push(format!("exit watch: {e}")),
+        }
+    }
     let busy: f64 = report
         .outcomes
         .iter()
@@ -1340,6 +1376,10 @@ fn run_point(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct LatRaw {
     exit: Vec<u64>,
+    /// From the kernel's exit report (see [`crate::exits`]) to the
+    /// result; empty where the bench could not watch exits.
+    kernel: Vec<u64>,
+    kernel_unmatched: usize,
     to_start: Vec<u64>,
     running: Vec<u64>,
     unmatched: usize,
@@ -1376,18 +1416,47 @@ fn match_runs(
     raw
 }
 
+/// From each result back to its child's exit as the kernel reported
+/// it: the latest exit of its pid not after the result's arrival (as in
+/// [`match_runs`]); and how many results found none.
+fn match_exits(
+    exits: &crate::exits::Exits,
+    arrivals: &[Arrival],
+) -> (Vec<u64>, usize) {
+    let found: Vec<u64> = arrivals
+        .iter()
+        .filter_map(|a| {
+            let times = exits.by_pid.get(&a.pid?)?;
+            let end = times.iter().filter(|&&t| t <= a.answered).max()?;
+            Some(a.answered - end)
+        })
+        .collect();
+    let unmatched = arrivals.len() - found.len();
+    (found, unmatched)
+}
+
 /// The percentiles of raw times, in µs; `None` with no matched result.
 fn summarize(mut raw: LatRaw) -> Option<Latency> {
-    for v in [&mut raw.exit, &mut raw.to_start, &mut raw.running] {
+    for v in
+        [&mut raw.exit, &mut raw.kernel, &mut raw.to_start, &mut raw.running]
+    {
         v.sort_unstable();
     }
     let us = |v: &[u64], p: f64| percentile(v, p).map(|ns| ns as f64 / 1000.0);
+    let kernel = !raw.kernel.is_empty();
+    let (exit, unmatched) = if kernel {
+        (&raw.kernel, raw.kernel_unmatched)
+    } else {
+        (&raw.exit, raw.unmatched)
+    };
     Some(Latency {
-        matched: raw.exit.len(),
-        unmatched: raw.unmatched,
-        p50_us: us(&raw.exit, 50.0)?,
-        p99_us: us(&raw.exit, 99.0)?,
-        max_us: us(&raw.exit, 100.0)?,
+        matched: exit.len(),
+        unmatched,
+        p50_us: us(exit, 50.0)?,
+        p99_us: us(exit, 99.0)?,
+        max_us: us(exit, 100.0)?,
+        kernel,
+        record_p99_us: us(&raw.exit, 99.0)?,
         to_start_p50_us: us(&raw.to_start, 50.0)?,
         running_p50_us: us(&raw.running, 50.0)?,
     })
@@ -1861,6 +1930,7 @@ fn render(r: &Results) -> String {
         ("memory/in flight", Align::Right),
         ("exit→result p50", Align::Right),
         ("p99", Align::Right),
+        ("record→result p99", Align::Right),
         ("command→start p50", Align::Right),
         ("start→exit p50", Align::Right),
         ("stand-in CPU", Align::Right),
@@ -1889,6 +1959,7 @@ fn render(r: &Results) -> String {
             bytes(p.mem_per_in_flight()),
             lat(|l| l.p50_us),
             lat(|l| l.p99_us),
+            lat(|l| l.record_p99_us),
             lat(|l| l.to_start_p50_us),
             lat(|l| l.running_p50_us),
             micros(p.standin_cpu_us),
@@ -1916,8 +1987,17 @@ fn render(r: &Results) -> String {
         }
         let _ = writeln!(w);
     }
-    let unmatched: usize =
-        r.points.iter().filter_map(|p| p.latency).map(|l| l.unmatched).sum();
+    let lats = || r.points.iter().chain(&r.live).filter_map(|p| p.latency);
+    let unmatched: usize = lats().map(|l| l.unmatched).sum();
+    let exit = if lats().all(|l| l.kernel) {
+        "from a child's exit as the kernel reports it (the proc \
+         connector's exit event, sent as the child becomes a zombie its \
+         parent can reap: the first moment a spawner can know how it \
+         ended)"
+    } else {
+        "from a stand-in's exit record (the kernel's exit reports could \
+         not be watched here: the bench needs CAP_NET_ADMIN for them)"
+    };
     let _ = writeln!(
         w,
         "Columns: *CPU/delivery* is utime+stime of the supervisor and the \
@@ -1928,14 +2008,17 @@ fn render(r: &Results) -> String {
          outstanding; *mean in flight* is the time-average (Little's law: \
          total command→result time ÷ elapsed); *peak running* is the most \
          stand-ins alive at once by their own start/exit records; \
-         *exit→result* is from a stand-in's exit record to its result \
-         reaching the emulator, on CLOCK_MONOTONIC ({} results \
-         unmatched), *command→start* from qmail-send's command to the \
-         stand-in's start record, *start→exit* the stand-in's own life; *stand-in CPU* is the children's CPU (cutime+cstime \
-         of the shards, or of the loop), *emulator CPU* the emulated \
+         *exit→result* is {exit} to its result reaching the emulator, on \
+         CLOCK_MONOTONIC ({unmatched} results unmatched); \
+         *record→result* from the stand-in's exit record, written just \
+         before it calls exit, so it adds the child's own way out (the \
+         kernel freeing its memory and closing its files) to the \
+         spawner's part; *command→start* from qmail-send's command to the \
+         stand-in's start record, *start→exit* the stand-in's own life; \
+         *stand-in CPU* is the children's CPU (cutime+cstime of the \
+         shards, or of the loop), *emulator CPU* the emulated \
          qmail-send's, which shares the machine with shardspawn but not \
-         with the baselines.\n",
-        unmatched
+         with the baselines.\n"
     );
 
     if !r.live.is_empty() {
@@ -1962,6 +2045,7 @@ fn render(r: &Results) -> String {
             ("exit→result p50", Align::Right),
             ("p99", Align::Right),
             ("max", Align::Right),
+            ("record→result p99", Align::Right),
             ("stand-in CPU", Align::Right),
         ]);
         for p in &r.live {
@@ -1977,6 +2061,7 @@ fn render(r: &Results) -> String {
                 lat(|l| l.p50_us),
                 lat(|l| l.p99_us),
                 lat(|l| l.max_us),
+                lat(|l| l.record_p99_us),
                 micros(p.standin_cpu_us),
             ]);
         }
@@ -2782,14 +2867,29 @@ mod tests {
             a(None, 0, 3_000),     // no pid in the body
             a(Some(11), 0, 1_000), // before any exit of 11
         ];
-        let raw = match_runs(&mut runs, &arrivals);
+        let mut raw = match_runs(&mut runs, &arrivals);
         assert_eq!(raw.exit, [500, 4_000, 100]);
-        let l = summarize(raw).unwrap();
-        assert_eq!((l.matched, l.unmatched), (3, 3));
+        let l = summarize(raw.clone()).unwrap();
+        assert_eq!((l.matched, l.unmatched, l.kernel), (3, 3, false));
         // Exit to result 500, 4,000, 100 ns; sent to start 300, 1,000,
         // 900; start to exit 200, 1,000, 100.
-        assert_eq!((l.p50_us, l.max_us), (0.5, 4.0));
+        assert_eq!((l.p50_us, l.max_us, l.record_p99_us), (0.5, 4.0, 4.0));
         assert_eq!((l.to_start_p50_us, l.running_p50_us), (0.9, 0.2));
+        // The kernel saw each exit a little later than the record, and
+        // the second run of 10 not at all: that result matches its first
+        // exit, as a pid's earlier run would.
+        let exits = crate::exits::Exits {
+            by_pid: HashMap::from([(10, vec![1_200]), (11, vec![2_050])]),
+            dropped: false,
+        };
+        (raw.kernel, raw.kernel_unmatched) = match_exits(&exits, &arrivals);
+        assert_eq!(
+            (&raw.kernel[..], raw.kernel_unmatched),
+            (&[300, 7_800, 50][..], 3)
+        );
+        let l = summarize(raw).unwrap();
+        assert_eq!((l.matched, l.unmatched, l.kernel), (3, 3, true));
+        assert_eq!((l.p50_us, l.max_us, l.record_p99_us), (0.3, 7.8, 4.0));
         let none = [a(Some(1), 0, 5)];
         assert!(summarize(match_runs(&mut HashMap::new(), &none)).is_none());
     }
@@ -2819,6 +2919,8 @@ mod tests {
         let raw = |exit: Vec<u64>| LatRaw {
             to_start: exit.clone(),
             running: exit.clone(),
+            kernel: exit.iter().map(|t| t / 2).collect(),
+            kernel_unmatched: 0,
             exit,
             unmatched: 1,
         };
@@ -2832,7 +2934,8 @@ mod tests {
         assert_eq!(m.rate(), 1000.0);
         assert_eq!(m.hwm_kib, 30);
         let l = m.latency.unwrap();
-        assert_eq!((l.matched, l.unmatched, l.max_us), (3, 2, 3.0));
+        assert_eq!((l.matched, l.unmatched, l.max_us), (3, 0, 1.5));
+        assert_eq!(l.record_p99_us, 3.0);
         assert!(Point::merge(vec![]).is_none());
 
         let one = r.baselines[0].1.clone().unwrap();
@@ -2979,6 +3082,8 @@ mod tests {
                 p50_us: 100.0,
                 p99_us: 900.0,
                 max_us: 2000.0,
+                kernel: true,
+                record_p99_us: 1500.0,
                 to_start_p50_us: 50.0,
                 running_p50_us: 500.0,
             }),

@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod emulator;
+pub mod exits;
 pub mod home;
 pub mod qmail_start;
 pub mod recorder;
