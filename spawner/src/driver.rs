@@ -648,28 +648,16 @@ impl Shard {
     }
 
     fn start(&mut self, id: SlotId, job: Job) {
+        let poller = &self.poller;
         let started = sys::start(
             &mut self.spawner,
             &self.program,
             self.cfg.owner_uid,
-            &job.messid,
-            &job.sender,
-            &job.recipient,
+            (&job.messid, &job.sender, &job.recipient),
+            |output| poller.add(output, Interest::Read, token(OUTPUT, id)),
         );
         match started {
             Ok(started) => {
-                if let Err(e) = self.poller.add(
-                    started.output.as_fd(),
-                    Interest::Read,
-                    token(OUTPUT, id),
-                ) {
-                    // The child runs but we cannot watch its pipe: its
-                    // EOF would never be seen. Reading it at reap time is
-                    // not enough for a big output, so give up on it.
-                    self.log.warn(format_args!(
-                        "unable to watch a child's output: {e}"
-                    ));
-                }
                 let index = id.index as usize;
                 if self.children.len() <= index {
                     self.children.resize_with(index + 1, || None);

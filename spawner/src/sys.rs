@@ -106,16 +106,19 @@ pub struct Started {
 }
 
 /// Opens the message, checks it as qmail-rspawn does (protocol §2.3 rows
-/// 10–13), makes the output pipe and runs `program host sender
-/// recipient` with the message on fd 0 and the pipe on fds 1 and 2.
+/// 10–13), makes the output pipe, has `watch` register its read end (a
+/// child whose pipe nobody watches would never be answered, so if that
+/// fails no child is started: `Z` as for a pipe that cannot be made) and
+/// runs `program host sender recipient` with the message on fd 0 and the
+/// pipe on fds 1 and 2.
 pub fn start(
     spawner: &mut spawn::Spawner,
     program: &CStr,
     owner_uid: u32,
-    messid: &[u8],
-    sender: &[u8],
-    recipient: &[u8],
+    job: (&[u8], &[u8], &[u8]),
+    watch: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
 ) -> Result<Started, StartError> {
+    let (messid, sender, recipient) = job;
     let host = match shardspawn_common::domain::host(recipient) {
         Some(host) => host,
         None => return Err(StartError::refusal(Refusal::NoHost, "", None)),
@@ -141,6 +144,13 @@ pub fn start(
     }
     let (read, write) = child_pipe().map_err(|e| {
         StartError::refusal(Refusal::CreatePipe, "create pipe", Some(e))
+    })?;
+    watch(read.as_fd()).map_err(|e| {
+        StartError::refusal(
+            Refusal::CreatePipe,
+            "watch a child's output",
+            Some(e),
+        )
     })?;
     // The fields come from NUL-terminated frames: they hold no NUL.
     let arg = |b: &[u8]| CString::new(b).expect("a command field has no NUL");

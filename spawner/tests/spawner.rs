@@ -1,7 +1,8 @@
 //! The spawner's start, on its own: many children through few pads,
 //! each with its own argv, stdin and output, every staged descriptor let
 //! go once the children are reaped, and a failed exec told apart from
-//! an exit, in both modes.
+//! an exit, in both modes; and a start whose pipe cannot be watched
+//! runs nothing.
 //!
 //! One test function: `Spawner::new` takes fixed descriptor numbers,
 //! which must not be another test's files.
@@ -26,6 +27,7 @@ fn the_spawner_starts_many_through_few_pads_and_tells_a_failed_exec() {
     for mode in [Mode::Overlap, Mode::WaitForExec] {
         many_children(mode, &dir);
         a_missing_program(mode);
+        an_unwatched_pipe_starts_nothing(mode, &dir);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -117,4 +119,45 @@ fn a_missing_program(mode: Mode) {
 
 fn libc_enoent() -> i32 {
     nix::errno::Errno::ENOENT as i32
+}
+
+/// If the shard cannot watch a child's pipe, it would never see the
+/// child's end: no child is started, and the start is answered as a
+/// pipe that cannot be made. With a watch that works, the descriptor
+/// watched is the output handed back. (Every child of the parts before
+/// is reaped by now, and this file has one test: any child would be
+/// this start's.)
+fn an_unwatched_pipe_starts_nothing(mode: Mode, dir: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    use nix::errno::Errno;
+    use nix::sys::wait::WaitPidFlag;
+    use shardspawn_common::refusal::Refusal;
+
+    let mut spawner = Spawner::new(c("/bin/true"), mode).unwrap();
+    let message = dir.join("message");
+    std::fs::write(&message, b"x").unwrap();
+    let uid = nix::unistd::getuid().as_raw();
+    let job =
+        (message.as_os_str().as_bytes(), &b"a@b.test"[..], &b"c@d.test"[..]);
+    let program = c("/bin/true");
+    let refused = sys::start(&mut spawner, &program, uid, job, |_| {
+        Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC))
+    });
+    let e = refused.expect_err("started a child nobody watches");
+    assert_eq!(e.body, Refusal::CreatePipe.body());
+    assert_eq!(waitpid(None, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));
+
+    let mut watched = None;
+    let started = sys::start(&mut spawner, &program, uid, job, |fd| {
+        watched = Some(fd.as_raw_fd());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(watched, Some(started.output.as_raw_fd()));
+    assert_eq!(
+        waitpid(started.pid, None),
+        Ok(WaitStatus::Exited(started.pid, 0))
+    );
 }
