@@ -5,9 +5,19 @@
 //! files (its pipe reaches EOF there), and only then makes it a zombie
 //! its parent can reap and sends SIGCHLD. That last step is when a
 //! spawner can first know a child's exit status, and the proc connector
-//! reports it with a CLOCK_MONOTONIC time (`ktime_get_ns`), the clock of
-//! the recordings. [`ExitWatch`] listens for those reports on a thread
-//! and hands back every exit it saw, by pid.
+//! reports it right after (`do_exit`: `exit_notify`, then
+//! `proc_exit_connector`) with a CLOCK_MONOTONIC time (`ktime_get_ns`),
+//! the clock of the recordings. [`ExitWatch`] listens for those reports
+//! on a thread and hands back every exit it saw, by pid.
+//!
+//! Were the exiting child preempted between those two steps, its parent
+//! could reap it before the report's time, and an exit→result counted
+//! from the report would be short. Checked on this kernel (6.18) with a
+//! parent that timestamps each `wait` return: of 6,000 children, 4,000
+//! of them beside 8 busy loops on 2 cores, no report came after the reap
+//! (it came 18–23 µs before at the median). A result that arrived before
+//! its exit's report would be counted unmatched; the bench reports how
+//! many.
 
 use std::collections::HashMap;
 use std::io;
@@ -46,9 +56,8 @@ impl ExitWatch {
         Ok(ExitWatch { stop, thread })
     }
 
-    /// Every exit reported so far. The kernel queues a report before
-    /// the process can be reaped, so every child whose result has
-    /// arrived is in it.
+    /// Every exit reported so far: the reports of children whose results
+    /// have arrived are queued by now (see the module's note).
     pub fn finish(self) -> io::Result<Exits> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
