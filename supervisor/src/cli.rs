@@ -89,6 +89,9 @@ fn last_words_logger() {
 }
 
 fn shard(args: &[OsString]) -> i32 {
+    // Started through /proc/self/exe, a shard would be called "exe" where
+    // ps -e, top and pgrep look (the name of the file exec'd, not argv[0]).
+    let _ = nix::sys::prctl::set_name(c"shardspawn");
     let cfg = match ShardConfig::from_args(args) {
         Ok(cfg) => cfg,
         Err(e) => {

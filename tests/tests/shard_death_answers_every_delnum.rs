@@ -264,6 +264,19 @@ fn a_shard_killed_under_load_costs_one_z_per_delivery_it_held() {
     );
     assert_eq!(shard_pid(sup, victim), Some(new));
     assert_eq!(children(sup).len(), usize::from(SHARDS));
+    // A shard, first or restarted, goes by the program's name where ps
+    // -e, top and pgrep look, not by "exe".
+    for (pid, _) in children(sup) {
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm"));
+        assert!(
+            wait_for(
+                || comm().is_ok_and(|c| c == "shardspawn\n"),
+                deadline_in(Duration::from_secs(10))
+            ),
+            "shard {pid} is called {:?}",
+            comm()
+        );
+    }
     assert!(wait_for(
         || zombie_children(sup) == 0,
         deadline_in(Duration::from_secs(10))
