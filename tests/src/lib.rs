@@ -36,9 +36,9 @@
 //! `shardspawn-common`'s, the same ones the spawner uses, so the harness
 //! tests behaviour, and `common`'s own tests pin the bytes.
 //!
-//! Its `unsafe` (closing the spawner's fd 2 before exec, reading the
-//! inherited SIGPIPE disposition before the Rust runtime changes it)
-//! lives in one private module, `sys`.
+//! Its `unsafe` (closing the spawner's fd 2 before exec, and the bench's
+//! netlink socket for the kernel's exit reports) lives in one private
+//! module, `sys`.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

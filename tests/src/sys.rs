@@ -1,9 +1,11 @@
 //! Every `unsafe` of the harness, each block with its argument.
 //!
-//! One thing cannot be done in safe Rust: leaving the spawner's fd 2
-//! **closed**, the way qmail-start leaves qmail-rspawn's.
+//! Two things cannot be done in safe Rust. Leaving the spawner's fd 2
+//! **closed**, the way qmail-start leaves qmail-rspawn's:
 //! `std::process::Command` always gives the child some fd 2, so a
-//! `pre_exec` hook closes it between fork and exec.
+//! `pre_exec` hook closes it between fork and exec. And the bench's
+//! netlink socket on the kernel's proc connector ([`proc_exit_socket`]),
+//! which neither std nor nix makes.
 #![allow(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
@@ -63,8 +65,7 @@ pub(crate) fn proc_exit_socket() -> std::io::Result<std::os::fd::OwnedFd> {
     let check = |r: libc::c_int| {
         if r < 0 { Err(Error::last_os_error()) } else { Ok(()) }
     };
-    let int = |v: libc::c_int| v;
-    let size = 32 << 20;
+    let size: libc::c_int = 32 << 20;
     let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
     // SAFETY: a zeroed sockaddr_nl is valid (the kernel picks our port);
     // each pointer passed below points at a live value of the length
@@ -76,7 +77,7 @@ pub(crate) fn proc_exit_socket() -> std::io::Result<std::os::fd::OwnedFd> {
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
             (&raw const size).cast(),
-            std::mem::size_of_val(&int(size)) as libc::socklen_t,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
         check(libc::setsockopt(
             raw,
