@@ -39,7 +39,7 @@ perf stat --no-inherit -e 'syscalls:sys_enter_*' -p "$pids" \
     -o "$out/syscalls.raw" -- sleep "$seconds" || true
 perf record --no-inherit -F 1999 --call-graph dwarf,16384 -p "$pids" \
     -o "$out/perf.data" -- sleep "$seconds" 2>/dev/null || true
-# With the children, by command: a child runs as `exe` (the shard's
+# With the children, by command: a child runs as `shardspawn` (the shard's
 # name) from clone to exec, then as `shardspawn-fake`.
 perf record -F 2999 -g -p "$pids" -o "$out/perf-children.data" \
     -- sleep "$seconds" 2>/dev/null || true
