@@ -2016,9 +2016,10 @@ fn render(r: &Results) -> String {
          spawner's part; *command→start* from qmail-send's command to the \
          stand-in's start record, *start→exit* the stand-in's own life; \
          *stand-in CPU* is the children's CPU (cutime+cstime of the \
-         shards, or of the loop), *emulator CPU* the emulated \
-         qmail-send's, which shares the machine with shardspawn but not \
-         with the baselines.\n"
+         shards, or of the loop), *emulator CPU* the bench process's: \
+         the emulated qmail-send, which shares the machine with \
+         shardspawn but not with the baselines, and the thread watching \
+         exits, which runs beside the baselines too.\n"
     );
 
     if !r.live.is_empty() {
