@@ -1123,6 +1123,19 @@ mod tests {
         )
     }
 
+    /// Hands the core jobs 0 to n-1 for s.test; the slots it started.
+    fn queue(
+        c: &mut Core,
+        n: u16,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Vec<SlotId> {
+        for d in 0..n {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, fx);
+        }
+        starts(fx).iter().map(|s| s.0).collect()
+    }
+
     fn starts(effects: &[Effect]) -> Vec<(SlotId, u16)> {
         effects
             .iter()
@@ -1466,10 +1479,7 @@ mod tests {
         let now = Instant::now();
         let mut c = adaptive(None);
         let mut fx = Vec::new();
-        for d in 0..10 {
-            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
-        }
-        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        let ids = queue(&mut c, 10, now, &mut fx);
         assert_eq!(ids.len(), 5, "starts at the initial limit");
         fx.clear();
         // Two pushbacks from the same epoch: one step down.
@@ -1494,10 +1504,7 @@ mod tests {
         let now = Instant::now();
         let mut c = adaptive(None);
         let mut fx = Vec::new();
-        for d in 0..12 {
-            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
-        }
-        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        let ids = queue(&mut c, 12, now, &mut fx);
         assert_eq!(ids.len(), 5);
         fx.clear();
         for id in ids {
@@ -1522,10 +1529,7 @@ mod tests {
         let now = Instant::now();
         let mut c = adaptive(None);
         let mut fx = Vec::new();
-        for d in 0..8 {
-            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
-        }
-        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        let ids = queue(&mut c, 8, now, &mut fx);
         fx.clear();
         let dead = b"ZSorry, I wasn't able to establish an SMTP connection. \
             (#4.4.1)\n\0";
@@ -1580,10 +1584,7 @@ mod tests {
             .unwrap(),
         );
         let mut fx = Vec::new();
-        for d in 0..6 {
-            c.handle(Event::Job { job: job(d, "s.test"), now }, &mut fx);
-        }
-        let ids: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        let ids = queue(&mut c, 6, now, &mut fx);
         fx.clear();
         end(
             &mut c,
