@@ -24,10 +24,15 @@
 //! - [`response`]: the response rules, and what a result says about its
 //!   destination (site-level pushback or not).
 //! - [`status`]: the live status files a shard and the supervisor publish.
+//! - [`errno`]: which errnos qmail calls temporary, and what a failed
+//!   start tells qmail-send.
+//! - [`shard_config`]: what the supervisor tells a shard on its command
+//!   line, written and read back.
 #![deny(missing_docs)]
 
 pub mod command;
 pub mod domain;
+pub mod errno;
 pub mod frame;
 pub mod limits;
 pub mod record;
@@ -35,6 +40,7 @@ pub mod refusal;
 pub mod report;
 pub mod response;
 pub mod settings;
+pub mod shard_config;
 pub mod status;
 pub mod validate;
 

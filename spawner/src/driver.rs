@@ -13,7 +13,6 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -27,11 +26,13 @@ use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::{ShardStatus, printable};
 
-use crate::config::ShardConfig;
+use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_os::log::Log;
+use shardspawn_os::spawn;
+use shardspawn_os::sys::{self, Interest, Poller, write_atomically};
+
 use crate::core::{Core, Effect, Event, LimitFn, Policy, SlotId};
-use crate::log::Log;
-use crate::spawn;
-use crate::sys::{self, Interest, Poller};
+use crate::start;
 
 const JOBS: u64 = 0;
 const RESULTS: u64 = 1;
@@ -546,7 +547,7 @@ impl Shard {
         match failed {
             // It exited 127 without running qmail-remote: the start
             // failed, as if clone had said so.
-            Some(e) => self.start_failed(id, sys::spawn_failure(e)),
+            Some(e) => self.start_failed(id, start::spawn_failure(e)),
             None => {
                 self.core.handle(Event::Exited(id, end), &mut self.effects)
             }
@@ -649,7 +650,7 @@ impl Shard {
 
     fn start(&mut self, id: SlotId, job: Job) {
         let poller = &self.poller;
-        let started = sys::start(
+        let started = start::start(
             &mut self.spawner,
             &self.program,
             self.cfg.owner_uid,
@@ -673,7 +674,7 @@ impl Shard {
         }
     }
 
-    fn start_failed(&mut self, id: SlotId, failure: sys::StartError) {
+    fn start_failed(&mut self, id: SlotId, failure: start::StartError) {
         if let Some(e) = &failure.error {
             // No delnum in the line: a run of the same failure is then
             // one line and a count.
@@ -721,15 +722,4 @@ impl Shard {
         }
         Ok(())
     }
-}
-
-/// Writes `dir/name.new` and renames it to `dir/name`.
-pub fn write_atomically(
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-) -> io::Result<()> {
-    let new = dir.join(format!("{name}.new"));
-    std::fs::write(&new, bytes)?;
-    std::fs::rename(&new, dir.join(name))
 }

@@ -14,7 +14,8 @@
 //! output on each running delivery's pipe, and the earliest deadline of a
 //! held delivery. Every decision (start now, hold, refuse, report) is made
 //! by the pure [`core::Core`] from events; the driver carries out its
-//! effects through [`sys`], the only module that makes syscalls.
+//! effects through [`start`] and `shardspawn_os`, which makes every
+//! syscall.
 //!
 //! A delivery's result exists only when its child has been reaped *and*
 //! its pipe has reached EOF, in either order. Every job gets exactly one
@@ -27,11 +28,6 @@
 //! [`Job`]: shardspawn_common::frame::Job
 //! [`Done`]: shardspawn_common::frame::Done
 
-pub mod config;
 pub mod core;
 pub mod driver;
-pub mod log;
-pub mod spawn;
-pub mod sys;
-
-pub use config::ShardConfig;
+pub mod start;

@@ -6,10 +6,10 @@
 use std::ffi::OsString;
 
 use shardspawn_common::settings::Settings;
-use shardspawn_spawner::ShardConfig;
-use shardspawn_spawner::log::Log;
+use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_os::log::Log;
 
-use crate::{limits_cmd, mux, simulate, startup, status_cmd};
+use crate::{limits_cmd, mux, startup, status_cmd};
 
 const USAGE: &str = "\
 usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
@@ -30,7 +30,7 @@ pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match args.first().and_then(|a| a.to_str()) {
         Some("shard") => shard(&args[1..]),
-        Some("simulate") => simulate::main(&args[1..]),
+        Some("simulate") => simulate(&args[1..]),
         Some("limits") => limits_cmd::main(&args[1..]),
         Some("status") => status_cmd::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
@@ -39,6 +39,29 @@ pub fn main() -> i32 {
         }
         _ => supervise(&args),
     }
+}
+
+/// `shardspawn simulate` is the workshop's: the emulated qmail-send and
+/// the stand-in qmail-remote are test code, which the installed binary
+/// does not carry. Run `shardspawn-simulate` from beside this binary, as
+/// `cargo build --release` leaves it.
+fn simulate(args: &[OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let me = match std::env::current_exe() {
+        Ok(me) => me,
+        Err(e) => {
+            eprintln!("shardspawn simulate: unable to find this program: {e}");
+            return 111;
+        }
+    };
+    let sim = me.with_file_name("shardspawn-simulate");
+    let e = std::process::Command::new(&sim).args(args).exec();
+    eprintln!(
+        "shardspawn simulate: unable to run {}: {e} (it is built beside \
+         shardspawn by `cargo build --release`, not installed)",
+        sim.display()
+    );
+    111
 }
 
 fn supervise(args: &[OsString]) -> i32 {
@@ -79,13 +102,12 @@ fn last_words_logger() {
         .ok()
         .map(|l| l.split_whitespace().map(OsString::from).collect());
     let named = named.filter(|argv| !argv.is_empty());
-    let Some(logger) =
-        shardspawn_spawner::log::choose_logger(named.as_deref())
+    let Some(logger) = shardspawn_os::log::choose_logger(named.as_deref())
     else {
         return;
     };
     let dir = std::path::PathBuf::from(dir).join("supervisor");
-    let _ = shardspawn_spawner::log::start_logger(&dir, &logger);
+    let _ = shardspawn_os::log::start_logger(&dir, &logger);
 }
 
 fn shard(args: &[OsString]) -> i32 {
@@ -101,9 +123,7 @@ fn shard(args: &[OsString]) -> i32 {
     };
     if let Some(dir) = &cfg.log_dir {
         let dir = dir.join(format!("shard{}", cfg.index));
-        if let Err(e) =
-            shardspawn_spawner::log::start_logger(&dir, &cfg.logger)
-        {
+        if let Err(e) = shardspawn_os::log::start_logger(&dir, &cfg.logger) {
             // Logging into the supervisor's log instead is better than
             // not delivering.
             Log::new(format!("shard {}", cfg.index)).warn(format_args!(

@@ -21,6 +21,5 @@ pub mod cli;
 pub mod limits_cmd;
 pub mod mux;
 pub mod shards;
-pub mod simulate;
 pub mod startup;
 pub mod status_cmd;

@@ -24,11 +24,11 @@ use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::SupervisorStatus;
 use shardspawn_common::validate;
-use shardspawn_spawner::log::Log;
-use shardspawn_spawner::sys::{self, Interest, Poller};
+use shardspawn_os::log::Log;
+use shardspawn_os::sys::{self, Interest, Poller};
 
 use crate::shards::Shard;
-use shardspawn_spawner::driver::write_atomically;
+use shardspawn_os::sys::write_atomically;
 
 use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 

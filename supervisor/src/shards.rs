@@ -16,8 +16,8 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
 use shardspawn_common::frame::FrameDecoder;
-use shardspawn_spawner::ShardConfig;
-use shardspawn_spawner::sys::{io_err, set_nonblocking};
+use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_os::sys::{io_err, set_nonblocking};
 
 /// Longest result frame a shard may send (a body is at most 10000
 /// bytes; anything longer means the shard is broken).

@@ -16,8 +16,8 @@ use shardspawn_common::command::DelnumWidth;
 use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::response::Responses;
 use shardspawn_common::settings::{QueueOwner, Settings};
-use shardspawn_spawner::ShardConfig;
-use shardspawn_spawner::log::Log;
+use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_os::log::Log;
 
 /// Most bytes of a command field we keep; a longer field is answered
 /// with qmail's out-of-memory deferral. Addresses are far shorter.
@@ -142,16 +142,15 @@ pub fn start_logging(settings: &Settings) -> Result<LogSetup, Fatal> {
     let dir = std::path::absolute(dir).map_err(|e| {
         Fatal::Temporary(format!("unable to find {}: {e}", dir.display()))
     })?;
-    let logger =
-        shardspawn_spawner::log::choose_logger(settings.logger.as_deref())
-            .ok_or_else(|| {
-                Fatal::Config(
+    let logger = shardspawn_os::log::choose_logger(settings.logger.as_deref())
+        .ok_or_else(|| {
+            Fatal::Config(
                 "SHARDSPAWN_LOG_DIR is set, but neither multilog nor svlogd \
                  is in PATH: name a logger with SHARDSPAWN_LOGGER"
                     .to_string(),
             )
-            })?;
-    shardspawn_spawner::log::start_logger(&dir.join("supervisor"), &logger)
+        })?;
+    shardspawn_os::log::start_logger(&dir.join("supervisor"), &logger)
         .map_err(|e| {
             Fatal::Temporary(format!(
                 "unable to start the logger {} in {}: {e}",
