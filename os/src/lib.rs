@@ -20,6 +20,8 @@
 //! delivery is started lives in the spawner. This crate only reports
 //! what the kernel said.
 
+#![deny(missing_docs)]
+
 pub mod log;
 pub mod spawn;
 pub mod sys;
