@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use shardspawn_common::frame::{
     Done, FrameDecoder, JOB, Job, LIMITS, RESPONSES,
 };
-use shardspawn_common::limits::Limits;
+use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::{ShardStatus, printable};
@@ -65,16 +65,106 @@ struct Child {
     output: Option<OwnedFd>,
 }
 
+/// A frame from the supervisor that this shard cannot take. The
+/// supervisor checked everything it sends, so any of these means the two
+/// disagree on the framing: an internal-invariant breach, exit 101, and
+/// the supervisor answers every delnum the shard held.
+#[derive(Debug)]
+enum Breach {
+    /// A frame longer than [`MAX_JOB`], of this many bytes.
+    OversizeFrame(u32),
+    /// A job frame whose payload is not a job, for this delnum.
+    BadJob(u16),
+    /// A limits frame that does not parse.
+    BadLimits(LimitsError),
+    /// A response-rules frame that does not parse.
+    BadResponses(LimitsError),
+    /// A frame of a kind this shard does not know.
+    UnknownKind(u8),
+}
+
+/// The log line's text, after `fatal: `.
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Breach::OversizeFrame(len) => {
+                write!(f, "job frame of {len} bytes")
+            }
+            Breach::BadJob(delnum) => {
+                write!(f, "malformed job frame for delnum {delnum}")
+            }
+            Breach::BadLimits(e) => write!(f, "limits frame: {e}"),
+            Breach::BadResponses(e) => write!(f, "responses frame: {e}"),
+            Breach::UnknownKind(kind) => {
+                write!(f, "frame of unknown kind {kind}")
+            }
+        }
+    }
+}
+
+/// What a frame from the supervisor carries.
+enum Frame {
+    Job(Job),
+    Limits(Limits),
+    Responses(Responses),
+}
+
+impl Frame {
+    /// Checks a frame. Anything malformed means the supervisor and this
+    /// shard disagree on the framing: the supervisor checked every text
+    /// before sending it.
+    fn parse(kind: u8, delnum: u16, payload: &[u8]) -> Result<Frame, Breach> {
+        match kind {
+            JOB => Job::from_payload(delnum, payload)
+                .map(Frame::Job)
+                .ok_or(Breach::BadJob(delnum)),
+            LIMITS => Limits::parse(payload)
+                .map(Frame::Limits)
+                .map_err(Breach::BadLimits),
+            RESPONSES => Responses::parse(payload)
+                .map(Frame::Responses)
+                .map_err(Breach::BadResponses),
+            _ => Err(Breach::UnknownKind(kind)),
+        }
+    }
+}
+
+/// Why the loop stopped before its job pipe's EOF.
+enum Stop {
+    /// Waiting for or watching descriptors failed: exit 111.
+    Wait(io::Error),
+    /// The supervisor sent what it never sends: exit 101.
+    Breach(Breach),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Stop {
+        Stop::Wait(e)
+    }
+}
+
+impl From<Breach> for Stop {
+    fn from(b: Breach) -> Stop {
+        Stop::Breach(b)
+    }
+}
+
 /// Runs a shard until its job pipe reaches EOF and nothing is running or
-/// held. Returns the process exit code: 0, or 111 if setup failed.
+/// held. Returns the process exit code: 0; 111 if setup or the loop's
+/// waiting failed; 101 if the supervisor sent a frame it never sends
+/// ([`Breach`]). This is the one place a fatal error leaves the shard.
 pub fn run(cfg: ShardConfig, limit_of: LimitFn) -> i32 {
     let log = Log::new(format!("shard {}", cfg.index));
     match Shard::new(cfg, limit_of, log.clone()) {
         Ok(mut shard) => match shard.run() {
             Ok(()) => 0,
-            Err(e) => {
+            Err(Stop::Wait(e)) => {
                 log.fatal(format_args!("unable to wait for events: {e}"));
                 111
+            }
+            Err(Stop::Breach(breach)) => {
+                log.fatal(format_args!("{breach}"));
+                101
             }
         },
         Err(e) => {
@@ -219,7 +309,7 @@ impl Shard {
         })
     }
 
-    fn run(&mut self) -> io::Result<()> {
+    fn run(&mut self) -> Result<(), Stop> {
         self.log.info(format_args!(
             "started: pid {}, remote {}, at most {} running",
             std::process::id(),
@@ -270,7 +360,7 @@ impl Shard {
                 let t = self.tokens[i];
                 let (kind, id) = untoken(t);
                 match kind {
-                    JOBS => self.read_jobs(now),
+                    JOBS => self.read_jobs(now)?,
                     RESULTS => {}
                     SIGNALS => sigchld = true,
                     _ => self.read_output(id),
@@ -394,9 +484,11 @@ impl Shard {
         }
     }
 
-    fn read_jobs(&mut self, now: Instant) {
+    /// Reads what fd 0 has and hands each whole frame on; a frame the
+    /// shard cannot take stops the loop.
+    fn read_jobs(&mut self, now: Instant) -> Result<(), Breach> {
         if !self.jobs_open {
-            return;
+            return Ok(());
         }
         match sys::read(self.stdin.as_fd(), &mut self.buf) {
             Ok(Some(n)) => {
@@ -408,14 +500,10 @@ impl Shard {
                     match frame {
                         None => {}
                         Some(Ok((kind, delnum, payload))) => {
-                            self.frame(kind, delnum, &payload, now)
+                            self.frame(kind, delnum, &payload, now)?
                         }
                         Some(Err(e)) => {
-                            self.log.fatal(format_args!(
-                                "job frame of {} bytes",
-                                e.len
-                            ));
-                            std::process::exit(101);
+                            return Err(Breach::OversizeFrame(e.len));
                         }
                     }
                 }
@@ -427,60 +515,42 @@ impl Shard {
                 self.close_jobs();
             }
         }
+        Ok(())
     }
 
-    /// One frame from the supervisor. Anything malformed means the
-    /// supervisor and this shard disagree on the framing: an internal
-    /// error (exit 101), which the supervisor answers for us.
-    fn frame(&mut self, kind: u8, delnum: u16, payload: &[u8], now: Instant) {
-        match kind {
-            JOB => match Job::from_payload(delnum, payload) {
-                Some(job) => self
-                    .core
-                    .handle(Event::Job { job, now }, &mut self.effects),
-                None => {
-                    self.log.fatal(format_args!(
-                        "malformed job frame for delnum {delnum}"
-                    ));
-                    std::process::exit(101);
-                }
-            },
-            LIMITS => match Limits::parse(payload) {
-                Ok(limits) => {
-                    self.log.info(format_args!(
-                        "limits in force: default {}, {} rules",
-                        limits.default_limit(),
-                        limits.rules().count()
-                    ));
-                    let limit_of: LimitFn =
-                        Box::new(move |key| limits.allowance_of_key(key));
-                    self.core.set_limits(limit_of, &mut self.effects);
-                }
-                Err(e) => {
-                    // The supervisor checked this text before sending it.
-                    self.log.fatal(format_args!("limits frame: {e}"));
-                    std::process::exit(101);
-                }
-            },
-            RESPONSES => match Responses::parse(payload) {
-                Ok(responses) => {
-                    self.log.info(format_args!(
-                        "response rules in force: {} of the file, {} built in",
-                        responses.from_file(),
-                        responses.rules().len() - responses.from_file()
-                    ));
-                    self.core.set_responses(responses);
-                }
-                Err(e) => {
-                    self.log.fatal(format_args!("responses frame: {e}"));
-                    std::process::exit(101);
-                }
-            },
-            _ => {
-                self.log.fatal(format_args!("frame of unknown kind {kind}"));
-                std::process::exit(101);
+    /// One frame from the supervisor, carried out; a frame the shard
+    /// cannot take is a [`Breach`].
+    fn frame(
+        &mut self,
+        kind: u8,
+        delnum: u16,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), Breach> {
+        match Frame::parse(kind, delnum, payload)? {
+            Frame::Job(job) => {
+                self.core.handle(Event::Job { job, now }, &mut self.effects)
+            }
+            Frame::Limits(limits) => {
+                self.log.info(format_args!(
+                    "limits in force: default {}, {} rules",
+                    limits.default_limit(),
+                    limits.rules().count()
+                ));
+                let limit_of: LimitFn =
+                    Box::new(move |key| limits.allowance_of_key(key));
+                self.core.set_limits(limit_of, &mut self.effects);
+            }
+            Frame::Responses(responses) => {
+                self.log.info(format_args!(
+                    "response rules in force: {} of the file, {} built in",
+                    responses.from_file(),
+                    responses.rules().len() - responses.from_file()
+                ));
+                self.core.set_responses(responses);
             }
         }
+        Ok(())
     }
 
     fn close_jobs(&mut self) {
@@ -721,5 +791,62 @@ impl Shard {
             self.out_watched = want;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breach(kind: u8, payload: &[u8]) -> String {
+        match Frame::parse(kind, 7, payload) {
+            Ok(_) => panic!("frame of kind {kind} taken"),
+            Err(breach) => breach.to_string(),
+        }
+    }
+
+    /// Each breach's log line, as the shard wrote it before the breach
+    /// was a value: `shardspawn: shard N: fatal: ` and this.
+    #[test]
+    fn each_breach_says_what_the_shard_could_not_take() {
+        assert_eq!(breach(JOB, b""), "malformed job frame for delnum 7");
+        assert_eq!(breach(9, b""), "frame of unknown kind 9");
+        assert_eq!(
+            breach(LIMITS, b"x.test:nope\n"),
+            format!(
+                "limits frame: {}",
+                Limits::parse(b"x.test:nope\n").err().unwrap()
+            )
+        );
+        assert!(
+            breach(RESPONSES, b"frob:1m:x\n").starts_with("responses frame: ")
+        );
+        assert_eq!(
+            Breach::OversizeFrame(MAX_JOB + 1).to_string(),
+            "job frame of 1048577 bytes"
+        );
+    }
+
+    #[test]
+    fn good_frames_are_taken() {
+        let job = Job {
+            delnum: 7,
+            messid: b"1/1".to_vec(),
+            sender: b"a@b".to_vec(),
+            recipient: b"u@x.test".to_vec(),
+            key: b"x.test".to_vec(),
+        };
+        let payload = b"1/1\0a@b\0u@x.test\0x.test\0";
+        assert!(
+            matches!(Frame::parse(JOB, 7, payload), Ok(Frame::Job(j)) if j == job)
+        );
+        assert!(matches!(
+            Frame::parse(LIMITS, 0, b"x.test:3\n"),
+            Ok(Frame::Limits(_))
+        ));
+        assert!(matches!(
+            Frame::parse(RESPONSES, 0, b""),
+            Ok(Frame::Responses(_))
+        ));
     }
 }
