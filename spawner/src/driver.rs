@@ -7,6 +7,10 @@
 //! pipe per running delivery. All watched level-triggered in one epoll;
 //! each token packs (kind, slot generation, slot index), so an event for
 //! a slot that has since been reused is recognised and ignored.
+//!
+//! What the shard publishes once a second (status files, log summary)
+//! is [`crate::publish`]'s; a frame the shard cannot take comes back to
+//! [`run`] as a `Breach`, the one place the shard exits 101.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -24,14 +28,14 @@ use shardspawn_common::frame::{
 use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
-use shardspawn_common::status::{ShardStatus, printable};
 
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 use shardspawn_os::spawn;
-use shardspawn_os::sys::{self, Interest, Poller, write_atomically};
+use shardspawn_os::sys::{self, Interest, Poller};
 
 use crate::core::{Core, Effect, Event, LimitFn, Policy, SlotId};
+use crate::publish::Publisher;
 use crate::start;
 
 const JOBS: u64 = 0;
@@ -180,15 +184,42 @@ struct Shard {
     core: Core,
     poller: Poller,
     signals: nix::sys::signalfd::SignalFd,
+    jobs: Jobs,
+    results: Results,
+    children: Children,
+    launch: Launch,
+    publisher: Publisher,
+    /// One read's worth of a pipe, reused for every read.
+    buf: Vec<u8>,
+    /// What the core asked for in this pass, reused.
+    effects: Vec<Effect>,
+    /// The tokens of the last wait (kept to reuse its allocation).
+    tokens: Vec<u64>,
+}
+
+/// Frames from the supervisor on fd 0.
+struct Jobs {
     stdin: io::Stdin,
-    stdout: io::Stdout,
     decoder: FrameDecoder,
-    jobs_open: bool,
-    results_open: bool,
+    /// Not yet at EOF (or a read error, taken as one).
+    open: bool,
+}
+
+/// Done frames on their way to the supervisor on fd 1.
+struct Results {
+    stdout: io::Stdout,
+    /// Encoded, not yet written.
     out: Vec<u8>,
-    out_watched: bool,
+    /// Writing has not failed: once it has, results are dropped.
+    open: bool,
+    /// fd 1 is in the epoll, for room to write.
+    watched: bool,
+}
+
+/// The children running, by slot and by pid.
+struct Children {
     /// Per slot index: the child running there, if started.
-    children: Vec<Option<Child>>,
+    slots: Vec<Option<Child>>,
     pids: HashMap<Pid, SlotId>,
     /// Children whose pipe is at EOF but who had not ended when it was
     /// seen (a child closes its pipe in its exit a moment before it can
@@ -196,23 +227,15 @@ struct Shard {
     eof_pending: Vec<Pid>,
     /// When to look at every child for an end not found by pid.
     next_scan: Instant,
-    buf: Vec<u8>,
-    effects: Vec<Effect>,
-    /// Starts the core decided on, not yet carried out.
-    starts: VecDeque<(SlotId, Job)>,
-    /// The tokens of the last wait (kept to reuse its allocation).
-    tokens: Vec<u64>,
-    /// When it started, for the status page.
-    started: SystemTime,
-    /// When to publish status next.
-    next_status: Instant,
-    /// A status write failed and was logged; do not log it again.
-    status_failed: bool,
-    /// Deferrals by limit already reported in the log.
-    deferred_logged: u64,
+}
+
+/// How children are started, and the starts waiting for it.
+struct Launch {
     /// How every child is spawned, and the program (argv\[0\]).
     spawner: spawn::Spawner,
     program: CString,
+    /// Starts the core decided on, not yet carried out.
+    queue: VecDeque<(SlotId, Job)>,
 }
 
 /// Most children started per loop pass, so that ends keep being noticed
@@ -232,15 +255,6 @@ const PAD_POLL: Duration = Duration::from_millis(1);
 /// Most reads of one child's pipe per pass (64 KiB each).
 const READS_PER_PASS: usize = 4;
 
-/// How often a shard publishes its status.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-/// Most changes of keys logged a second, one line each.
-const CHANGES_LOGGED: usize = 50;
-
-/// How many keys the status page lists.
-const STATUS_KEYS: usize = 20;
-
 impl Shard {
     fn new(
         cfg: ShardConfig,
@@ -248,15 +262,7 @@ impl Shard {
         log: Log,
     ) -> io::Result<Shard> {
         // First: the spawner takes its staging descriptors (from fd 3).
-        let program =
-            CString::new(cfg.remote.clone().into_vec()).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "NUL in the remote",
-                )
-            })?;
-        let spawner =
-            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
+        let launch = Launch::new(&cfg)?;
         let signals = sys::signal_fd(&[Signal::SIGCHLD])?;
         let poller = Poller::new(1024)?;
         let stdin = io::stdin();
@@ -279,33 +285,31 @@ impl Shard {
             policy,
             Instant::now(),
         );
+        let publisher =
+            Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone());
         Ok(Shard {
             cfg,
             log,
             core,
             poller,
             signals,
-            stdin,
-            stdout,
-            decoder: FrameDecoder::new(MAX_JOB),
-            jobs_open: true,
-            results_open: true,
-            out: Vec::new(),
-            out_watched: false,
-            children: Vec::new(),
-            pids: HashMap::new(),
-            eof_pending: Vec::new(),
-            next_scan: Instant::now(),
+            jobs: Jobs {
+                stdin,
+                decoder: FrameDecoder::new(MAX_JOB),
+                open: true,
+            },
+            results: Results {
+                stdout,
+                out: Vec::new(),
+                open: true,
+                watched: false,
+            },
+            children: Children::new(),
+            launch,
+            publisher,
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
-            starts: VecDeque::new(),
             tokens: Vec::new(),
-            started: SystemTime::now(),
-            next_status: Instant::now(),
-            status_failed: false,
-            deferred_logged: 0,
-            spawner,
-            program,
         })
     }
 
@@ -317,37 +321,19 @@ impl Shard {
             self.cfg.max_running
         ));
         loop {
-            if !self.jobs_open
+            if !self.jobs.open
                 && self.core.is_idle()
-                && (self.out.is_empty() || !self.results_open)
+                && (self.results.out.is_empty() || !self.results.open)
             {
-                self.publish();
-                self.log_notes();
+                self.publisher.publish(&self.core);
+                self.publisher.log_notes(&mut self.core);
                 return Ok(());
             }
-            let mut deadline = self.core.next_deadline();
-            if self.cfg.state_dir.is_some() {
-                deadline =
-                    Some(deadline.map_or(self.next_status, |d| {
-                        d.min(self.next_status)
-                    }));
-            }
-            if !self.starts.is_empty() {
-                // Starts are waiting: only look, do not sleep; or, while
-                // every pad's child is before its exec, look again soon
-                // (a pad coming free is no event).
-                let now = Instant::now();
-                let at = if self.spawner.can_start() {
-                    now
-                } else {
-                    now + PAD_POLL
-                };
-                deadline = Some(deadline.map_or(at, |d| d.min(at)));
-            }
+            let deadline = self.deadline();
             self.poller.wait(deadline)?;
             // Children that exec'd since: their staged descriptors go, so
             // their pipes can reach EOF.
-            self.spawner.collect();
+            self.launch.spawner.collect();
             let now = Instant::now();
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -376,15 +362,14 @@ impl Shard {
             // reported. Then a bounded batch of starts, and back to the
             // kernel for more ends.
             self.apply();
-            self.flush()?;
+            self.results.flush(&self.poller, &self.log)?;
             self.start_some();
             self.apply();
-            self.flush()?;
-            if now >= self.next_status {
+            self.results.flush(&self.poller, &self.log)?;
+            if self.publisher.due(now) {
                 self.reap_all(now);
-                self.publish();
-                self.log_notes();
-                self.next_status = now + STATUS_EVERY;
+                self.publisher.publish(&self.core);
+                self.publisher.log_notes(&mut self.core);
             }
             if cfg!(debug_assertions) {
                 self.core.check_invariants();
@@ -392,110 +377,40 @@ impl Shard {
         }
     }
 
-    /// Once a second at most: which keys began holding, and how many
-    /// deliveries were deferred by a limit. One line each, however busy.
-    fn log_notes(&mut self) {
-        let mut notes = self.core.take_notes();
-        // A key can saturate, drain and saturate again within a second.
-        let mut seen = std::collections::HashSet::new();
-        notes.saturated.retain(|(key, _)| seen.insert(key.clone()));
-        if !notes.saturated.is_empty() {
-            let shown: Vec<String> = notes
-                .saturated
-                .iter()
-                .take(5)
-                .map(|(key, limit)| format!("{} ({limit})", printable(key)))
-                .collect();
-            let more = notes.saturated.len().saturating_sub(shown.len());
-            self.log.info(format_args!(
-                "holding deliveries for keys at their limit: {}{}",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            ));
+    /// The earliest of: the core's next deadline, the next status
+    /// publication, and (while starts wait) now or a moment from now.
+    fn deadline(&mut self) -> Option<Instant> {
+        let mut deadline = self.core.next_deadline();
+        if let Some(at) = self.publisher.deadline() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
-        // Each change of a key's limit, rate or suspension is a line of its
-        // own: they are what an admin looks for when a domain slows down.
-        // At most CHANGES_LOGGED a second, the rest counted.
-        let total = notes.changes.len();
-        for (key, what) in notes.changes.iter().take(CHANGES_LOGGED) {
-            self.log.info(format_args!("{}: {what}", printable(key)));
+        if !self.launch.queue.is_empty() {
+            // Starts are waiting: only look, do not sleep; or, while
+            // every pad's child is before its exec, look again soon (a
+            // pad coming free is no event).
+            let now = Instant::now();
+            let at = if self.launch.spawner.can_start() {
+                now
+            } else {
+                now + PAD_POLL
+            };
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
-        if total > CHANGES_LOGGED {
-            self.log.info(format_args!(
-                "and {} more changes of limits this second",
-                total - CHANGES_LOGGED
-            ));
-        }
-        let deferred = self.core.counters().deferred_by_limit;
-        if deferred > self.deferred_logged {
-            self.log.warn(format_args!(
-                "deferred {} deliveries that waited too long or found too many \
-                 waiting ({} since start)",
-                deferred - self.deferred_logged,
-                deferred
-            ));
-            self.deferred_logged = deferred;
-        }
-    }
-
-    /// Writes `shardN` and `shardN.prom` in the state directory, each to
-    /// `.new` first and renamed, so a reader never sees half a file.
-    fn publish(&mut self) {
-        let Some(dir) = &self.cfg.state_dir else { return };
-        let unix = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-        };
-        let counters = self.core.counters();
-        let status = ShardStatus {
-            shard: self.cfg.index,
-            pid: std::process::id(),
-            started: unix(self.started),
-            updated: unix(SystemTime::now()),
-            running: self.core.running(),
-            held: self.core.held(),
-            received: counters.received,
-            reported: counters.reported,
-            deferred_by_limit: counters.deferred_by_limit,
-            keys: self.core.key_status(STATUS_KEYS),
-        };
-        let name = format!("shard{}", self.cfg.index);
-        let result = write_atomically(dir, &name, status.render().as_bytes())
-            .and_then(|()| {
-                write_atomically(
-                    dir,
-                    &format!("{name}.prom"),
-                    status.prometheus().as_bytes(),
-                )
-            });
-        match result {
-            Ok(()) => self.status_failed = false,
-            Err(e) if !self.status_failed => {
-                self.status_failed = true;
-                self.log.warn(format_args!(
-                    "unable to write status in {}: {e}",
-                    dir.display()
-                ));
-            }
-            Err(_) => {}
-        }
+        deadline
     }
 
     /// Reads what fd 0 has and hands each whole frame on; a frame the
     /// shard cannot take stops the loop.
     fn read_jobs(&mut self, now: Instant) -> Result<(), Breach> {
-        if !self.jobs_open {
+        if !self.jobs.open {
             return Ok(());
         }
-        match sys::read(self.stdin.as_fd(), &mut self.buf) {
+        match sys::read(self.jobs.stdin.as_fd(), &mut self.buf) {
             Ok(Some(n)) => {
                 let mut rest = 0;
                 while rest < n {
                     let (used, frame) =
-                        self.decoder.decode(&self.buf[rest..n]);
+                        self.jobs.decoder.decode(&self.buf[rest..n]);
                     rest += used;
                     match frame {
                         None => {}
@@ -554,8 +469,8 @@ impl Shard {
     }
 
     fn close_jobs(&mut self) {
-        self.jobs_open = false;
-        let _ = self.poller.delete(self.stdin.as_fd());
+        self.jobs.open = false;
+        let _ = self.poller.delete(self.jobs.stdin.as_fd());
     }
 
     /// On SIGCHLD. A child's pipe reaches EOF as it exits (or before),
@@ -566,7 +481,7 @@ impl Shard {
     fn reap(&mut self, now: Instant) {
         sys::drain_signals(&self.signals);
         let mut found = false;
-        for pid in std::mem::take(&mut self.eof_pending) {
+        for pid in std::mem::take(&mut self.children.eof_pending) {
             found |= self.reap_by_pid(pid);
         }
         if !found {
@@ -583,7 +498,7 @@ impl Shard {
                 true
             }
             sys::Reaped::Running => {
-                self.eof_pending.push(pid);
+                self.children.eof_pending.push(pid);
                 false
             }
             sys::Reaped::Gone => false,
@@ -593,10 +508,10 @@ impl Shard {
     /// Looks at every child for one that ended, at most once per
     /// [`SCAN_EVERY`].
     fn reap_all(&mut self, now: Instant) {
-        if now < self.next_scan {
+        if now < self.children.next_scan {
             return;
         }
-        self.next_scan = now + SCAN_EVERY;
+        self.children.next_scan = now + SCAN_EVERY;
         while let Some((pid, end)) = sys::reap() {
             self.reaped(pid, end);
         }
@@ -604,10 +519,10 @@ impl Shard {
 
     /// A child ended: pass it on, unless it never ran qmail-remote.
     fn reaped(&mut self, pid: Pid, end: ChildEnd) {
-        self.eof_pending.retain(|&p| p != pid);
-        let failed = self.spawner.exec_failure(pid);
-        let Some(id) = self.pids.remove(&pid) else { return };
-        if let Some(child) = self.child_mut(id) {
+        self.children.eof_pending.retain(|&p| p != pid);
+        let failed = self.launch.spawner.exec_failure(pid);
+        let Some(id) = self.children.pids.remove(&pid) else { return };
+        if let Some(child) = self.children.get_mut(id) {
             child.pid = None;
             if failed.is_some() {
                 // Its pipe says nothing more: it never ran.
@@ -622,16 +537,7 @@ impl Shard {
                 self.core.handle(Event::Exited(id, end), &mut self.effects)
             }
         }
-        self.forget_child(id);
-    }
-
-    fn child_mut(&mut self, id: SlotId) -> Option<&mut Child> {
-        match self.children.get_mut(id.index as usize) {
-            Some(Some(child)) if child.generation == id.generation => {
-                Some(child)
-            }
-            _ => None,
-        }
+        self.children.forget(id);
     }
 
     /// Reads a ready pipe until it is drained or at EOF (a child's
@@ -641,14 +547,7 @@ impl Shard {
     /// cannot starve the others.
     fn read_output(&mut self, id: SlotId) {
         for _ in 0..READS_PER_PASS {
-            let Some(child) = self.children.get_mut(id.index as usize) else {
-                return;
-            };
-            let Some(child) =
-                child.as_mut().filter(|c| c.generation == id.generation)
-            else {
-                return;
-            };
+            let Some(child) = self.children.get_mut(id) else { return };
             let Some(fd) = child.output.as_ref() else { return };
             match sys::read(fd.as_fd(), &mut self.buf) {
                 Ok(Some(n)) => {
@@ -672,20 +571,10 @@ impl Shard {
                     if let Some(pid) = pid {
                         self.reap_by_pid(pid);
                     }
-                    self.forget_child(id);
+                    self.children.forget(id);
                     return;
                 }
             }
-        }
-    }
-
-    /// Frees the child record once both its pid and its pipe are gone.
-    fn forget_child(&mut self, id: SlotId) {
-        if let Some(child) = self.child_mut(id)
-            && child.output.is_none()
-            && child.pid.is_none()
-        {
-            self.children[id.index as usize] = None;
         }
     }
 
@@ -695,11 +584,13 @@ impl Shard {
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Report { delnum, body } => {
-                    if self.results_open {
-                        Done { delnum, body }.encode(&mut self.out);
+                    if self.results.open {
+                        Done { delnum, body }.encode(&mut self.results.out);
                     }
                 }
-                Effect::Start { id, job } => self.starts.push_back((id, job)),
+                Effect::Start { id, job } => {
+                    self.launch.queue.push_back((id, job))
+                }
             }
         }
     }
@@ -710,10 +601,13 @@ impl Shard {
     fn start_some(&mut self) {
         for _ in 0..START_BATCH {
             // Never wait for a child's exec: results come first.
-            if self.starts.is_empty() || !self.spawner.can_start() {
+            if self.launch.queue.is_empty() || !self.launch.spawner.can_start()
+            {
                 break;
             }
-            let Some((id, job)) = self.starts.pop_front() else { break };
+            let Some((id, job)) = self.launch.queue.pop_front() else {
+                break;
+            };
             self.start(id, job);
         }
     }
@@ -721,24 +615,15 @@ impl Shard {
     fn start(&mut self, id: SlotId, job: Job) {
         let poller = &self.poller;
         let started = start::start(
-            &mut self.spawner,
-            &self.program,
+            &mut self.launch.spawner,
+            &self.launch.program,
             self.cfg.owner_uid,
             (&job.messid, &job.sender, &job.recipient),
             |output| poller.add(output, Interest::Read, token(OUTPUT, id)),
         );
         match started {
             Ok(started) => {
-                let index = id.index as usize;
-                if self.children.len() <= index {
-                    self.children.resize_with(index + 1, || None);
-                }
-                self.pids.insert(started.pid, id);
-                self.children[index] = Some(Child {
-                    generation: id.generation,
-                    pid: Some(started.pid),
-                    output: Some(started.output),
-                });
+                self.children.insert(id, started.pid, started.output)
             }
             Err(failure) => self.start_failed(id, failure),
         }
@@ -756,9 +641,74 @@ impl Shard {
         self.core
             .handle(Event::StartFailed(id, failure.body), &mut self.effects);
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.results_open {
+impl Launch {
+    /// The spawner of `cfg.remote`, with no start waiting.
+    fn new(cfg: &ShardConfig) -> io::Result<Launch> {
+        let program =
+            CString::new(cfg.remote.clone().into_vec()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NUL in the remote",
+                )
+            })?;
+        let spawner =
+            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
+        Ok(Launch { spawner, program, queue: VecDeque::new() })
+    }
+}
+
+impl Children {
+    fn new() -> Children {
+        Children {
+            slots: Vec::new(),
+            pids: HashMap::new(),
+            eof_pending: Vec::new(),
+            next_scan: Instant::now(),
+        }
+    }
+
+    fn get_mut(&mut self, id: SlotId) -> Option<&mut Child> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(Some(child)) if child.generation == id.generation => {
+                Some(child)
+            }
+            _ => None,
+        }
+    }
+
+    /// A child started in slot `id`.
+    fn insert(&mut self, id: SlotId, pid: Pid, output: OwnedFd) {
+        let index = id.index as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.pids.insert(pid, id);
+        self.slots[index] = Some(Child {
+            generation: id.generation,
+            pid: Some(pid),
+            output: Some(output),
+        });
+    }
+
+    /// Frees the child record once both its pid and its pipe are gone.
+    fn forget(&mut self, id: SlotId) {
+        if let Some(child) = self.get_mut(id)
+            && child.output.is_none()
+            && child.pid.is_none()
+        {
+            self.slots[id.index as usize] = None;
+        }
+    }
+}
+
+impl Results {
+    /// Writes what fd 1 takes now; watches it for room while anything
+    /// is left. A failed write drops this and every later result, and
+    /// is logged once.
+    fn flush(&mut self, poller: &Poller, log: &Log) -> io::Result<()> {
+        if !self.open {
             self.out.clear();
         }
         let mut written = 0;
@@ -767,28 +717,28 @@ impl Shard {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(e) => {
-                    self.log.warn(format_args!(
+                    log.warn(format_args!(
                         "unable to write results, dropping them: {e}"
                     ));
-                    self.results_open = false;
+                    self.open = false;
                     written = self.out.len();
                 }
             }
         }
         self.out.drain(..written);
         let want = !self.out.is_empty();
-        if want != self.out_watched {
+        if want != self.watched {
             let none = SlotId { index: 0, generation: 0 };
             if want {
-                self.poller.add(
+                poller.add(
                     self.stdout.as_fd(),
                     Interest::Write,
                     token(RESULTS, none),
                 )?;
             } else {
-                self.poller.delete(self.stdout.as_fd())?;
+                poller.delete(self.stdout.as_fd())?;
             }
-            self.out_watched = want;
+            self.watched = want;
         }
         Ok(())
     }

@@ -31,4 +31,5 @@
 pub mod adapt;
 pub mod core;
 pub mod driver;
+pub mod publish;
 pub mod start;
