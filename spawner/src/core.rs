@@ -183,6 +183,29 @@ impl KeyState {
     fn saturated(&self) -> bool {
         self.running >= self.limit() || !self.held.is_empty()
     }
+
+    /// The answer to a delivery for a suspended key, if it is.
+    fn suspended_refusal(&self) -> Option<Refusal> {
+        let s = self.adapt.suspension()?;
+        Some(Refusal::Suspended {
+            key: self.key.to_vec(),
+            until: utc(s.until_unix),
+            why: s.why.clone(),
+        })
+    }
+
+    /// The answer to a delivery that finds `waiting` held already: the
+    /// rate's if only the rate holds them (the key is `under` its
+    /// `limit`), else the limit's.
+    fn full_refusal(&self, limit: u32, under: bool, waiting: u32) -> Refusal {
+        let key = self.key.to_vec();
+        match self.rate() {
+            Some(rate) if under => {
+                Refusal::RateFull { key, rate: rate.to_string(), waiting }
+            }
+            _ => Refusal::HoldFull { key, limit, waiting },
+        }
+    }
 }
 
 /// Idle keys are remembered (with their counters, for the status page)
@@ -404,12 +427,7 @@ impl Core {
         }
         self.refresh(&key, now);
         let state = self.keys.get_mut(&key).expect("inserted above");
-        if let Some(s) = state.adapt.suspension() {
-            let refusal = Refusal::Suspended {
-                key: key.to_vec(),
-                until: utc(s.until_unix),
-                why: s.why.clone(),
-            };
+        if let Some(refusal) = state.suspended_refusal() {
             state.deferred += 1;
             self.counters.deferred_by_limit += 1;
             self.report(job.delnum, refusal.body(), effects);
@@ -435,14 +453,7 @@ impl Core {
         if waiting >= hold_max {
             self.counters.deferred_by_limit += 1;
             state.deferred += 1;
-            let refusal = match state.rate() {
-                Some(rate) if under => Refusal::RateFull {
-                    key: key.to_vec(),
-                    rate: rate.to_string(),
-                    waiting,
-                },
-                _ => Refusal::HoldFull { key: key.to_vec(), limit, waiting },
-            };
+            let refusal = state.full_refusal(limit, under, waiting);
             self.report(job.delnum, refusal.body(), effects);
             return;
         }

@@ -344,23 +344,7 @@ impl Shard {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             self.core.set_clock(now, unix);
-            self.tokens.clear();
-            self.tokens.extend(self.poller.tokens());
-            let mut sigchld = false;
-            for i in 0..self.tokens.len() {
-                let t = self.tokens[i];
-                let (kind, id) = untoken(t);
-                match kind {
-                    JOBS => self.read_jobs(now)?,
-                    RESULTS => {}
-                    SIGNALS => sigchld = true,
-                    _ => self.read_output(id),
-                }
-            }
-            // After the pipes: an EOF seen in this pass names its child.
-            if sigchld {
-                self.reap(now);
-            }
+            self.read_ready(now)?;
             self.core.handle(Event::Tick(now), &mut self.effects);
             // Results first: a child that ended must not wait for a
             // batch of spawns (each costs a clone and an exec) to be
@@ -380,6 +364,29 @@ impl Shard {
                 self.core.check_invariants();
             }
         }
+    }
+
+    /// Reads what the last wait found ready: jobs, children's output,
+    /// then (after the pipes, so that an EOF seen in this pass names its
+    /// child) the ends SIGCHLD announced.
+    fn read_ready(&mut self, now: Instant) -> Result<(), Breach> {
+        self.tokens.clear();
+        self.tokens.extend(self.poller.tokens());
+        let mut sigchld = false;
+        for i in 0..self.tokens.len() {
+            let t = self.tokens[i];
+            let (kind, id) = untoken(t);
+            match kind {
+                JOBS => self.read_jobs(now)?,
+                RESULTS => {}
+                SIGNALS => sigchld = true,
+                _ => self.read_output(id),
+            }
+        }
+        if sigchld {
+            self.reap(now);
+        }
+        Ok(())
     }
 
     /// The earliest of: the core's next deadline, the next status
