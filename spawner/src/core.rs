@@ -17,7 +17,9 @@
 //! of good deliveries, and a response rule can cap it, cap its rate, or
 //! suspend the key for a while. Every result of a qmail-remote that ran
 //! is judged by [`response::judge`]; the rules of the adaptation are in
-//! [`Core::learn`].
+//! [`adapt`](crate::adapt), which owns each key's limit, rate and
+//! suspension; this module owns the deliveries and carries out what
+//! adaptation asks.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -28,8 +30,11 @@ use shardspawn_common::frame::Job;
 use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
-use shardspawn_common::response::{self, Action, Responses, Verdict};
+use shardspawn_common::response::{self, Responses};
 use shardspawn_common::status::{KeyStatus, printable, utc};
+
+pub use crate::adapt::Policy;
+use crate::adapt::{Adaptation, Learned, Why};
 
 /// How many bits of a [`SlotId::generation`] are used: generations wrap
 /// at `1 << GENERATION_BITS`, because the driver packs one into an epoll
@@ -104,32 +109,6 @@ pub struct Counters {
     pub deferred_by_limit: u64,
 }
 
-/// How keys adapt: the settings of issue 7.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
-    /// The effective limit a key starts at; 0: no adaptation (the
-    /// effective limit is the configured one, but for rules).
-    pub initial: u32,
-    /// Site-level failures in a row that suspend a key; 0: never.
-    pub suspend_after: u32,
-    /// How long such a suspension lasts.
-    pub suspend_for: Duration,
-}
-
-impl Policy {
-    /// Configured limits as they are, no suspension: shardspawn before
-    /// issue 7.
-    pub const STATIC: Policy = Policy {
-        initial: 0,
-        suspend_after: 0,
-        suspend_for: Duration::from_secs(300),
-    };
-}
-
-/// The most failed probes in a row that make the next raise slower:
-/// after p of them a raise takes `limit × 2^p` good deliveries.
-const PROBES_MAX: u32 = 6;
-
 type Key = Rc<[u8]>;
 
 #[derive(Debug)]
@@ -158,53 +137,11 @@ struct Held {
     deadline: Instant,
 }
 
-/// Why a key's limit last changed. A raise in slow start happens on
-/// every good delivery at the limit, so it is recorded without a string
-/// and without a log line; every other change is rare and says itself.
-#[derive(Debug)]
-enum Why {
-    SlowStart,
-    Said(String),
-}
-
-/// A cap set by a response rule, until a moment.
-#[derive(Clone, Copy, Debug)]
-struct Timed<T> {
-    value: T,
-    until: Instant,
-}
-
-#[derive(Debug)]
-struct Suspension {
-    until: Instant,
-    /// `until` as Unix seconds, for texts.
-    until_unix: u64,
-    why: String,
-}
-
 #[derive(Debug)]
 struct KeyState {
     key: Key,
-    /// What the limits file gives it.
-    configured: Allowance,
-    /// The limit adaptation arrived at, `1..=configured.limit`.
-    adaptive: u32,
-    /// Until the first pushback: every good delivery at the limit raises
-    /// it by one.
-    slow_start: bool,
-    /// Good deliveries at the limit since the last change.
-    streak: u32,
-    /// Raises that were followed by pushback, in a row.
-    probes_failed: u32,
-    /// The last change of `adaptive` was a raise.
-    last_was_raise: bool,
-    /// Bumped at each lowering.
-    epoch: u32,
-    /// Site-level failures in a row.
-    failures: u32,
-    rule_limit: Option<Timed<u32>>,
-    rule_rate: Option<Timed<Rate>>,
-    suspended: Option<Suspension>,
+    /// Its limit, rate and suspension, and how they move.
+    adapt: Adaptation,
     /// The earliest moment the rate lets the next delivery start.
     next_start: Option<Instant>,
     /// The last change: Unix seconds and why.
@@ -224,16 +161,16 @@ struct KeyState {
 impl KeyState {
     /// The limit in force.
     fn limit(&self) -> u32 {
-        let rule = self.rule_limit.map_or(u32::MAX, |t| t.value);
-        self.adaptive.min(rule).min(self.configured.limit).max(1)
+        self.adapt.limit()
     }
 
     /// The rate in force, if any.
     fn rate(&self) -> Option<Rate> {
-        match (self.configured.rate, self.rule_rate.map(|t| t.value)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.adapt.rate()
+    }
+
+    fn suspended(&self) -> bool {
+        self.adapt.suspension().is_some()
     }
 
     /// Whether the rate lets a delivery start at `now`.
@@ -245,6 +182,29 @@ impl KeyState {
     /// now says the limit itself was fine.
     fn saturated(&self) -> bool {
         self.running >= self.limit() || !self.held.is_empty()
+    }
+
+    /// The answer to a delivery for a suspended key, if it is.
+    fn suspended_refusal(&self) -> Option<Refusal> {
+        let s = self.adapt.suspension()?;
+        Some(Refusal::Suspended {
+            key: self.key.to_vec(),
+            until: utc(s.until_unix),
+            why: s.why.clone(),
+        })
+    }
+
+    /// The answer to a delivery that finds `waiting` held already: the
+    /// rate's if only the rate holds them (the key is `under` its
+    /// `limit`), else the limit's.
+    fn full_refusal(&self, limit: u32, under: bool, waiting: u32) -> Refusal {
+        let key = self.key.to_vec();
+        match self.rate() {
+            Some(rate) if under => {
+                Refusal::RateFull { key, rate: rate.to_string(), waiting }
+            }
+            _ => Refusal::HoldFull { key, limit, waiting },
+        }
     }
 }
 
@@ -444,26 +404,9 @@ impl Core {
     }
 
     fn new_key(&self, key: &Key) -> KeyState {
-        let configured = (self.limit_of)(key);
-        let configured =
-            Allowance { limit: configured.limit.max(1), ..configured };
-        let adaptive = match self.policy.initial {
-            0 => configured.limit,
-            n => n.min(configured.limit),
-        };
         KeyState {
             key: key.clone(),
-            configured,
-            adaptive,
-            slow_start: true,
-            streak: 0,
-            probes_failed: 0,
-            last_was_raise: false,
-            epoch: 0,
-            failures: 0,
-            rule_limit: None,
-            rule_rate: None,
-            suspended: None,
+            adapt: Adaptation::new((self.limit_of)(key), &self.policy),
             next_start: None,
             changed: None,
             running: 0,
@@ -484,12 +427,7 @@ impl Core {
         }
         self.refresh(&key, now);
         let state = self.keys.get_mut(&key).expect("inserted above");
-        if let Some(s) = &state.suspended {
-            let refusal = Refusal::Suspended {
-                key: key.to_vec(),
-                until: utc(s.until_unix),
-                why: s.why.clone(),
-            };
+        if let Some(refusal) = state.suspended_refusal() {
             state.deferred += 1;
             self.counters.deferred_by_limit += 1;
             self.report(job.delnum, refusal.body(), effects);
@@ -507,20 +445,15 @@ impl Core {
         }
         let hold_max = self
             .hold_max
-            .unwrap_or_else(|| state.configured.limit.saturating_mul(4))
+            .unwrap_or_else(|| {
+                state.adapt.configured().limit.saturating_mul(4)
+            })
             .max(1);
         let waiting = u32::try_from(state.held.len()).unwrap_or(u32::MAX);
         if waiting >= hold_max {
             self.counters.deferred_by_limit += 1;
             state.deferred += 1;
-            let refusal = match state.rate() {
-                Some(rate) if under => Refusal::RateFull {
-                    key: key.to_vec(),
-                    rate: rate.to_string(),
-                    waiting,
-                },
-                _ => Refusal::HoldFull { key: key.to_vec(), limit, waiting },
-            };
+            let refusal = state.full_refusal(limit, under, waiting);
             self.report(job.delnum, refusal.body(), effects);
             return;
         }
@@ -545,7 +478,7 @@ impl Core {
         let Some(state) = self.keys.get_mut(key) else { return };
         if state.held.is_empty()
             || state.queued
-            || state.suspended.is_some()
+            || state.suspended()
             || state.running >= state.limit()
         {
             return;
@@ -577,7 +510,7 @@ impl Core {
             state.running += 1;
             state.started += 1;
             state.peak = state.peak.max(state.running);
-            epoch = state.epoch;
+            epoch = state.adapt.epoch();
             if let Some(rate) = state.rate() {
                 let now = self.now;
                 // Evenly spaced, no burst: the next start is one interval
@@ -637,7 +570,7 @@ impl Core {
             state.running -= 1;
             if !state.held.is_empty()
                 && state.running < state.limit()
-                && state.suspended.is_none()
+                && !state.suspended()
                 && !state.queued
                 && state.rate_allows(now)
             {
@@ -653,21 +586,9 @@ impl Core {
         self.forget_if_unused(&key);
     }
 
-    /// What a finished delivery teaches about its key.
-    ///
-    /// - A good delivery (`K`) ends a run of failures. If the key was
-    ///   saturated (at its limit, or with deliveries held), it counts
-    ///   toward a raise: in slow start (before any pushback) each one
-    ///   raises the limit by one; after it, `limit × 2^p` of them do,
-    ///   where p is the number of raises in a row that pushback undid
-    ///   (at most [`PROBES_MAX`]), so a limit that found the site's
-    ///   ceiling probes above it less and less often.
-    /// - Site-level pushback lowers the limit by one (not below 1), once
-    ///   per epoch: deliveries started before the last lowering are
-    ///   already accounted for. It also counts toward suspension.
-    /// - A rule's action caps the limit or the rate, or suspends the key,
-    ///   for the rule's duration.
-    /// - Anything else (a recipient's 4xx, a DNS failure) is neutral.
+    /// What a finished delivery teaches about its key (the rules are in
+    /// [`crate::adapt`]): a change is recorded and logged, a suspension
+    /// carried out, a rule's end becomes a wake-up.
     fn learn(
         &mut self,
         key: &Key,
@@ -676,118 +597,23 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         let now = self.now;
-        let unix = self.unix(now);
-        let adapt = self.policy.initial > 0;
-        // What the rules say, owned, so that the key can change below.
-        enum Lesson {
-            Good,
-            Pushback(String),
-            Timed(Action, Duration, String),
-            Neutral,
-        }
-        let lesson = match response::judge(&self.responses, body) {
-            Verdict::Good => Lesson::Good,
-            Verdict::Pushback(why) => Lesson::Pushback(why),
-            Verdict::Rule(rule) => Lesson::Timed(
-                rule.action,
-                rule.duration,
-                format!("{} matched \"{}\"", rule.origin, rule.pattern),
-            ),
-            Verdict::Neutral => Lesson::Neutral,
-        };
+        let verdict = response::judge(&self.responses, body);
         let Some(state) = self.keys.get_mut(key) else { return };
-        let before = state.limit();
-        let mut change: Option<String> = None;
-        let mut suspend: Option<(Instant, String)> = None;
-        match lesson {
-            Lesson::Neutral => {}
-            Lesson::Good => {
-                state.failures = 0;
-                if adapt
-                    && state.saturated()
-                    && state.adaptive < state.configured.limit
-                {
-                    state.streak += 1;
-                    let need = if state.slow_start {
-                        1
-                    } else {
-                        state.adaptive.saturating_mul(1 << state.probes_failed)
-                    };
-                    if state.streak >= need {
-                        if state.last_was_raise {
-                            // The last probe held: the ceiling moved up.
-                            state.probes_failed = 0;
-                        }
-                        state.adaptive += 1;
-                        state.streak = 0;
-                        state.last_was_raise = true;
-                        if state.slow_start {
-                            state.changed = Some((unix, Why::SlowStart));
-                        } else {
-                            change = Some(format!(
-                                "{need} good deliveries at the limit"
-                            ));
-                        }
-                    }
-                }
-            }
-            Lesson::Pushback(why) => {
-                state.failures = state.failures.saturating_add(1);
-                state.streak = 0;
-                if adapt {
-                    state.slow_start = false;
-                    if epoch == state.epoch && state.adaptive > 1 {
-                        if state.last_was_raise {
-                            state.probes_failed =
-                                (state.probes_failed + 1).min(PROBES_MAX);
-                        }
-                        state.adaptive =
-                            (state.adaptive.min(state.configured.limit) - 1)
-                                .max(1);
-                        state.epoch = state.epoch.wrapping_add(1);
-                        state.last_was_raise = false;
-                        change = Some(format!("site-level failure: {why}"));
-                    }
-                }
-                let n = state.failures;
-                // Deliveries that were running when the key was suspended
-                // end as they end; their failures do not extend it.
-                if self.policy.suspend_after > 0
-                    && n >= self.policy.suspend_after
-                    && state.suspended.is_none()
-                {
-                    suspend = Some((
-                        now + self.policy.suspend_for,
-                        format!("{n} site-level failures in a row"),
-                    ));
-                }
-            }
-            Lesson::Timed(action, duration, why) => {
-                let until = now + duration;
-                let secs = duration.as_secs();
-                match action {
-                    Action::Limit(n) => {
-                        state.rule_limit = Some(Timed { value: n, until });
-                        change = Some(format!("limit {n} for {secs}s: {why}"));
-                    }
-                    Action::Rate(r) => {
-                        state.rule_rate = Some(Timed { value: r, until });
-                        change = Some(format!("rate {r} for {secs}s: {why}"));
-                    }
-                    Action::Suspend => suspend = Some((until, why)),
-                    Action::Adapt | Action::Ignore => {}
-                }
-                self.wakeups.push(Reverse((until, key.clone())));
-            }
+        let saturated = state.saturated();
+        let Learned { change, suspend, wake } =
+            state.adapt.learn(verdict, epoch, saturated, now, &self.policy);
+        if let Some(at) = wake {
+            self.wakeups.push(Reverse((at, key.clone())));
         }
-        if let Some(why) = change {
-            let after = self.keys.get(key).map_or(before, KeyState::limit);
-            let line = if after != before {
-                format!("effective limit {before} -> {after}: {why}")
-            } else {
-                why
-            };
-            self.note(key, line);
+        match change {
+            None => {}
+            Some(Why::SlowStart) => {
+                let unix = self.unix(now);
+                if let Some(state) = self.keys.get_mut(key) {
+                    state.changed = Some((unix, Why::SlowStart));
+                }
+            }
+            Some(Why::Said(line)) => self.note(key, line),
         }
         if let Some((until, why)) = suspend {
             self.suspend(key, until, why, effects);
@@ -814,11 +640,9 @@ impl Core {
     ) {
         let until_unix = self.unix(until);
         let Some(state) = self.keys.get_mut(key) else { return };
-        if state.suspended.as_ref().is_some_and(|s| s.until >= until) {
+        if !state.adapt.suspend(until, until_unix, why.clone()) {
             return;
         }
-        state.suspended =
-            Some(Suspension { until, until_unix, why: why.clone() });
         let held: Vec<Held> = state.held.drain(..).collect();
         let refusal = Refusal::Suspended {
             key: key.to_vec(),
@@ -840,41 +664,10 @@ impl Core {
     /// suspension. A key back from suspension starts again at 1, in
     /// slow start.
     fn refresh(&mut self, key: &Key, now: Instant) {
-        let adapt = self.policy.initial > 0;
         let Some(state) = self.keys.get_mut(key) else { return };
-        let before = state.limit();
-        let mut ended = Vec::new();
-        if state.rule_limit.is_some_and(|t| t.until <= now) {
-            state.rule_limit = None;
-            ended.push("the rule's limit ended");
+        if let Some(line) = state.adapt.refresh(now, &self.policy) {
+            self.note(key, line);
         }
-        if state.rule_rate.is_some_and(|t| t.until <= now) {
-            state.rule_rate = None;
-            ended.push("the rule's rate ended");
-        }
-        if state.suspended.as_ref().is_some_and(|s| s.until <= now) {
-            state.suspended = None;
-            state.failures = 0;
-            if adapt {
-                state.adaptive = 1;
-                state.slow_start = true;
-                state.streak = 0;
-                state.probes_failed = 0;
-                state.last_was_raise = false;
-                state.epoch = state.epoch.wrapping_add(1);
-            }
-            ended.push("the suspension ended");
-        }
-        if ended.is_empty() {
-            return;
-        }
-        let after = state.limit();
-        let rate = state.rate().map_or("none".to_owned(), |r| r.to_string());
-        let line = format!(
-            "{}; effective limit {before} -> {after}, rate {rate}",
-            ended.join(", ")
-        );
-        self.note(key, line);
     }
 
     /// Keys whose wake-up has come: end what ended, and let held
@@ -898,7 +691,7 @@ impl Core {
             let Some(key) = self.ready.pop_front() else { break };
             let Some(state) = self.keys.get_mut(&key) else { continue };
             state.queued = false;
-            if state.running >= state.limit() || state.suspended.is_some() {
+            if state.running >= state.limit() || state.suspended() {
                 continue;
             }
             let now = self.now;
@@ -969,9 +762,7 @@ impl Core {
             && let Some(state) = self.keys.get(key)
             && state.running == 0
             && state.held.is_empty()
-            && state.suspended.is_none()
-            && state.rule_limit.is_none()
-            && state.rule_rate.is_none()
+            && !state.adapt.is_timed()
         {
             self.keys.remove(key);
         }
@@ -988,18 +779,11 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         self.limit_of = limit_of;
-        let adapt = self.policy.initial > 0;
         let keys: Vec<Key> = self.keys.keys().cloned().collect();
         for key in keys {
             let configured = (self.limit_of)(&key);
             let state = self.keys.get_mut(&key).expect("listed");
-            state.configured =
-                Allowance { limit: configured.limit.max(1), ..configured };
-            state.adaptive = if adapt {
-                state.adaptive.min(state.configured.limit)
-            } else {
-                state.configured.limit
-            };
+            state.adapt.configure(configured, &self.policy);
             self.kick(&key, self.now);
         }
         self.schedule(effects);
@@ -1014,7 +798,7 @@ impl Core {
             let busy = |k: &KeyState| k.running as usize + k.held.len();
             busy(b)
                 .cmp(&busy(a))
-                .then(b.suspended.is_some().cmp(&a.suspended.is_some()))
+                .then(b.suspended().cmp(&a.suspended()))
                 .then(b.held_total.cmp(&a.held_total))
                 .then(b.started.cmp(&a.started))
                 .then(a.key.cmp(&b.key))
@@ -1025,14 +809,14 @@ impl Core {
                 key: printable(&k.key),
                 running: k.running,
                 held: k.held.len() as u32,
-                limit: k.configured.limit,
+                limit: k.adapt.configured().limit,
                 effective: k.limit(),
                 rate: k.rate().map_or_else(String::new, |r| r.to_string()),
                 suspended_until: k
-                    .suspended
-                    .as_ref()
+                    .adapt
+                    .suspension()
                     .map_or(0, |s| s.until_unix),
-                failures: k.failures,
+                failures: k.adapt.failures(),
                 peak: k.peak,
                 started: k.started,
                 held_total: k.held_total,
@@ -1043,7 +827,7 @@ impl Core {
                     Some(Why::SlowStart) => format!(
                         "raised to {} in slow start: good deliveries at \
                          the limit",
-                        k.adaptive
+                        k.adapt.adaptive()
                     ),
                     Some(Why::Said(line)) => line.clone(),
                 },
@@ -1079,11 +863,11 @@ impl Core {
             assert_eq!(n, state.running, "key count drifted");
             assert!(state.limit() >= 1, "a limit below 1");
             assert!(
-                state.adaptive <= state.configured.limit,
+                state.adapt.adaptive() <= state.adapt.configured().limit,
                 "adaptation above the configured limit"
             );
             assert!(
-                state.suspended.is_none() || state.held.is_empty(),
+                !state.suspended() || state.held.is_empty(),
                 "a suspended key holds deliveries"
             );
         }

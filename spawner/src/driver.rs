@@ -7,8 +7,12 @@
 //! pipe per running delivery. All watched level-triggered in one epoll;
 //! each token packs (kind, slot generation, slot index), so an event for
 //! a slot that has since been reused is recognised and ignored.
+//!
+//! What the shard publishes once a second (status files, log summary)
+//! is [`crate::publish`]'s; a frame the shard cannot take comes back to
+//! [`run`] as a `Breach`, the one place the shard exits 101.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,21 +21,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use rustc_hash::FxHashMap;
 
 use shardspawn_common::frame::{
     Done, FrameDecoder, JOB, Job, LIMITS, RESPONSES,
 };
-use shardspawn_common::limits::Limits;
+use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
-use shardspawn_common::status::{ShardStatus, printable};
 
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 use shardspawn_os::spawn;
-use shardspawn_os::sys::{self, Interest, Poller, write_atomically};
+use shardspawn_os::sys::{self, Interest, Poller};
 
 use crate::core::{Core, Effect, Event, LimitFn, Policy, SlotId};
+use crate::publish::Publisher;
 use crate::start;
 
 const JOBS: u64 = 0;
@@ -65,16 +70,106 @@ struct Child {
     output: Option<OwnedFd>,
 }
 
+/// A frame from the supervisor that this shard cannot take. The
+/// supervisor checked everything it sends, so any of these means the two
+/// disagree on the framing: an internal-invariant breach, exit 101, and
+/// the supervisor answers every delnum the shard held.
+#[derive(Debug)]
+enum Breach {
+    /// A frame longer than [`MAX_JOB`], of this many bytes.
+    OversizeFrame(u32),
+    /// A job frame whose payload is not a job, for this delnum.
+    BadJob(u16),
+    /// A limits frame that does not parse.
+    BadLimits(LimitsError),
+    /// A response-rules frame that does not parse.
+    BadResponses(LimitsError),
+    /// A frame of a kind this shard does not know.
+    UnknownKind(u8),
+}
+
+/// The log line's text, after `fatal: `.
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Breach::OversizeFrame(len) => {
+                write!(f, "job frame of {len} bytes")
+            }
+            Breach::BadJob(delnum) => {
+                write!(f, "malformed job frame for delnum {delnum}")
+            }
+            Breach::BadLimits(e) => write!(f, "limits frame: {e}"),
+            Breach::BadResponses(e) => write!(f, "responses frame: {e}"),
+            Breach::UnknownKind(kind) => {
+                write!(f, "frame of unknown kind {kind}")
+            }
+        }
+    }
+}
+
+/// What a frame from the supervisor carries.
+enum Frame {
+    Job(Job),
+    Limits(Limits),
+    Responses(Responses),
+}
+
+impl Frame {
+    /// Checks a frame. Anything malformed means the supervisor and this
+    /// shard disagree on the framing: the supervisor checked every text
+    /// before sending it.
+    fn parse(kind: u8, delnum: u16, payload: &[u8]) -> Result<Frame, Breach> {
+        match kind {
+            JOB => Job::from_payload(delnum, payload)
+                .map(Frame::Job)
+                .ok_or(Breach::BadJob(delnum)),
+            LIMITS => Limits::parse(payload)
+                .map(Frame::Limits)
+                .map_err(Breach::BadLimits),
+            RESPONSES => Responses::parse(payload)
+                .map(Frame::Responses)
+                .map_err(Breach::BadResponses),
+            _ => Err(Breach::UnknownKind(kind)),
+        }
+    }
+}
+
+/// Why the loop stopped before its job pipe's EOF.
+enum Stop {
+    /// Waiting for or watching descriptors failed: exit 111.
+    Wait(io::Error),
+    /// The supervisor sent what it never sends: exit 101.
+    Breach(Breach),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Stop {
+        Stop::Wait(e)
+    }
+}
+
+impl From<Breach> for Stop {
+    fn from(b: Breach) -> Stop {
+        Stop::Breach(b)
+    }
+}
+
 /// Runs a shard until its job pipe reaches EOF and nothing is running or
-/// held. Returns the process exit code: 0, or 111 if setup failed.
+/// held. Returns the process exit code: 0; 111 if setup or the loop's
+/// waiting failed; 101 if the supervisor sent a frame it never sends
+/// ([`Breach`]). This is the one place a fatal error leaves the shard.
 pub fn run(cfg: ShardConfig, limit_of: LimitFn) -> i32 {
     let log = Log::new(format!("shard {}", cfg.index));
     match Shard::new(cfg, limit_of, log.clone()) {
         Ok(mut shard) => match shard.run() {
             Ok(()) => 0,
-            Err(e) => {
+            Err(Stop::Wait(e)) => {
                 log.fatal(format_args!("unable to wait for events: {e}"));
                 111
+            }
+            Err(Stop::Breach(breach)) => {
+                log.fatal(format_args!("{breach}"));
+                101
             }
         },
         Err(e) => {
@@ -90,39 +185,62 @@ struct Shard {
     core: Core,
     poller: Poller,
     signals: nix::sys::signalfd::SignalFd,
+    jobs: Jobs,
+    results: Results,
+    children: Children,
+    launch: Launch,
+    publisher: Publisher,
+    /// One read's worth of a pipe, reused for every read.
+    buf: Vec<u8>,
+    /// What the core asked for in this pass, reused.
+    effects: Vec<Effect>,
+    /// The tokens of the last wait (kept to reuse its allocation).
+    tokens: Vec<u64>,
+}
+
+/// Frames from the supervisor on fd 0.
+struct Jobs {
     stdin: io::Stdin,
-    stdout: io::Stdout,
     decoder: FrameDecoder,
-    jobs_open: bool,
-    results_open: bool,
+    /// Not yet at EOF (or a read error, taken as one).
+    open: bool,
+}
+
+/// Done frames on their way to the supervisor on fd 1.
+struct Results {
+    stdout: io::Stdout,
+    /// Encoded, not yet written.
     out: Vec<u8>,
-    out_watched: bool,
+    /// Writing has not failed: once it has, results are dropped.
+    open: bool,
+    /// fd 1 is in the epoll, for room to write.
+    watched: bool,
+}
+
+/// The children running, by slot and by pid.
+struct Children {
     /// Per slot index: the child running there, if started.
-    children: Vec<Option<Child>>,
-    pids: HashMap<Pid, SlotId>,
+    slots: Vec<Option<Child>>,
+    /// Pids are the kernel's, not a stranger's: FxHash, which is some
+    /// three times cheaper than SipHash for an insert and a remove per
+    /// delivery, cannot be flooded here. (The core's map of keys, which
+    /// senders choose, stays keyed SipHash.)
+    pids: FxHashMap<Pid, SlotId>,
     /// Children whose pipe is at EOF but who had not ended when it was
     /// seen (a child closes its pipe in its exit a moment before it can
     /// be reaped): each SIGCHLD tries these by pid.
     eof_pending: Vec<Pid>,
     /// When to look at every child for an end not found by pid.
     next_scan: Instant,
-    buf: Vec<u8>,
-    effects: Vec<Effect>,
-    /// Starts the core decided on, not yet carried out.
-    starts: VecDeque<(SlotId, Job)>,
-    /// The tokens of the last wait (kept to reuse its allocation).
-    tokens: Vec<u64>,
-    /// When it started, for the status page.
-    started: SystemTime,
-    /// When to publish status next.
-    next_status: Instant,
-    /// A status write failed and was logged; do not log it again.
-    status_failed: bool,
-    /// Deferrals by limit already reported in the log.
-    deferred_logged: u64,
+}
+
+/// How children are started, and the starts waiting for it.
+struct Launch {
     /// How every child is spawned, and the program (argv\[0\]).
     spawner: spawn::Spawner,
     program: CString,
+    /// Starts the core decided on, not yet carried out.
+    queue: VecDeque<(SlotId, Job)>,
 }
 
 /// Most children started per loop pass, so that ends keep being noticed
@@ -142,15 +260,6 @@ const PAD_POLL: Duration = Duration::from_millis(1);
 /// Most reads of one child's pipe per pass (64 KiB each).
 const READS_PER_PASS: usize = 4;
 
-/// How often a shard publishes its status.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-/// Most changes of keys logged a second, one line each.
-const CHANGES_LOGGED: usize = 50;
-
-/// How many keys the status page lists.
-const STATUS_KEYS: usize = 20;
-
 impl Shard {
     fn new(
         cfg: ShardConfig,
@@ -158,15 +267,7 @@ impl Shard {
         log: Log,
     ) -> io::Result<Shard> {
         // First: the spawner takes its staging descriptors (from fd 3).
-        let program =
-            CString::new(cfg.remote.clone().into_vec()).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "NUL in the remote",
-                )
-            })?;
-        let spawner =
-            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
+        let launch = Launch::new(&cfg)?;
         let signals = sys::signal_fd(&[Signal::SIGCHLD])?;
         let poller = Poller::new(1024)?;
         let stdin = io::stdin();
@@ -189,37 +290,35 @@ impl Shard {
             policy,
             Instant::now(),
         );
+        let publisher =
+            Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone());
         Ok(Shard {
             cfg,
             log,
             core,
             poller,
             signals,
-            stdin,
-            stdout,
-            decoder: FrameDecoder::new(MAX_JOB),
-            jobs_open: true,
-            results_open: true,
-            out: Vec::new(),
-            out_watched: false,
-            children: Vec::new(),
-            pids: HashMap::new(),
-            eof_pending: Vec::new(),
-            next_scan: Instant::now(),
+            jobs: Jobs {
+                stdin,
+                decoder: FrameDecoder::new(MAX_JOB),
+                open: true,
+            },
+            results: Results {
+                stdout,
+                out: Vec::new(),
+                open: true,
+                watched: false,
+            },
+            children: Children::new(),
+            launch,
+            publisher,
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
-            starts: VecDeque::new(),
             tokens: Vec::new(),
-            started: SystemTime::now(),
-            next_status: Instant::now(),
-            status_failed: false,
-            deferred_logged: 0,
-            spawner,
-            program,
         })
     }
 
-    fn run(&mut self) -> io::Result<()> {
+    fn run(&mut self) -> Result<(), Stop> {
         self.log.info(format_args!(
             "started: pid {}, remote {}, at most {} running",
             std::process::id(),
@@ -227,74 +326,39 @@ impl Shard {
             self.cfg.max_running
         ));
         loop {
-            if !self.jobs_open
+            if !self.jobs.open
                 && self.core.is_idle()
-                && (self.out.is_empty() || !self.results_open)
+                && (self.results.out.is_empty() || !self.results.open)
             {
-                self.publish();
-                self.log_notes();
+                self.publisher.publish(&self.core);
+                self.publisher.log_notes(&mut self.core);
                 return Ok(());
             }
-            let mut deadline = self.core.next_deadline();
-            if self.cfg.state_dir.is_some() {
-                deadline =
-                    Some(deadline.map_or(self.next_status, |d| {
-                        d.min(self.next_status)
-                    }));
-            }
-            if !self.starts.is_empty() {
-                // Starts are waiting: only look, do not sleep; or, while
-                // every pad's child is before its exec, look again soon
-                // (a pad coming free is no event).
-                let now = Instant::now();
-                let at = if self.spawner.can_start() {
-                    now
-                } else {
-                    now + PAD_POLL
-                };
-                deadline = Some(deadline.map_or(at, |d| d.min(at)));
-            }
+            let deadline = self.deadline();
             self.poller.wait(deadline)?;
             // Children that exec'd since: their staged descriptors go, so
             // their pipes can reach EOF.
-            self.spawner.collect();
+            self.launch.spawner.collect();
             let now = Instant::now();
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             self.core.set_clock(now, unix);
-            self.tokens.clear();
-            self.tokens.extend(self.poller.tokens());
-            let mut sigchld = false;
-            for i in 0..self.tokens.len() {
-                let t = self.tokens[i];
-                let (kind, id) = untoken(t);
-                match kind {
-                    JOBS => self.read_jobs(now),
-                    RESULTS => {}
-                    SIGNALS => sigchld = true,
-                    _ => self.read_output(id),
-                }
-            }
-            // After the pipes: an EOF seen in this pass names its child.
-            if sigchld {
-                self.reap(now);
-            }
+            self.read_ready(now)?;
             self.core.handle(Event::Tick(now), &mut self.effects);
             // Results first: a child that ended must not wait for a
             // batch of spawns (each costs a clone and an exec) to be
             // reported. Then a bounded batch of starts, and back to the
             // kernel for more ends.
             self.apply();
-            self.flush()?;
+            self.results.flush(&self.poller, &self.log)?;
             self.start_some();
             self.apply();
-            self.flush()?;
-            if now >= self.next_status {
+            self.results.flush(&self.poller, &self.log)?;
+            if self.publisher.due(now) {
                 self.reap_all(now);
-                self.publish();
-                self.log_notes();
-                self.next_status = now + STATUS_EVERY;
+                self.publisher.publish(&self.core);
+                self.publisher.log_notes(&mut self.core);
             }
             if cfg!(debug_assertions) {
                 self.core.check_invariants();
@@ -302,120 +366,71 @@ impl Shard {
         }
     }
 
-    /// Once a second at most: which keys began holding, and how many
-    /// deliveries were deferred by a limit. One line each, however busy.
-    fn log_notes(&mut self) {
-        let mut notes = self.core.take_notes();
-        // A key can saturate, drain and saturate again within a second.
-        let mut seen = std::collections::HashSet::new();
-        notes.saturated.retain(|(key, _)| seen.insert(key.clone()));
-        if !notes.saturated.is_empty() {
-            let shown: Vec<String> = notes
-                .saturated
-                .iter()
-                .take(5)
-                .map(|(key, limit)| format!("{} ({limit})", printable(key)))
-                .collect();
-            let more = notes.saturated.len().saturating_sub(shown.len());
-            self.log.info(format_args!(
-                "holding deliveries for keys at their limit: {}{}",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            ));
-        }
-        // Each change of a key's limit, rate or suspension is a line of its
-        // own: they are what an admin looks for when a domain slows down.
-        // At most CHANGES_LOGGED a second, the rest counted.
-        let total = notes.changes.len();
-        for (key, what) in notes.changes.iter().take(CHANGES_LOGGED) {
-            self.log.info(format_args!("{}: {what}", printable(key)));
-        }
-        if total > CHANGES_LOGGED {
-            self.log.info(format_args!(
-                "and {} more changes of limits this second",
-                total - CHANGES_LOGGED
-            ));
-        }
-        let deferred = self.core.counters().deferred_by_limit;
-        if deferred > self.deferred_logged {
-            self.log.warn(format_args!(
-                "deferred {} deliveries that waited too long or found too many \
-                 waiting ({} since start)",
-                deferred - self.deferred_logged,
-                deferred
-            ));
-            self.deferred_logged = deferred;
-        }
-    }
-
-    /// Writes `shardN` and `shardN.prom` in the state directory, each to
-    /// `.new` first and renamed, so a reader never sees half a file.
-    fn publish(&mut self) {
-        let Some(dir) = &self.cfg.state_dir else { return };
-        let unix = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-        };
-        let counters = self.core.counters();
-        let status = ShardStatus {
-            shard: self.cfg.index,
-            pid: std::process::id(),
-            started: unix(self.started),
-            updated: unix(SystemTime::now()),
-            running: self.core.running(),
-            held: self.core.held(),
-            received: counters.received,
-            reported: counters.reported,
-            deferred_by_limit: counters.deferred_by_limit,
-            keys: self.core.key_status(STATUS_KEYS),
-        };
-        let name = format!("shard{}", self.cfg.index);
-        let result = write_atomically(dir, &name, status.render().as_bytes())
-            .and_then(|()| {
-                write_atomically(
-                    dir,
-                    &format!("{name}.prom"),
-                    status.prometheus().as_bytes(),
-                )
-            });
-        match result {
-            Ok(()) => self.status_failed = false,
-            Err(e) if !self.status_failed => {
-                self.status_failed = true;
-                self.log.warn(format_args!(
-                    "unable to write status in {}: {e}",
-                    dir.display()
-                ));
+    /// Reads what the last wait found ready: jobs, children's output,
+    /// then (after the pipes, so that an EOF seen in this pass names its
+    /// child) the ends SIGCHLD announced.
+    fn read_ready(&mut self, now: Instant) -> Result<(), Breach> {
+        self.tokens.clear();
+        self.tokens.extend(self.poller.tokens());
+        let mut sigchld = false;
+        for i in 0..self.tokens.len() {
+            let t = self.tokens[i];
+            let (kind, id) = untoken(t);
+            match kind {
+                JOBS => self.read_jobs(now)?,
+                RESULTS => {}
+                SIGNALS => sigchld = true,
+                _ => self.read_output(id),
             }
-            Err(_) => {}
         }
+        if sigchld {
+            self.reap(now);
+        }
+        Ok(())
     }
 
-    fn read_jobs(&mut self, now: Instant) {
-        if !self.jobs_open {
-            return;
+    /// The earliest of: the core's next deadline, the next status
+    /// publication, and (while starts wait) now or a moment from now.
+    fn deadline(&mut self) -> Option<Instant> {
+        let mut deadline = self.core.next_deadline();
+        if let Some(at) = self.publisher.deadline() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
-        match sys::read(self.stdin.as_fd(), &mut self.buf) {
+        if !self.launch.queue.is_empty() {
+            // Starts are waiting: only look, do not sleep; or, while
+            // every pad's child is before its exec, look again soon (a
+            // pad coming free is no event).
+            let now = Instant::now();
+            let at = if self.launch.spawner.can_start() {
+                now
+            } else {
+                now + PAD_POLL
+            };
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
+        deadline
+    }
+
+    /// Reads what fd 0 has and hands each whole frame on; a frame the
+    /// shard cannot take stops the loop.
+    fn read_jobs(&mut self, now: Instant) -> Result<(), Breach> {
+        if !self.jobs.open {
+            return Ok(());
+        }
+        match sys::read(self.jobs.stdin.as_fd(), &mut self.buf) {
             Ok(Some(n)) => {
                 let mut rest = 0;
                 while rest < n {
                     let (used, frame) =
-                        self.decoder.decode(&self.buf[rest..n]);
+                        self.jobs.decoder.decode(&self.buf[rest..n]);
                     rest += used;
                     match frame {
                         None => {}
                         Some(Ok((kind, delnum, payload))) => {
-                            self.frame(kind, delnum, &payload, now)
+                            self.frame(kind, delnum, &payload, now)?
                         }
                         Some(Err(e)) => {
-                            self.log.fatal(format_args!(
-                                "job frame of {} bytes",
-                                e.len
-                            ));
-                            std::process::exit(101);
+                            return Err(Breach::OversizeFrame(e.len));
                         }
                     }
                 }
@@ -427,65 +442,47 @@ impl Shard {
                 self.close_jobs();
             }
         }
+        Ok(())
     }
 
-    /// One frame from the supervisor. Anything malformed means the
-    /// supervisor and this shard disagree on the framing: an internal
-    /// error (exit 101), which the supervisor answers for us.
-    fn frame(&mut self, kind: u8, delnum: u16, payload: &[u8], now: Instant) {
-        match kind {
-            JOB => match Job::from_payload(delnum, payload) {
-                Some(job) => self
-                    .core
-                    .handle(Event::Job { job, now }, &mut self.effects),
-                None => {
-                    self.log.fatal(format_args!(
-                        "malformed job frame for delnum {delnum}"
-                    ));
-                    std::process::exit(101);
-                }
-            },
-            LIMITS => match Limits::parse(payload) {
-                Ok(limits) => {
-                    self.log.info(format_args!(
-                        "limits in force: default {}, {} rules",
-                        limits.default_limit(),
-                        limits.rules().count()
-                    ));
-                    let limit_of: LimitFn =
-                        Box::new(move |key| limits.allowance_of_key(key));
-                    self.core.set_limits(limit_of, &mut self.effects);
-                }
-                Err(e) => {
-                    // The supervisor checked this text before sending it.
-                    self.log.fatal(format_args!("limits frame: {e}"));
-                    std::process::exit(101);
-                }
-            },
-            RESPONSES => match Responses::parse(payload) {
-                Ok(responses) => {
-                    self.log.info(format_args!(
-                        "response rules in force: {} of the file, {} built in",
-                        responses.from_file(),
-                        responses.rules().len() - responses.from_file()
-                    ));
-                    self.core.set_responses(responses);
-                }
-                Err(e) => {
-                    self.log.fatal(format_args!("responses frame: {e}"));
-                    std::process::exit(101);
-                }
-            },
-            _ => {
-                self.log.fatal(format_args!("frame of unknown kind {kind}"));
-                std::process::exit(101);
+    /// One frame from the supervisor, carried out; a frame the shard
+    /// cannot take is a [`Breach`].
+    fn frame(
+        &mut self,
+        kind: u8,
+        delnum: u16,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), Breach> {
+        match Frame::parse(kind, delnum, payload)? {
+            Frame::Job(job) => {
+                self.core.handle(Event::Job { job, now }, &mut self.effects)
+            }
+            Frame::Limits(limits) => {
+                self.log.info(format_args!(
+                    "limits in force: default {}, {} rules",
+                    limits.default_limit(),
+                    limits.rules().count()
+                ));
+                let limit_of: LimitFn =
+                    Box::new(move |key| limits.allowance_of_key(key));
+                self.core.set_limits(limit_of, &mut self.effects);
+            }
+            Frame::Responses(responses) => {
+                self.log.info(format_args!(
+                    "response rules in force: {} of the file, {} built in",
+                    responses.from_file(),
+                    responses.rules().len() - responses.from_file()
+                ));
+                self.core.set_responses(responses);
             }
         }
+        Ok(())
     }
 
     fn close_jobs(&mut self) {
-        self.jobs_open = false;
-        let _ = self.poller.delete(self.stdin.as_fd());
+        self.jobs.open = false;
+        let _ = self.poller.delete(self.jobs.stdin.as_fd());
     }
 
     /// On SIGCHLD. A child's pipe reaches EOF as it exits (or before),
@@ -496,7 +493,7 @@ impl Shard {
     fn reap(&mut self, now: Instant) {
         sys::drain_signals(&self.signals);
         let mut found = false;
-        for pid in std::mem::take(&mut self.eof_pending) {
+        for pid in std::mem::take(&mut self.children.eof_pending) {
             found |= self.reap_by_pid(pid);
         }
         if !found {
@@ -513,7 +510,7 @@ impl Shard {
                 true
             }
             sys::Reaped::Running => {
-                self.eof_pending.push(pid);
+                self.children.eof_pending.push(pid);
                 false
             }
             sys::Reaped::Gone => false,
@@ -523,10 +520,10 @@ impl Shard {
     /// Looks at every child for one that ended, at most once per
     /// [`SCAN_EVERY`].
     fn reap_all(&mut self, now: Instant) {
-        if now < self.next_scan {
+        if now < self.children.next_scan {
             return;
         }
-        self.next_scan = now + SCAN_EVERY;
+        self.children.next_scan = now + SCAN_EVERY;
         while let Some((pid, end)) = sys::reap() {
             self.reaped(pid, end);
         }
@@ -534,10 +531,10 @@ impl Shard {
 
     /// A child ended: pass it on, unless it never ran qmail-remote.
     fn reaped(&mut self, pid: Pid, end: ChildEnd) {
-        self.eof_pending.retain(|&p| p != pid);
-        let failed = self.spawner.exec_failure(pid);
-        let Some(id) = self.pids.remove(&pid) else { return };
-        if let Some(child) = self.child_mut(id) {
+        self.children.eof_pending.retain(|&p| p != pid);
+        let failed = self.launch.spawner.exec_failure(pid);
+        let Some(id) = self.children.pids.remove(&pid) else { return };
+        if let Some(child) = self.children.get_mut(id) {
             child.pid = None;
             if failed.is_some() {
                 // Its pipe says nothing more: it never ran.
@@ -552,16 +549,7 @@ impl Shard {
                 self.core.handle(Event::Exited(id, end), &mut self.effects)
             }
         }
-        self.forget_child(id);
-    }
-
-    fn child_mut(&mut self, id: SlotId) -> Option<&mut Child> {
-        match self.children.get_mut(id.index as usize) {
-            Some(Some(child)) if child.generation == id.generation => {
-                Some(child)
-            }
-            _ => None,
-        }
+        self.children.forget(id);
     }
 
     /// Reads a ready pipe until it is drained or at EOF (a child's
@@ -571,14 +559,7 @@ impl Shard {
     /// cannot starve the others.
     fn read_output(&mut self, id: SlotId) {
         for _ in 0..READS_PER_PASS {
-            let Some(child) = self.children.get_mut(id.index as usize) else {
-                return;
-            };
-            let Some(child) =
-                child.as_mut().filter(|c| c.generation == id.generation)
-            else {
-                return;
-            };
+            let Some(child) = self.children.get_mut(id) else { return };
             let Some(fd) = child.output.as_ref() else { return };
             match sys::read(fd.as_fd(), &mut self.buf) {
                 Ok(Some(n)) => {
@@ -602,20 +583,10 @@ impl Shard {
                     if let Some(pid) = pid {
                         self.reap_by_pid(pid);
                     }
-                    self.forget_child(id);
+                    self.children.forget(id);
                     return;
                 }
             }
-        }
-    }
-
-    /// Frees the child record once both its pid and its pipe are gone.
-    fn forget_child(&mut self, id: SlotId) {
-        if let Some(child) = self.child_mut(id)
-            && child.output.is_none()
-            && child.pid.is_none()
-        {
-            self.children[id.index as usize] = None;
         }
     }
 
@@ -625,11 +596,13 @@ impl Shard {
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Report { delnum, body } => {
-                    if self.results_open {
-                        Done { delnum, body }.encode(&mut self.out);
+                    if self.results.open {
+                        Done { delnum, body }.encode(&mut self.results.out);
                     }
                 }
-                Effect::Start { id, job } => self.starts.push_back((id, job)),
+                Effect::Start { id, job } => {
+                    self.launch.queue.push_back((id, job))
+                }
             }
         }
     }
@@ -640,10 +613,13 @@ impl Shard {
     fn start_some(&mut self) {
         for _ in 0..START_BATCH {
             // Never wait for a child's exec: results come first.
-            if self.starts.is_empty() || !self.spawner.can_start() {
+            if self.launch.queue.is_empty() || !self.launch.spawner.can_start()
+            {
                 break;
             }
-            let Some((id, job)) = self.starts.pop_front() else { break };
+            let Some((id, job)) = self.launch.queue.pop_front() else {
+                break;
+            };
             self.start(id, job);
         }
     }
@@ -651,24 +627,15 @@ impl Shard {
     fn start(&mut self, id: SlotId, job: Job) {
         let poller = &self.poller;
         let started = start::start(
-            &mut self.spawner,
-            &self.program,
+            &mut self.launch.spawner,
+            &self.launch.program,
             self.cfg.owner_uid,
             (&job.messid, &job.sender, &job.recipient),
             |output| poller.add(output, Interest::Read, token(OUTPUT, id)),
         );
         match started {
             Ok(started) => {
-                let index = id.index as usize;
-                if self.children.len() <= index {
-                    self.children.resize_with(index + 1, || None);
-                }
-                self.pids.insert(started.pid, id);
-                self.children[index] = Some(Child {
-                    generation: id.generation,
-                    pid: Some(started.pid),
-                    output: Some(started.output),
-                });
+                self.children.insert(id, started.pid, started.output)
             }
             Err(failure) => self.start_failed(id, failure),
         }
@@ -686,9 +653,74 @@ impl Shard {
         self.core
             .handle(Event::StartFailed(id, failure.body), &mut self.effects);
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.results_open {
+impl Launch {
+    /// The spawner of `cfg.remote`, with no start waiting.
+    fn new(cfg: &ShardConfig) -> io::Result<Launch> {
+        let program =
+            CString::new(cfg.remote.clone().into_vec()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NUL in the remote",
+                )
+            })?;
+        let spawner =
+            spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
+        Ok(Launch { spawner, program, queue: VecDeque::new() })
+    }
+}
+
+impl Children {
+    fn new() -> Children {
+        Children {
+            slots: Vec::new(),
+            pids: FxHashMap::default(),
+            eof_pending: Vec::new(),
+            next_scan: Instant::now(),
+        }
+    }
+
+    fn get_mut(&mut self, id: SlotId) -> Option<&mut Child> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(Some(child)) if child.generation == id.generation => {
+                Some(child)
+            }
+            _ => None,
+        }
+    }
+
+    /// A child started in slot `id`.
+    fn insert(&mut self, id: SlotId, pid: Pid, output: OwnedFd) {
+        let index = id.index as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.pids.insert(pid, id);
+        self.slots[index] = Some(Child {
+            generation: id.generation,
+            pid: Some(pid),
+            output: Some(output),
+        });
+    }
+
+    /// Frees the child record once both its pid and its pipe are gone.
+    fn forget(&mut self, id: SlotId) {
+        if let Some(child) = self.get_mut(id)
+            && child.output.is_none()
+            && child.pid.is_none()
+        {
+            self.slots[id.index as usize] = None;
+        }
+    }
+}
+
+impl Results {
+    /// Writes what fd 1 takes now; watches it for room while anything
+    /// is left. A failed write drops this and every later result, and
+    /// is logged once.
+    fn flush(&mut self, poller: &Poller, log: &Log) -> io::Result<()> {
+        if !self.open {
             self.out.clear();
         }
         let mut written = 0;
@@ -697,29 +729,86 @@ impl Shard {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(e) => {
-                    self.log.warn(format_args!(
+                    log.warn(format_args!(
                         "unable to write results, dropping them: {e}"
                     ));
-                    self.results_open = false;
+                    self.open = false;
                     written = self.out.len();
                 }
             }
         }
         self.out.drain(..written);
         let want = !self.out.is_empty();
-        if want != self.out_watched {
+        if want != self.watched {
             let none = SlotId { index: 0, generation: 0 };
             if want {
-                self.poller.add(
+                poller.add(
                     self.stdout.as_fd(),
                     Interest::Write,
                     token(RESULTS, none),
                 )?;
             } else {
-                self.poller.delete(self.stdout.as_fd())?;
+                poller.delete(self.stdout.as_fd())?;
             }
-            self.out_watched = want;
+            self.watched = want;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breach(kind: u8, payload: &[u8]) -> String {
+        match Frame::parse(kind, 7, payload) {
+            Ok(_) => panic!("frame of kind {kind} taken"),
+            Err(breach) => breach.to_string(),
+        }
+    }
+
+    /// Each breach's log line, as the shard wrote it before the breach
+    /// was a value: `shardspawn: shard N: fatal: ` and this.
+    #[test]
+    fn each_breach_says_what_the_shard_could_not_take() {
+        assert_eq!(breach(JOB, b""), "malformed job frame for delnum 7");
+        assert_eq!(breach(9, b""), "frame of unknown kind 9");
+        assert_eq!(
+            breach(LIMITS, b"x.test:nope\n"),
+            format!(
+                "limits frame: {}",
+                Limits::parse(b"x.test:nope\n").err().unwrap()
+            )
+        );
+        assert!(
+            breach(RESPONSES, b"frob:1m:x\n").starts_with("responses frame: ")
+        );
+        assert_eq!(
+            Breach::OversizeFrame(MAX_JOB + 1).to_string(),
+            "job frame of 1048577 bytes"
+        );
+    }
+
+    #[test]
+    fn good_frames_are_taken() {
+        let job = Job {
+            delnum: 7,
+            messid: b"1/1".to_vec(),
+            sender: b"a@b".to_vec(),
+            recipient: b"u@x.test".to_vec(),
+            key: b"x.test".to_vec(),
+        };
+        let payload = b"1/1\0a@b\0u@x.test\0x.test\0";
+        assert!(
+            matches!(Frame::parse(JOB, 7, payload), Ok(Frame::Job(j)) if j == job)
+        );
+        assert!(matches!(
+            Frame::parse(LIMITS, 0, b"x.test:3\n"),
+            Ok(Frame::Limits(_))
+        ));
+        assert!(matches!(
+            Frame::parse(RESPONSES, 0, b""),
+            Ok(Frame::Responses(_))
+        ));
     }
 }

@@ -28,6 +28,8 @@
 //! [`Job`]: shardspawn_common::frame::Job
 //! [`Done`]: shardspawn_common::frame::Done
 
+pub mod adapt;
 pub mod core;
 pub mod driver;
+pub mod publish;
 pub mod start;

@@ -1,0 +1,610 @@
+//! How one key's limit moves: the adaptation of issue 7, as a small pure
+//! type. [`Adaptation`] owns a key's configured allowance, the limit
+//! adaptation has learned, the caps response rules set for a time, and
+//! the key's suspension; its methods take the moment and a verdict and
+//! say what changed and why.
+//!
+//! It never reads a clock, holds a delivery, or touches another key:
+//! the [`Core`](crate::core::Core) owns the FIFOs, the running counts
+//! and the wake-ups, and carries out what a [`Learned`] asks (log a
+//! change, suspend the key, look at it again at a moment).
+//!
+//! The rules, as the README states them:
+//!
+//! - A good delivery (`K`) ends a run of failures. If the key was
+//!   saturated (at its limit, or with deliveries held), it counts toward
+//!   a raise: in slow start (before any pushback) each one raises the
+//!   limit by one; after it, `limit × 2^p` of them do, where p is the
+//!   number of raises in a row that pushback undid (at most
+//!   [`PROBES_MAX`]), so a limit that found the site's ceiling probes
+//!   above it less and less often.
+//! - Site-level pushback lowers the limit by one (not below 1), once per
+//!   epoch: deliveries started before the last lowering are already
+//!   accounted for. It also counts toward suspension.
+//! - A rule's action caps the limit or the rate, or suspends the key,
+//!   for the rule's duration; when it ends, the key has again what
+//!   adaptation learned meanwhile.
+//! - Anything else (a recipient's 4xx, a DNS failure) is neutral.
+
+use std::time::{Duration, Instant};
+
+use shardspawn_common::limits::{Allowance, Rate};
+use shardspawn_common::response::{Action, ResponseRule, Verdict};
+
+/// How keys adapt: the settings of issue 7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The effective limit a key starts at; 0: no adaptation (the
+    /// effective limit is the configured one, but for rules).
+    pub initial: u32,
+    /// Site-level failures in a row that suspend a key; 0: never.
+    pub suspend_after: u32,
+    /// How long such a suspension lasts.
+    pub suspend_for: Duration,
+}
+
+impl Policy {
+    /// Configured limits as they are, no suspension: shardspawn before
+    /// issue 7.
+    pub const STATIC: Policy = Policy {
+        initial: 0,
+        suspend_after: 0,
+        suspend_for: Duration::from_secs(300),
+    };
+
+    fn adapts(&self) -> bool {
+        self.initial > 0
+    }
+}
+
+/// The most failed probes in a row that make the next raise slower:
+/// after p of them a raise takes `limit × 2^p` good deliveries.
+pub const PROBES_MAX: u32 = 6;
+
+/// Why a key's limit last changed. A raise in slow start happens on
+/// every good delivery at the limit, so it is recorded without a string
+/// and without a log line; every other change is rare and says itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Raised by one in slow start.
+    SlowStart,
+    /// A change as a log line says it.
+    Said(String),
+}
+
+/// What one result taught, for the core to carry out.
+#[must_use]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// The limit, rate or state changed: record it (and log it, unless
+    /// it is a raise in slow start).
+    pub change: Option<Why>,
+    /// Suspend the key until then, for this reason.
+    pub suspend: Option<(Instant, String)>,
+    /// A rule's cap ends then: look at the key again.
+    pub wake: Option<Instant>,
+}
+
+/// A cap set by a response rule, until a moment.
+#[derive(Clone, Copy, Debug)]
+struct Timed<T> {
+    value: T,
+    until: Instant,
+}
+
+/// A key refused until a moment.
+#[derive(Debug)]
+pub struct Suspension {
+    /// When it ends.
+    pub until: Instant,
+    /// `until` as Unix seconds, for texts.
+    pub until_unix: u64,
+    /// Why, as the refusal says it.
+    pub why: String,
+}
+
+/// One key's limit, rate and suspension, and what adaptation keeps to
+/// move them.
+#[derive(Debug)]
+pub struct Adaptation {
+    /// What the limits file gives it (its limit at least 1).
+    configured: Allowance,
+    /// The limit adaptation arrived at, `1..=configured.limit`.
+    adaptive: u32,
+    /// Until the first pushback: every good delivery at the limit raises
+    /// it by one.
+    slow_start: bool,
+    /// Good deliveries at the limit since the last change.
+    streak: u32,
+    /// Raises that were followed by pushback, in a row.
+    probes_failed: u32,
+    /// The last change of `adaptive` was a raise.
+    last_was_raise: bool,
+    /// Bumped at each lowering.
+    epoch: u32,
+    /// Site-level failures in a row.
+    failures: u32,
+    rule_limit: Option<Timed<u32>>,
+    rule_rate: Option<Timed<Rate>>,
+    suspended: Option<Suspension>,
+}
+
+impl Adaptation {
+    /// A key first seen: its configured allowance, and the initial limit
+    /// if `policy` adapts.
+    pub fn new(configured: Allowance, policy: &Policy) -> Adaptation {
+        let configured = floor(configured);
+        Adaptation {
+            configured,
+            adaptive: match policy.initial {
+                0 => configured.limit,
+                n => n.min(configured.limit),
+            },
+            slow_start: true,
+            streak: 0,
+            probes_failed: 0,
+            last_was_raise: false,
+            epoch: 0,
+            failures: 0,
+            rule_limit: None,
+            rule_rate: None,
+            suspended: None,
+        }
+    }
+
+    /// New limits: the configured allowance changes now, and an
+    /// effective limit above a lowered one comes down to it.
+    pub fn configure(&mut self, configured: Allowance, policy: &Policy) {
+        self.configured = floor(configured);
+        self.adaptive = if policy.adapts() {
+            self.adaptive.min(self.configured.limit)
+        } else {
+            self.configured.limit
+        };
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> u32 {
+        let rule = self.rule_limit.map_or(u32::MAX, |t| t.value);
+        self.adaptive.min(rule).min(self.configured.limit).max(1)
+    }
+
+    /// The rate in force, if any.
+    pub fn rate(&self) -> Option<Rate> {
+        match (self.configured.rate, self.rule_rate.map(|t| t.value)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the limits file gives the key.
+    pub fn configured(&self) -> Allowance {
+        self.configured
+    }
+
+    /// The limit adaptation arrived at, before any rule's cap.
+    pub fn adaptive(&self) -> u32 {
+        self.adaptive
+    }
+
+    /// Bumped at each lowering: a delivery remembers it at its start.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Site-level failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The key's suspension, while it lasts.
+    pub fn suspension(&self) -> Option<&Suspension> {
+        self.suspended.as_ref()
+    }
+
+    /// A rule's cap or a suspension is in force: the key must not be
+    /// forgotten, or it would end early.
+    pub fn is_timed(&self) -> bool {
+        self.suspended.is_some()
+            || self.rule_limit.is_some()
+            || self.rule_rate.is_some()
+    }
+
+    /// What a result of a delivery started in `epoch` teaches. The key
+    /// was `saturated` when it ended (running at its limit, or with
+    /// deliveries held): only then does a good result say the limit
+    /// itself was fine.
+    pub fn learn(
+        &mut self,
+        verdict: Verdict<'_>,
+        epoch: u32,
+        saturated: bool,
+        now: Instant,
+        policy: &Policy,
+    ) -> Learned {
+        let before = self.limit();
+        let mut learned = match verdict {
+            Verdict::Neutral => Learned::default(),
+            Verdict::Good => self.good(saturated, policy),
+            Verdict::Pushback(why) => self.pushback(&why, epoch, now, policy),
+            Verdict::Rule(rule) => self.rule(rule, now),
+        };
+        if let Some(Why::Said(why)) = &mut learned.change {
+            let after = self.limit();
+            if after != before {
+                *why = format!("effective limit {before} -> {after}: {why}");
+            }
+        }
+        learned
+    }
+
+    /// A good delivery: the failures end, and at the limit it counts
+    /// toward a raise.
+    fn good(&mut self, saturated: bool, policy: &Policy) -> Learned {
+        self.failures = 0;
+        if !policy.adapts()
+            || !saturated
+            || self.adaptive >= self.configured.limit
+        {
+            return Learned::default();
+        }
+        self.streak += 1;
+        let need = if self.slow_start {
+            1
+        } else {
+            self.adaptive.saturating_mul(1 << self.probes_failed)
+        };
+        if self.streak < need {
+            return Learned::default();
+        }
+        if self.last_was_raise {
+            // The last probe held: the ceiling moved up.
+            self.probes_failed = 0;
+        }
+        self.adaptive += 1;
+        self.streak = 0;
+        self.last_was_raise = true;
+        let why = if self.slow_start {
+            Why::SlowStart
+        } else {
+            Why::Said(format!("{need} good deliveries at the limit"))
+        };
+        Learned { change: Some(why), ..Learned::default() }
+    }
+
+    /// Site-level pushback: one step down once per epoch, and one more
+    /// failure in a row toward suspension.
+    fn pushback(
+        &mut self,
+        why: &str,
+        epoch: u32,
+        now: Instant,
+        policy: &Policy,
+    ) -> Learned {
+        let mut learned = Learned::default();
+        self.failures = self.failures.saturating_add(1);
+        self.streak = 0;
+        if policy.adapts() {
+            self.slow_start = false;
+            if epoch == self.epoch && self.adaptive > 1 {
+                if self.last_was_raise {
+                    self.probes_failed =
+                        (self.probes_failed + 1).min(PROBES_MAX);
+                }
+                self.adaptive =
+                    (self.adaptive.min(self.configured.limit) - 1).max(1);
+                self.epoch = self.epoch.wrapping_add(1);
+                self.last_was_raise = false;
+                learned.change =
+                    Some(Why::Said(format!("site-level failure: {why}")));
+            }
+        }
+        let n = self.failures;
+        // Deliveries that were running when the key was suspended end as
+        // they end; their failures do not extend it.
+        if policy.suspend_after > 0
+            && n >= policy.suspend_after
+            && self.suspended.is_none()
+        {
+            learned.suspend = Some((
+                now + policy.suspend_for,
+                format!("{n} site-level failures in a row"),
+            ));
+        }
+        learned
+    }
+
+    /// A rule with a timed action matched: cap the limit or the rate, or
+    /// ask for a suspension, until the rule's time ends.
+    fn rule(&mut self, rule: &ResponseRule, now: Instant) -> Learned {
+        let why = format!("{} matched \"{}\"", rule.origin, rule.pattern);
+        let until = now + rule.duration;
+        let secs = rule.duration.as_secs();
+        let mut learned = Learned { wake: Some(until), ..Learned::default() };
+        match rule.action {
+            Action::Limit(n) => {
+                self.rule_limit = Some(Timed { value: n, until });
+                let line = format!("limit {n} for {secs}s: {why}");
+                learned.change = Some(Why::Said(line));
+            }
+            Action::Rate(r) => {
+                self.rule_rate = Some(Timed { value: r, until });
+                let line = format!("rate {r} for {secs}s: {why}");
+                learned.change = Some(Why::Said(line));
+            }
+            Action::Suspend => learned.suspend = Some((until, why)),
+            // Never a timed verdict: `judge` turns them into pushback
+            // and neutral.
+            Action::Adapt | Action::Ignore => {}
+        }
+        learned
+    }
+
+    /// Suspends the key until `until` (`until_unix` in Unix seconds),
+    /// unless a suspension that lasts as long is in force already.
+    /// Whether it did.
+    pub fn suspend(
+        &mut self,
+        until: Instant,
+        until_unix: u64,
+        why: String,
+    ) -> bool {
+        if self.suspended.as_ref().is_some_and(|s| s.until >= until) {
+            return false;
+        }
+        self.suspended = Some(Suspension { until, until_unix, why });
+        true
+    }
+
+    /// Ends what has ended at `now`: a rule's cap, a suspension. A key
+    /// back from suspension starts again at 1, in slow start. The log
+    /// line, if anything ended.
+    pub fn refresh(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+    ) -> Option<String> {
+        let before = self.limit();
+        let mut ended = Vec::new();
+        if self.rule_limit.is_some_and(|t| t.until <= now) {
+            self.rule_limit = None;
+            ended.push("the rule's limit ended");
+        }
+        if self.rule_rate.is_some_and(|t| t.until <= now) {
+            self.rule_rate = None;
+            ended.push("the rule's rate ended");
+        }
+        if self.suspended.as_ref().is_some_and(|s| s.until <= now) {
+            self.suspended = None;
+            self.failures = 0;
+            if policy.adapts() {
+                self.adaptive = 1;
+                self.slow_start = true;
+                self.streak = 0;
+                self.probes_failed = 0;
+                self.last_was_raise = false;
+                self.epoch = self.epoch.wrapping_add(1);
+            }
+            ended.push("the suspension ended");
+        }
+        if ended.is_empty() {
+            return None;
+        }
+        let after = self.limit();
+        let rate = self.rate().map_or("none".to_owned(), |r| r.to_string());
+        Some(format!(
+            "{}; effective limit {before} -> {after}, rate {rate}",
+            ended.join(", ")
+        ))
+    }
+}
+
+/// A configured limit of 0 would stop the key for good: it is 1.
+fn floor(configured: Allowance) -> Allowance {
+    Allowance { limit: configured.limit.max(1), ..configured }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardspawn_common::response::Responses;
+
+    /// Initial 5, suspension after 4 failures for 60 s.
+    const POLICY: Policy = Policy {
+        initial: 5,
+        suspend_after: 4,
+        suspend_for: Duration::from_secs(60),
+    };
+
+    fn key(limit: u32) -> Adaptation {
+        Adaptation::new(limit.into(), &POLICY)
+    }
+
+    fn push(a: &mut Adaptation, now: Instant) -> Learned {
+        let epoch = a.epoch();
+        a.learn(
+            Verdict::Pushback("greeting failed".into()),
+            epoch,
+            true,
+            now,
+            &POLICY,
+        )
+    }
+
+    fn good(a: &mut Adaptation, now: Instant) -> Learned {
+        a.learn(Verdict::Good, a.epoch(), true, now, &POLICY)
+    }
+
+    /// Good deliveries at the limit until the next raise; how many.
+    fn raise(a: &mut Adaptation, now: Instant) -> u32 {
+        let limit = a.limit();
+        let mut n = 0;
+        while a.limit() == limit {
+            n += 1;
+            let _ = good(a, now);
+            assert!(n <= 1 << 20, "never raised");
+        }
+        n
+    }
+
+    #[test]
+    fn slow_start_raises_by_one_per_good_delivery_at_the_limit() {
+        let now = Instant::now();
+        let mut a = key(20);
+        assert_eq!(a.limit(), 5);
+        assert_eq!(good(&mut a, now).change, Some(Why::SlowStart));
+        assert_eq!(a.limit(), 6);
+        // Not at the limit, nothing waiting: it says nothing of the limit.
+        let idle = a.learn(Verdict::Good, 0, false, now, &POLICY);
+        assert_eq!((idle, a.limit()), (Learned::default(), 6));
+        // Never past the configured limit.
+        for _ in 0..40 {
+            let _ = good(&mut a, now);
+        }
+        assert_eq!(a.limit(), 20);
+        // Without adaptation, the configured limit from the start.
+        let fixed = Adaptation::new(20.into(), &Policy::STATIC);
+        assert_eq!(fixed.limit(), 20);
+    }
+
+    #[test]
+    fn the_first_pushback_lowers_by_one_and_ends_slow_start() {
+        let now = Instant::now();
+        let mut a = key(20);
+        let learned = push(&mut a, now);
+        let said = "effective limit 5 -> 4: site-level failure: greeting \
+                    failed";
+        assert_eq!(learned.change, Some(Why::Said(said.into())));
+        assert_eq!((a.limit(), a.failures()), (4, 1));
+        // Out of slow start: a raise now takes limit × 2^0 of them.
+        assert_eq!(raise(&mut a, now), 4);
+        assert_eq!(a.limit(), 5);
+    }
+
+    #[test]
+    fn pushback_lowers_once_per_epoch() {
+        let now = Instant::now();
+        let mut a = key(20);
+        let started = a.epoch();
+        let _ = push(&mut a, now);
+        // A delivery started before the lowering: counted, not lowered.
+        let verdict = Verdict::Pushback("greeting failed".into());
+        let late = a.learn(verdict, started, true, now, &POLICY);
+        assert_eq!(late.change, None);
+        assert_eq!((a.limit(), a.failures()), (4, 2));
+        // One started since: lowers again.
+        let _ = push(&mut a, now);
+        assert_eq!(a.limit(), 3);
+        // Never below 1.
+        for _ in 0..10 {
+            let _ = push(&mut a, now);
+        }
+        assert_eq!(a.limit(), 1);
+    }
+
+    #[test]
+    fn failed_probes_double_the_wait_for_the_next_up_to_2_to_the_6() {
+        let now = Instant::now();
+        let mut a = key(100);
+        let _ = push(&mut a, now);
+        assert_eq!(raise(&mut a, now), 4);
+        // Each probe to 5 is pushed back: the next takes twice as long.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let _ = push(&mut a, now);
+            assert_eq!(a.limit(), 4);
+            waits.push(raise(&mut a, now));
+        }
+        assert_eq!(waits, [8, 16, 32, 64, 128, 256, 256, 256]);
+        // A probe that holds is known to have held only at the next
+        // raise (still 5 × 2^6 away); the one after it is quick again.
+        assert_eq!(raise(&mut a, now), 320);
+        assert_eq!(raise(&mut a, now), 6);
+    }
+
+    #[test]
+    fn failures_in_a_row_suspend_and_a_good_delivery_resets_them() {
+        let now = Instant::now();
+        let mut a = key(20);
+        for _ in 0..3 {
+            assert_eq!(push(&mut a, now).suspend, None);
+        }
+        let _ = good(&mut a, now);
+        assert_eq!(a.failures(), 0);
+        for _ in 0..3 {
+            assert_eq!(push(&mut a, now).suspend, None);
+        }
+        let until = now + Duration::from_secs(60);
+        let why = "4 site-level failures in a row".to_owned();
+        assert_eq!(push(&mut a, now).suspend, Some((until, why.clone())));
+        assert!(a.suspend(until, 60, why.clone()));
+        assert!(!a.suspend(until, 60, why), "already until then");
+        // Failures of deliveries still running do not extend it.
+        assert_eq!(push(&mut a, now).suspend, None);
+        assert_eq!(a.refresh(now, &POLICY), None);
+        // At its end: 1, in slow start, no failures.
+        let line = a.refresh(until, &POLICY).unwrap();
+        assert_eq!(
+            line,
+            "the suspension ended; effective limit 1 -> 1, rate none"
+        );
+        assert!(a.suspension().is_none());
+        assert_eq!((a.limit(), a.failures()), (1, 0));
+        assert_eq!(good(&mut a, now).change, Some(Why::SlowStart));
+    }
+
+    #[test]
+    fn a_lowered_configured_limit_lowers_the_effective_one() {
+        let now = Instant::now();
+        let mut a = key(20);
+        for _ in 0..5 {
+            let _ = good(&mut a, now);
+        }
+        assert_eq!(a.limit(), 10);
+        a.configure(7.into(), &POLICY);
+        assert_eq!((a.limit(), a.adaptive()), (7, 7));
+        // Raised again, it does not jump back.
+        a.configure(20.into(), &POLICY);
+        assert_eq!(a.limit(), 7);
+        // Without adaptation, the configured limit is the limit.
+        let mut fixed = Adaptation::new(20.into(), &Policy::STATIC);
+        fixed.configure(3.into(), &Policy::STATIC);
+        assert_eq!(fixed.limit(), 3);
+        fixed.configure(30.into(), &Policy::STATIC);
+        assert_eq!(fixed.limit(), 30);
+    }
+
+    #[test]
+    fn a_rules_cap_ends_back_at_what_adaptation_learned() {
+        let now = Instant::now();
+        let rules = Responses::parse(b"limit=1:30s:slow down\n").unwrap();
+        let rule = &rules.rules()[0];
+        let mut a = key(20);
+        let learned = a.learn(Verdict::Rule(rule), 0, true, now, &POLICY);
+        let until = now + Duration::from_secs(30);
+        assert_eq!(learned.wake, Some(until));
+        assert_eq!(
+            learned.change,
+            Some(Why::Said(
+                "effective limit 5 -> 1: limit 1 for 30s: response rule 1 \
+                 matched \"slow down\""
+                    .into()
+            ))
+        );
+        assert_eq!(a.limit(), 1);
+        assert!(a.is_timed());
+        // Meanwhile adaptation goes on learning under the cap.
+        for _ in 0..3 {
+            let _ = good(&mut a, now);
+        }
+        assert_eq!((a.limit(), a.adaptive()), (1, 8));
+        assert_eq!(a.refresh(until - Duration::from_millis(1), &POLICY), None);
+        let line = a.refresh(until, &POLICY).unwrap();
+        assert_eq!(
+            line,
+            "the rule's limit ended; effective limit 1 -> 8, rate none"
+        );
+        assert_eq!(a.limit(), 8);
+        assert!(!a.is_timed());
+    }
+}
