@@ -3,17 +3,21 @@
 //! touches their pipes, and says plainly when nothing is running or what
 //! it reads is stale.
 
-use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lexopt::Arg::{Long, Short};
+use lexopt::Parser;
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use shardspawn_common::settings::Settings;
 use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
+
+use crate::cli::{self, Out, Usage, flag_value};
 
 const USAGE: &str = "\
 usage: shardspawn status [--json] [--keys N] [--state-dir DIR]
@@ -71,52 +75,70 @@ fn state_of(pid: u32, updated: u64, now: u64) -> State {
     }
 }
 
-/// Runs `status ...`; returns the exit code.
-pub fn main(args: &[OsString]) -> i32 {
-    let mut json = false;
-    let mut top = 10usize;
-    let mut dir: Option<PathBuf> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.to_str() {
-            Some("--json") => json = true,
-            Some("--keys") => {
-                match it.next().and_then(|v| v.to_str()?.parse().ok()) {
-                    Some(n) => top = n,
-                    None => return usage(),
-                }
+/// What `status` is asked to show.
+#[derive(Debug, PartialEq, Eq)]
+struct Ask {
+    json: bool,
+    /// How many of the busiest keys.
+    top: usize,
+    /// The state directory, if not the settings'.
+    dir: Option<PathBuf>,
+}
+
+/// Splits `status ...`; `None` for `--help`.
+fn parse(mut p: Parser) -> Result<Option<Ask>, Usage> {
+    let mut ask = Ask { json: false, top: 10, dir: None };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("help") | Short('h') => return Ok(None),
+            Long("json") => ask.json = true,
+            Long("keys") => {
+                let value = flag_value(&mut p, "--keys")?;
+                ask.top = value
+                    .to_str()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        Usage::new(format!(
+                            "--keys={}: not a number",
+                            value.display()
+                        ))
+                    })?;
             }
-            Some("--state-dir") => match it.next() {
-                Some(v) => dir = Some(PathBuf::from(v)),
-                None => return usage(),
-            },
-            _ => return usage(),
+            Long("state-dir") => {
+                ask.dir = Some(flag_value(&mut p, "--state-dir")?.into());
+            }
+            arg => return Err(arg.unexpected().into()),
         }
     }
-    let dir = match dir {
+    Ok(Some(ask))
+}
+
+/// Runs `status ...`; returns the exit code.
+pub fn main(p: Parser) -> i32 {
+    let ask = match parse(p) {
+        Ok(Some(ask)) => ask,
+        Ok(None) => return cli::help(USAGE),
+        Err(e) => return e.report("status"),
+    };
+    let dir = match ask.dir {
         Some(d) => d,
-        None => {
-            match Settings::from_env_and_args(&|k| std::env::var_os(k), &[]) {
-                Ok(s) => s.home.join(&s.state_dir),
-                Err(e) => {
-                    eprintln!("shardspawn status: bad setting: {e}");
-                    return 100;
-                }
+        None => match Settings::from_env(&|k| std::env::var_os(k)) {
+            Ok(s) => s.home.join(&s.state_dir),
+            Err(e) => {
+                eprintln!("shardspawn status: bad setting: {e}");
+                return 100;
             }
-        }
+        },
     };
     match gather(&dir) {
         Ok(view) => {
-            if json {
-                print!("{}", view.json(top));
-            } else {
-                print!("{}", view.text(top));
-            }
-            if view.supervisor.as_ref().is_some_and(|(_, s)| *s == State::Up) {
-                0
-            } else {
-                1
-            }
+            let up =
+                view.supervisor.as_ref().is_some_and(|(_, s)| *s == State::Up);
+            let page =
+                if ask.json { view.json(ask.top) } else { view.text(ask.top) };
+            let mut out = Out::new();
+            let r = out.write_all(page.as_bytes());
+            out.finish(r.map(|()| if up { 0 } else { 1 }))
         }
         Err(e) => {
             eprintln!(
@@ -126,11 +148,6 @@ pub fn main(args: &[OsString]) -> i32 {
             111
         }
     }
-}
-
-fn usage() -> i32 {
-    eprint!("{USAGE}");
-    100
 }
 
 /// Everything the state directory says.
