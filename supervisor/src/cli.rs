@@ -253,21 +253,22 @@ fn supervise(p: Parser) -> i32 {
         Ok(s) => s,
         Err(e) => {
             last_words_logger();
-            log.fatal(format_args!("bad setting: {e}"));
-            return 100;
+            let fatal = startup::Fatal::Setting(e);
+            log.fatal(format_args!("{fatal}"));
+            return fatal.code();
         }
     };
     let logs = match startup::start_logging(&settings) {
         Ok(logs) => logs,
         Err(fatal) => {
-            log.fatal(format_args!("{}", fatal.text()));
+            log.fatal(format_args!("{fatal}"));
             return fatal.code();
         }
     };
     let rt = match startup::prepare(&settings, &logs, &log) {
         Ok(rt) => rt,
         Err(fatal) => {
-            log.fatal(format_args!("{}", fatal.text()));
+            log.fatal(format_args!("{fatal}"));
             return fatal.code();
         }
     };

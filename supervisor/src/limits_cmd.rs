@@ -16,6 +16,7 @@ use shardspawn_common::response::{Action, Responses};
 use shardspawn_common::settings::Settings;
 
 use crate::cli::{self, Out, Usage, flag_value};
+use crate::startup::{ControlFileError, read_control};
 
 const USAGE: &str = "\
 usage: shardspawn limits check [FILE]
@@ -33,15 +34,20 @@ setting, else HOME/control/responserules) and lists every rule in force,
 in the order they are tried: the file's, then the built-in ones.
 ";
 
-/// How the limits file reads: absent (every domain gets the default), or
-/// parsed, or an error text for the log.
-pub fn load(path: &Path) -> Result<Option<Limits>, String> {
-    match std::fs::read(path) {
-        Ok(text) => Limits::parse(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("unable to read {}: {e}", path.display())),
+/// How the limits file reads: absent (every domain gets the default),
+/// or parsed. A file that was `named` must be there.
+pub fn load(
+    path: &Path,
+    named: bool,
+) -> Result<Option<Limits>, ControlFileError> {
+    match read_control(path)? {
+        Some(text) => Limits::parse(&text).map(Some).map_err(|error| {
+            ControlFileError::Parse { path: path.to_path_buf(), error }
+        }),
+        None if named => {
+            Err(ControlFileError::Missing { path: path.to_path_buf() })
+        }
+        None => Ok(None),
     }
 }
 
@@ -148,7 +154,7 @@ pub fn main(p: Parser) -> i32 {
 }
 
 fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
-    match load(path) {
+    match load(path, named) {
         Ok(Some(limits)) => {
             let (mut domains, mut subdomains, mut groups) = (0, 0, 0);
             for (_, rule) in limits.rules() {
@@ -168,7 +174,7 @@ fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
             )?;
             Ok(0)
         }
-        Ok(None) if !named => {
+        Ok(None) => {
             writeln!(
                 out,
                 "{}: absent: every domain is its own key with the default \
@@ -178,13 +184,9 @@ fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
             )?;
             Ok(0)
         }
-        Ok(None) => {
-            eprintln!("shardspawn limits: {}: no such file", path.display());
-            Ok(111)
-        }
         Err(e) => {
             eprintln!("shardspawn limits: {e}");
-            Ok(if e.starts_with("unable to read") { 111 } else { 100 })
+            Ok(e.code())
         }
     }
 }
@@ -196,15 +198,11 @@ fn explain(
     shards: u16,
     domains: &[OsString],
 ) -> io::Result<i32> {
-    let limits = match load(path) {
-        Ok(None) if named => {
-            eprintln!("shardspawn limits: {}: no such file", path.display());
-            return Ok(111);
-        }
+    let limits = match load(path, named) {
         Ok(limits) => limits,
         Err(e) => {
             eprintln!("shardspawn limits: {e}");
-            return Ok(100);
+            return Ok(e.code());
         }
     };
     let (limits, source) = match limits {
@@ -255,23 +253,23 @@ fn explain(
 
 /// `limits rules`: the response rules in force, one a line.
 fn rules(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
-    let (responses, what) = match std::fs::read(path) {
-        Ok(text) => match Responses::parse(&text) {
-            Ok(r) => (r, "ok"),
-            Err(e) => {
-                eprintln!("shardspawn limits: {}: {e}", path.display());
-                return Ok(100);
-            }
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !named => {
-            (Responses::built_in(), "absent")
+    let read = match read_control(path) {
+        Ok(Some(text)) => {
+            Responses::parse(&text).map(|r| (r, "ok")).map_err(|error| {
+                ControlFileError::Parse { path: path.to_path_buf(), error }
+            })
         }
+        Ok(None) if named => {
+            Err(ControlFileError::Missing { path: path.to_path_buf() })
+        }
+        Ok(None) => Ok((Responses::built_in(), "absent")),
+        Err(e) => Err(e),
+    };
+    let (responses, what) = match read {
+        Ok(read) => read,
         Err(e) => {
-            eprintln!(
-                "shardspawn limits: unable to read {}: {e}",
-                path.display()
-            );
-            return Ok(111);
+            eprintln!("shardspawn limits: {e}");
+            return Ok(e.code());
         }
     };
     writeln!(

@@ -241,3 +241,32 @@ fn a_closed_stdout_ends_a_command_quietly() {
     assert_eq!(stderr, "", "stderr of `limits explain ... | head -1`");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn an_unreadable_control_file_is_temporary_a_broken_one_is_not() {
+    // A directory reads as EISDIR, for root too: 111, as the file may
+    // read next time; a line that does not parse is 100.
+    let home = QmailHome::new().unwrap();
+    let dir = home.path().to_str().unwrap();
+    let broken = home.write_file("broken", b"d1.test:x\n").unwrap();
+    let broken = broken.to_str().unwrap();
+    let table: [(&[&str], i32); 5] = [
+        (&["limits", "check", dir], 111),
+        (&["limits", "rules", dir], 111),
+        (&["limits", "explain", "--limits", dir, "d1.test"], 111),
+        (&["limits", "check", broken], 100),
+        (&["limits", "explain", "d1.test", "--limits", broken], 100),
+    ];
+    for (args, code) in table {
+        let out = shardspawn(args, &[]);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let stderr = text(&out.stderr);
+        let want = if code == 111 {
+            format!("shardspawn limits: unable to read {dir}: ")
+        } else {
+            format!("shardspawn limits: {broken}: line 1: d1.test:x: ")
+        };
+        assert!(stderr.starts_with(&want), "{args:?}: {stderr}");
+        assert_eq!(text(&out.stdout), "", "{args:?}");
+    }
+}
