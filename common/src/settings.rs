@@ -54,24 +54,26 @@ pub enum QueueOwner {
 /// or other settings to be known", resolved by the supervisor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// qmail home. Default `/var/qmail`.
+    /// qmail home. Default [`DEFAULT_HOME`].
     pub home: PathBuf,
-    /// Shard processes; `None`: number of CPUs. At least 1, at most 1024.
+    /// Shard processes; `None`: number of CPUs. At least 1, at most
+    /// [`SHARDS_MAX`].
     pub shards: Option<u16>,
-    /// 1 or 2 delnum bytes. Default 1.
+    /// 1 or 2 delnum bytes. Default [`DEFAULT_DELNUM_WIDTH`].
     pub delnum_width: DelnumWidth,
-    /// Slots to announce; `None`: 255 with 1 byte, 32767 with 2. At least
-    /// 1; at most 255 with 1 byte and 65535 with 2.
+    /// Slots to announce; `None`: [`default_slots`], 255 with 1 byte,
+    /// 32767 with 2. At least 1; at most 255 with 1 byte and 65535 with 2.
     pub slots: Option<u32>,
-    /// Program to run per delivery; `None`: `qmail-remote` via PATH.
+    /// Program to run per delivery; `None`: [`DEFAULT_REMOTE`] via PATH.
     pub remote: Option<OsString>,
-    /// Owner of message files. Default `qmailq`.
+    /// Owner of message files. Default [`DEFAULT_QUEUE_OWNER`].
     pub queue_owner: QueueOwner,
-    /// Limits file; `None`: `HOME/control/concurrencydomains`.
+    /// Limits file; `None`: [`DEFAULT_LIMITS`] under the home.
     pub limits: Option<PathBuf>,
-    /// Live status directory. Default `/run/shardspawn`.
+    /// Live status directory. Default [`DEFAULT_STATE_DIR`].
     pub state_dir: PathBuf,
-    /// Longest a delivery waits for its key. Default 120 s; at least 1.
+    /// Longest a delivery waits for its key. Default [`DEFAULT_HOLD`];
+    /// at least 1 s.
     pub hold: Duration,
     /// Most deliveries waiting per key; `None`: 4 × the key's limit.
     pub hold_max: Option<u32>,
@@ -84,20 +86,59 @@ pub struct Settings {
     /// t` or `svlogd -tt`, whichever is found.
     pub logger: Option<Vec<OsString>>,
     /// The effective limit a key starts at (never above its configured
-    /// one); 0 turns adaptation off. Default 5.
+    /// one); 0 turns adaptation off. Default [`DEFAULT_INITIAL_LIMIT`].
     pub initial_limit: u32,
     /// Site-level failures in a row that suspend a key; 0: never.
-    /// Default 10.
+    /// Default [`DEFAULT_SUSPEND_AFTER`].
     pub suspend_after: u32,
-    /// How long such a suspension lasts. Default 300 s; at least 1.
+    /// How long such a suspension lasts. Default [`DEFAULT_SUSPEND`]; at
+    /// least 1 s.
     pub suspend: Duration,
-    /// Response rules file; `None`: `HOME/control/responserules`.
+    /// Response rules file; `None`: [`DEFAULT_RESPONSES`] under the home.
     pub responses: Option<PathBuf>,
 }
 
-/// The effective limit a key starts at, as Postfix's
-/// `initial_destination_concurrency`.
-pub const INITIAL_LIMIT: u32 = 5;
+// Each default is named once, here: the settings, the arguments a shard
+// is started with (`shard_config.rs`) and the supervisor use these.
+
+/// `SHARDSPAWN_HOME`: qmail's home.
+pub const DEFAULT_HOME: &str = "/var/qmail";
+
+/// `SHARDSPAWN_DELNUM_BYTES`: stock qmail-send's framing.
+pub const DEFAULT_DELNUM_WIDTH: DelnumWidth = DelnumWidth::One;
+
+/// `QMAILREMOTE`: the program run per delivery, found through PATH.
+pub const DEFAULT_REMOTE: &str = "qmail-remote";
+
+/// `SHARDSPAWN_QUEUE_OWNER`: qmail's queue user.
+pub const DEFAULT_QUEUE_OWNER: &str = "qmailq";
+
+/// `SHARDSPAWN_LIMITS`, under the home.
+pub const DEFAULT_LIMITS: &str = "control/concurrencydomains";
+
+/// `SHARDSPAWN_STATE_DIR`.
+pub const DEFAULT_STATE_DIR: &str = "/run/shardspawn";
+
+/// `SHARDSPAWN_HOLD_SECONDS`: longest a delivery waits for its key.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(120);
+
+/// `SHARDSPAWN_INITIAL_LIMIT`: the effective limit a key starts at, as
+/// Postfix's `initial_destination_concurrency`.
+pub const DEFAULT_INITIAL_LIMIT: u32 = 5;
+
+/// `SHARDSPAWN_SUSPEND_AFTER`: site-level failures in a row that
+/// suspend a key.
+pub const DEFAULT_SUSPEND_AFTER: u32 = 10;
+
+/// `SHARDSPAWN_SUSPEND_SECONDS`: how long a suspension lasts.
+pub const DEFAULT_SUSPEND: Duration = Duration::from_secs(300);
+
+/// `SHARDSPAWN_RESPONSES`, under the home.
+pub const DEFAULT_RESPONSES: &str = "control/responserules";
+
+/// Most shard processes (the default, the number of CPUs, is capped at
+/// this too).
+pub const SHARDS_MAX: u16 = 1024;
 
 /// A setting that did not parse. Displays as `SOURCE=VALUE: why`, e.g.
 /// `SHARDSPAWN_SLOTS=0: must be at least 1` or `--shards=x: not a
@@ -163,33 +204,14 @@ const TABLE: [(Name, &str, &str); 17] = [
     (Name::Responses, "SHARDSPAWN_RESPONSES", "--responses"),
 ];
 
-/// Most shard processes.
-const SHARDS_MAX: u64 = 1024;
-
 /// Longest hold we accept, in seconds. Far beyond any sane setting, and
 /// small enough that `Instant + hold` can never overflow (which panics).
 const HOLD_SECONDS_MAX: u64 = u32::MAX as u64;
 
-fn default_home() -> PathBuf {
-    PathBuf::from("/var/qmail")
-}
-
-fn default_queue_owner() -> QueueOwner {
-    QueueOwner::Name("qmailq".to_owned())
-}
-
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/run/shardspawn")
-}
-
-fn default_hold() -> Duration {
-    Duration::from_secs(120)
-}
-
-/// The slots announced when none are set: the most each framing can
-/// address (32767 in two bytes, as big-concurrency qmail-send reads a
-/// delnum's high byte as signed).
-fn default_slots(width: DelnumWidth) -> u32 {
+/// `SHARDSPAWN_SLOTS`: the slots announced when none are set, the most
+/// each framing can address (32767 in two bytes, as big-concurrency
+/// qmail-send reads a delnum's high byte as signed).
+pub fn default_slots(width: DelnumWidth) -> u32 {
     match width {
         DelnumWidth::One => 255,
         DelnumWidth::Two => 32767,
@@ -353,7 +375,7 @@ impl Settings {
         };
 
         let delnum_width = match get(Name::DelnumBytes) {
-            None => DelnumWidth::One,
+            None => DEFAULT_DELNUM_WIDTH,
             Some(r) => match r.number(0, u64::MAX) {
                 Ok(1) => DelnumWidth::One,
                 Ok(2) => DelnumWidth::Two,
@@ -383,12 +405,12 @@ impl Settings {
         let shards = match get(Name::Shards) {
             None => None,
             Some(r) => Some(
-                u16::try_from(r.number(1, SHARDS_MAX)?)
+                u16::try_from(r.number(1, SHARDS_MAX.into())?)
                     .expect("bounded above"),
             ),
         };
         let hold = match get(Name::HoldSeconds) {
-            None => default_hold(),
+            None => DEFAULT_HOLD,
             Some(r) => Duration::from_secs(r.number(1, HOLD_SECONDS_MAX)?),
         };
         let zero_or_count = |name| -> Result<Option<u32>, SettingsError> {
@@ -400,18 +422,19 @@ impl Settings {
                 )),
             }
         };
-        let initial_limit =
-            zero_or_count(Name::InitialLimit)?.unwrap_or(INITIAL_LIMIT);
-        let suspend_after = zero_or_count(Name::SuspendAfter)?.unwrap_or(10);
+        let initial_limit = zero_or_count(Name::InitialLimit)?
+            .unwrap_or(DEFAULT_INITIAL_LIMIT);
+        let suspend_after = zero_or_count(Name::SuspendAfter)?
+            .unwrap_or(DEFAULT_SUSPEND_AFTER);
         let suspend = match get(Name::SuspendSeconds) {
-            None => Duration::from_secs(300),
+            None => DEFAULT_SUSPEND,
             Some(r) => Duration::from_secs(r.number(1, HOLD_SECONDS_MAX)?),
         };
         Ok(Settings {
             home: get(Name::Home)
                 .map(Raw::path)
                 .transpose()?
-                .unwrap_or_else(default_home),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HOME)),
             shards,
             delnum_width,
             slots,
@@ -419,12 +442,14 @@ impl Settings {
             queue_owner: get(Name::QueueOwner)
                 .map(Raw::queue_owner)
                 .transpose()?
-                .unwrap_or_else(default_queue_owner),
+                .unwrap_or_else(|| {
+                    QueueOwner::Name(DEFAULT_QUEUE_OWNER.to_owned())
+                }),
             limits: get(Name::Limits).map(Raw::path).transpose()?,
             state_dir: get(Name::StateDir)
                 .map(Raw::path)
                 .transpose()?
-                .unwrap_or_else(default_state_dir),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             hold,
             hold_max: get(Name::HoldMax).map(Raw::count).transpose()?,
             max_running: get(Name::MaxRunning).map(Raw::count).transpose()?,
@@ -448,7 +473,7 @@ impl Settings {
         // `join` keeps an absolute setting as it is.
         match &self.limits {
             Some(path) => self.home.join(path),
-            None => self.home.join("control/concurrencydomains"),
+            None => self.home.join(DEFAULT_LIMITS),
         }
     }
 
@@ -456,7 +481,7 @@ impl Settings {
     pub fn responses_path(&self) -> PathBuf {
         match &self.responses {
             Some(path) => self.home.join(path),
-            None => self.home.join("control/responserules"),
+            None => self.home.join(DEFAULT_RESPONSES),
         }
     }
 }

@@ -16,7 +16,7 @@ use shardspawn_common::response::{Action, Responses};
 use shardspawn_common::settings::Settings;
 
 use crate::cli::{self, Out, Usage, flag_value};
-use crate::startup::{ControlFileError, read_control};
+use crate::startup::{ControlFileError, default_shards, read_control};
 
 const USAGE: &str = "\
 usage: shardspawn limits check [FILE]
@@ -139,11 +139,7 @@ pub fn main(p: Parser) -> i32 {
             rules(&mut out, &path, named)
         }
         Command::Explain(file, domains) => {
-            let shards = settings.shards.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get().min(1024) as u16)
-                    .unwrap_or(1)
-            });
+            let shards = settings.shards.unwrap_or_else(default_shards);
             let named = file.is_some();
             let path = file.unwrap_or_else(|| settings.limits_path());
             explain(&mut out, &path, named, shards, &domains)

@@ -17,7 +17,7 @@ use shardspawn_common::command::DelnumWidth;
 use shardspawn_common::control::ControlError;
 use shardspawn_common::limits::Limits;
 use shardspawn_common::response::Responses;
-use shardspawn_common::settings::{QueueOwner, Settings, SettingsError};
+use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 
@@ -298,6 +298,16 @@ pub fn start_logging(settings: &Settings) -> Result<LogSetup, Fatal> {
     Ok(LogSetup { dir: Some(dir), logger })
 }
 
+/// `SHARDSPAWN_SHARDS` when unset: the number of CPUs this process may
+/// run on, at most [`settings::SHARDS_MAX`]; the one default that needs
+/// the machine, so it is resolved here rather than in `settings`.
+pub fn default_shards() -> u16 {
+    std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        .unwrap_or(1)
+        .min(settings::SHARDS_MAX)
+}
+
 /// Does qmail-rspawn's startup duties and resolves the settings. On
 /// success the working directory is `HOME/queue/mess`.
 pub fn prepare(
@@ -369,11 +379,7 @@ pub fn prepare(
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
 
-    let shards = settings.shards.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX).min(1024))
-            .unwrap_or(1)
-    });
+    let shards = settings.shards.unwrap_or_else(default_shards);
     let requested = settings.requested_slots();
 
     // Each running delivery holds one descriptor in its shard (the read
@@ -417,7 +423,7 @@ pub fn prepare(
     let remote = settings
         .remote
         .clone()
-        .unwrap_or_else(|| OsString::from("qmail-remote"));
+        .unwrap_or_else(|| OsString::from(settings::DEFAULT_REMOTE));
     Ok(Runtime {
         width: settings.delnum_width,
         slots,
