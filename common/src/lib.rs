@@ -18,6 +18,8 @@
 //! - [`domain`]: the recipient's host, its normalised limit key, and the
 //!   stable key → shard hash.
 //! - [`frame`]: the plain framing between the supervisor and its shards.
+//! - [`control`]: what the control files share: their lines, and the
+//!   error that names one.
 //! - [`limits`]: the per-destination limits file, and which key and
 //!   limit a domain is counted under.
 //! - [`settings`]: the settings table, parsed from flags and environment.
@@ -31,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod command;
+pub mod control;
 pub mod domain;
 pub mod errno;
 pub mod frame;

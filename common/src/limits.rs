@@ -58,6 +58,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::control::{self, ControlError, trim};
 use crate::domain;
 
 /// The limit of a domain when the file is absent or has no default line.
@@ -187,25 +188,9 @@ pub enum Rule {
 }
 
 /// A line of the file that did not parse, or a group used and never
-/// defined. Displays as `line N: TEXT: why`; the caller adds the file's
-/// name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitsError {
-    /// 1-based line number.
-    pub line: usize,
-    /// The line as written, trimmed (lossy UTF-8).
-    pub text: String,
-    /// What is wrong.
-    pub why: String,
-}
-
-impl fmt::Display for LimitsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}: {}", self.line, self.text, self.why)
-    }
-}
-
-impl std::error::Error for LimitsError {}
+/// defined: the error of every control file. Displays as `line N: TEXT:
+/// why`; the caller adds the file's name.
+pub type LimitsError = ControlError;
 
 /// Which rule gave a match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,17 +278,8 @@ impl Limits {
         let mut limits = Limits::absent();
         // Each use of a group: line, text, name.
         let mut uses: Vec<(usize, &[u8], String)> = Vec::new();
-        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-            let line = i + 1;
-            let text = trim(raw);
-            let error = |why: String| LimitsError {
-                line,
-                text: String::from_utf8_lossy(text).into_owned(),
-                why,
-            };
-            if text.is_empty() || text[0] == b'#' {
-                continue;
-            }
+        for (line, text) in control::lines(text) {
+            let error = |why: String| ControlError::new(line, text, why);
             let rule = Rule::parse_trimmed(text).map_err(error)?;
             if let Rule::Domain(_, Value::Group(name))
             | Rule::Subdomain(_, Value::Group(name)) = &rule
@@ -320,11 +296,8 @@ impl Limits {
         let undefined =
             uses.into_iter().find(|(_, _, g)| !limits.groups.contains_key(g));
         if let Some((line, text, name)) = undefined {
-            return Err(LimitsError {
-                line,
-                text: String::from_utf8_lossy(text).into_owned(),
-                why: format!("group {name} is used but not defined"),
-            });
+            let why = format!("group {name} is used but not defined");
+            return Err(ControlError::new(line, text, why));
         }
         Ok(limits)
     }
@@ -636,18 +609,6 @@ impl fmt::Display for Value {
             Value::Group(name) => write!(f, "={name}"),
         }
     }
-}
-
-/// Blanks around a line, a key or a value: a file written on another
-/// system may end its lines in "\r\n".
-fn is_blank(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r')
-}
-
-pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| !is_blank(b)).unwrap_or(0);
-    let end = bytes.iter().rposition(|&b| !is_blank(b)).map_or(0, |i| i + 1);
-    bytes.get(start..end).unwrap_or_default()
 }
 
 /// A domain or suffix may hold any byte a recipient's host can, which

@@ -34,7 +34,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::limits::{LimitsError, Rate, trim};
+use crate::control::{self, ControlError, trim};
+use crate::limits::Rate;
 
 /// What a rule does when its pattern matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,20 +138,12 @@ impl Responses {
     }
 
     /// Parses the file's contents; the first bad line is the error.
-    pub fn parse(text: &[u8]) -> Result<Responses, LimitsError> {
+    pub fn parse(text: &[u8]) -> Result<Responses, ControlError> {
         let mut rules = Vec::new();
-        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-            let line = trim(raw);
-            if line.is_empty() || line[0] == b'#' {
-                continue;
-            }
-            let mut rule =
-                ResponseRule::parse(line).map_err(|why| LimitsError {
-                    line: i + 1,
-                    text: String::from_utf8_lossy(line).into_owned(),
-                    why,
-                })?;
-            rule.origin = Origin::Line(i + 1);
+        for (n, line) in control::lines(text) {
+            let mut rule = ResponseRule::parse(line)
+                .map_err(|why| ControlError::new(n, line, why))?;
+            rule.origin = Origin::Line(n);
             rules.push(rule);
         }
         let from_file = rules.len();

@@ -6,6 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::settings;
+
 /// A shard's resolved configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardConfig {
@@ -77,19 +79,21 @@ impl ShardConfig {
     /// Parses what [`ShardConfig::to_args`] wrote. Only the supervisor
     /// writes these, so an error names the argument and nothing more.
     pub fn from_args(args: &[OsString]) -> Result<ShardConfig, String> {
+        // The supervisor writes every setting; one left out is the
+        // settings' default.
         let mut cfg = ShardConfig {
             index: 0,
-            remote: OsString::from("qmail-remote"),
+            remote: OsString::from(settings::DEFAULT_REMOTE),
             owner_uid: 0,
             max_running: 1,
-            hold: Duration::from_secs(120),
+            hold: settings::DEFAULT_HOLD,
             hold_max: None,
             state_dir: None,
             log_dir: None,
             logger: Vec::new(),
-            initial_limit: 0,
-            suspend_after: 0,
-            suspend: Duration::from_secs(300),
+            initial_limit: settings::DEFAULT_INITIAL_LIMIT,
+            suspend_after: settings::DEFAULT_SUSPEND_AFTER,
+            suspend: settings::DEFAULT_SUSPEND,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -155,6 +159,16 @@ mod tests {
             suspend: Duration::from_millis(2500),
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
+    }
+
+    #[test]
+    fn a_setting_left_out_is_the_settings_default() {
+        let cfg = ShardConfig::from_args(&[]).unwrap();
+        assert_eq!(cfg.remote, settings::DEFAULT_REMOTE);
+        assert_eq!(cfg.hold, settings::DEFAULT_HOLD);
+        assert_eq!(cfg.initial_limit, settings::DEFAULT_INITIAL_LIMIT);
+        assert_eq!(cfg.suspend_after, settings::DEFAULT_SUSPEND_AFTER);
+        assert_eq!(cfg.suspend, settings::DEFAULT_SUSPEND);
     }
 
     #[test]

@@ -2,9 +2,26 @@
 //! flags run the supervisor; `simulate` runs the demo; `limits` and
 //! `status` are the admin's tools; `shard` is how the supervisor starts
 //! its shards.
+//!
+//! Every command line is split by `lexopt`, so all of them behave alike:
+//! `--help` prints the usage on stdout and exits 0, `--version` (or `-V`)
+//! prints `shardspawn VERSION`, and a flag or argument that is not
+//! understood is named on one line of stderr (`shardspawn: status:
+//! unknown flag --nope`) with exit 100, qmail's code for "retrying will
+//! not help". What a command prints goes through [`Out`], so a reader
+//! that goes away (`| head -1`) ends the command quietly, as ripgrep does,
+//! rather than in a panic: Rust ignores SIGPIPE, so a write to a closed
+//! pipe returns `BrokenPipe` instead of killing the process.
+//!
+//! The hidden `shard` command keeps its own argv contract
+//! ([`ShardConfig::from_args`]): only the supervisor writes it.
 
 use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
 
+use lexopt::Arg::{Long, Short};
+use lexopt::Parser;
 use shardspawn_common::settings::Settings;
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
@@ -15,36 +32,168 @@ const USAGE: &str = "\
 usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
                   [--remote PROG] [--queue-owner USER|UID] [--limits FILE]
                   [--state-dir DIR] [--hold-seconds N] [--hold-max N]
-                  [--max-running N] [--log-dir DIR]
+                  [--max-running N] [--log-dir DIR] [--logger PROG]
+                  [--initial-limit N] [--suspend-after N]
+                  [--suspend-seconds N] [--responses FILE]
        shardspawn simulate [--help] [options]
        shardspawn limits check [FILE]
-       shardspawn limits explain DOMAIN...
+       shardspawn limits explain [--limits FILE] DOMAIN...
+       shardspawn limits rules [FILE]
        shardspawn status [--json] [--keys N] [--state-dir DIR]
+       shardspawn --version
 
 Run with no arguments as qmail-rspawn under qmail-start: settings come
-from the SHARDSPAWN_* environment variables (and QMAILREMOTE).
+from the SHARDSPAWN_* environment variables (and QMAILREMOTE); a flag
+beats its variable. Each command takes --help.
 ";
 
 /// Runs the program; returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default().to_vec();
     match args.first().and_then(|a| a.to_str()) {
-        Some("shard") => shard(&args[1..]),
-        Some("simulate") => simulate(&args[1..]),
-        Some("limits") => limits_cmd::main(&args[1..]),
-        Some("status") => status_cmd::main(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
-            0
-        }
-        _ => supervise(&args),
+        Some("shard") => shard(&rest),
+        Some("simulate") => simulate(&rest),
+        Some("limits") => limits_cmd::main(Parser::from_args(rest)),
+        Some("status") => status_cmd::main(Parser::from_args(rest)),
+        Some("help") => help(USAGE),
+        _ => supervise(Parser::from_args(args)),
     }
+}
+
+/// A command line that does not parse, as one line: what is wrong and
+/// the argument that is. Always exit 100.
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl Usage {
+    /// A usage error that says `what`.
+    pub fn new(what: impl Into<String>) -> Usage {
+        Usage(what.into())
+    }
+
+    /// Says so on stderr as `shardspawn: COMMAND: what` (no command for
+    /// the supervisor's own flags); returns the exit code, 100.
+    pub fn report(&self, command: &str) -> i32 {
+        if command.is_empty() {
+            eprintln!("shardspawn: {self}");
+        } else {
+            eprintln!("shardspawn: {command}: {self}");
+        }
+        100
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<lexopt::Error> for Usage {
+    fn from(e: lexopt::Error) -> Usage {
+        use lexopt::Error as E;
+        Usage(match e {
+            E::UnexpectedOption(flag) => format!("unknown flag {flag}"),
+            E::UnexpectedArgument(arg) => {
+                format!("unexpected argument {}", arg.display())
+            }
+            E::MissingValue { option: Some(flag) } => {
+                format!("{flag}: missing value")
+            }
+            E::MissingValue { option: None } => "missing value".to_owned(),
+            E::UnexpectedValue { option, value } => {
+                format!("{option}={}: takes no value", value.display())
+            }
+            E::ParsingFailed { value, error } => format!("{value}: {error}"),
+            E::NonUnicodeValue(value) => {
+                format!("{}: not UTF-8", value.display())
+            }
+            E::Custom(e) => e.to_string(),
+        })
+    }
+}
+
+/// The value of a flag that needs one, given as `--flag=VALUE` or as
+/// the next argument. `--home --shards 4` is a forgotten value, not a
+/// home called "--shards": a value that starts with "--" must be given
+/// inline (`--home=--shards`).
+pub fn flag_value(p: &mut Parser, flag: &str) -> Result<OsString, Usage> {
+    if let Some(value) = p.optional_value() {
+        return Ok(value);
+    }
+    p.raw_args()?
+        .next_if(|next| !next.as_encoded_bytes().starts_with(b"--"))
+        .ok_or_else(|| Usage(format!("{flag}: missing value")))
+}
+
+/// What a command prints, on a locked stdout. A reader that goes away
+/// is not an error of ours: the `io::Error` is `BrokenPipe`, which
+/// [`Out::finish`] turns into a quiet exit.
+pub struct Out(io::StdoutLock<'static>);
+
+impl Out {
+    /// Locks stdout.
+    pub fn new() -> Out {
+        Out(io::stdout().lock())
+    }
+
+    /// The exit code of a command that printed through this: `code`
+    /// when all went out; 0 with nothing said when the reader went away
+    /// (ripgrep's habit: the reader has what it wanted); 111 when stdout
+    /// failed otherwise.
+    pub fn finish(mut self, r: io::Result<i32>) -> i32 {
+        match r.and_then(|code| self.0.flush().map(|()| code)) {
+            Ok(code) => code,
+            Err(e) => quiet_if_closed(&e),
+        }
+    }
+}
+
+impl Default for Out {
+    fn default() -> Out {
+        Out::new()
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The exit code for a failed write to stdout: 0, quietly, when the
+/// reader went away; else 111, said on stderr.
+fn quiet_if_closed(e: &io::Error) -> i32 {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        0
+    } else {
+        eprintln!("shardspawn: unable to write to stdout: {e}");
+        111
+    }
+}
+
+/// Prints a usage text on stdout: what `--help` does, exit 0.
+pub fn help(text: &str) -> i32 {
+    let mut out = Out::new();
+    let r = out.write_all(text.as_bytes()).map(|()| 0);
+    out.finish(r)
+}
+
+/// What `--version` prints.
+pub fn version() -> i32 {
+    let mut out = Out::new();
+    let r = writeln!(out, "shardspawn {}", env!("CARGO_PKG_VERSION"));
+    out.finish(r.map(|()| 0))
 }
 
 /// `shardspawn simulate` is the workshop's: the emulated qmail-send and
 /// the stand-in qmail-remote are test code, which the installed binary
 /// does not carry. Run `shardspawn-simulate` from beside this binary, as
-/// `cargo build --release` leaves it.
+/// `cargo build --release` leaves it; it reads its own flags.
 fn simulate(args: &[OsString]) -> i32 {
     use std::os::unix::process::CommandExt;
     let me = match std::env::current_exe() {
@@ -64,28 +213,62 @@ fn simulate(args: &[OsString]) -> i32 {
     111
 }
 
-fn supervise(args: &[OsString]) -> i32 {
-    let log = Log::new("supervisor");
-    let settings =
-        match Settings::from_env_and_args(&|k| std::env::var_os(k), args) {
-            Ok(s) => s,
-            Err(e) => {
-                last_words_logger();
-                log.fatal(format_args!("bad setting: {e}"));
-                return 100;
+/// What the supervisor's command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Supervise {
+    /// Run, with these settings flags (`--name`, value), in order.
+    Run(Vec<(String, OsString)>),
+    Help,
+    Version,
+}
+
+/// Splits the supervisor's command line: settings flags only.
+fn supervise_args(mut p: Parser) -> Result<Supervise, Usage> {
+    let mut flags = Vec::new();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Supervise::Help),
+            Long("version") | Short('V') => return Ok(Supervise::Version),
+            Long(name) if Settings::is_flag(&format!("--{name}")) => {
+                let flag = format!("--{name}");
+                let value = flag_value(&mut p, &flag)?;
+                flags.push((flag, value));
             }
-        };
+            arg => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Supervise::Run(flags))
+}
+
+fn supervise(p: Parser) -> i32 {
+    let flags = match supervise_args(p) {
+        Ok(Supervise::Run(flags)) => flags,
+        Ok(Supervise::Help) => return help(USAGE),
+        Ok(Supervise::Version) => return version(),
+        Err(e) => return e.report(""),
+    };
+    let log = Log::new("supervisor");
+    let env = |k: &str| std::env::var_os(k);
+    let settings = match Settings::from_env_and_flags(&env, &flags) {
+        Ok(s) => s,
+        Err(e) => {
+            last_words_logger();
+            let fatal = startup::Fatal::Setting(e);
+            log.fatal(format_args!("{fatal}"));
+            return fatal.code();
+        }
+    };
     let logs = match startup::start_logging(&settings) {
         Ok(logs) => logs,
         Err(fatal) => {
-            log.fatal(format_args!("{}", fatal.text()));
+            log.fatal(format_args!("{fatal}"));
             return fatal.code();
         }
     };
     let rt = match startup::prepare(&settings, &logs, &log) {
         Ok(rt) => rt,
         Err(fatal) => {
-            log.fatal(format_args!("{}", fatal.text()));
+            log.fatal(format_args!("{fatal}"));
             return fatal.code();
         }
     };
@@ -134,4 +317,57 @@ fn shard(args: &[OsString]) -> i32 {
     }
     // Until the supervisor's limits frame, which comes before any job.
     shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(args: &[&str]) -> Result<Supervise, String> {
+        supervise_args(Parser::from_args(args)).map_err(|e| e.to_string())
+    }
+
+    fn run(flags: &[(&str, &str)]) -> Result<Supervise, String> {
+        Ok(Supervise::Run(
+            flags.iter().map(|(f, v)| (f.to_string(), v.into())).collect(),
+        ))
+    }
+
+    #[test]
+    fn settings_flags_take_a_value_inline_or_next() {
+        assert_eq!(split(&[]), run(&[]));
+        assert_eq!(
+            split(&["--shards", "5", "--home=/q", "--shards=6"]),
+            run(&[("--shards", "5"), ("--home", "/q"), ("--shards", "6")])
+        );
+        // Blanks are the value's; an empty value is the settings' to
+        // refuse ("must not be empty").
+        assert_eq!(
+            split(&["--home", " /a b ", "--slots=", "--limits", ""]),
+            run(&[("--home", " /a b "), ("--slots", ""), ("--limits", "")])
+        );
+        // A value starting with "--" can still be given inline.
+        assert_eq!(split(&["--remote=--odd"]), run(&[("--remote", "--odd")]));
+        assert_eq!(split(&["-h"]), Ok(Supervise::Help));
+        assert_eq!(split(&["--shards", "2", "--help"]), Ok(Supervise::Help));
+        assert_eq!(split(&["-V"]), Ok(Supervise::Version));
+        assert_eq!(split(&["--version"]), Ok(Supervise::Version));
+    }
+
+    #[test]
+    fn a_bad_command_line_is_named_in_one_line() {
+        let table: &[(&[&str], &str)] = &[
+            (&["--frobnicate"], "unknown flag --frobnicate"),
+            (&["--nope=1"], "unknown flag --nope"),
+            (&["--slot=5"], "unknown flag --slot"),
+            (&["-s", "4"], "unknown flag -s"),
+            (&["--slots"], "--slots: missing value"),
+            (&["--home", "--shards", "4"], "--home: missing value"),
+            (&["home=/q"], "unexpected argument home=/q"),
+            (&["--", "--shards"], "unexpected argument --shards"),
+        ];
+        for (args, want) in table {
+            assert_eq!(split(args), Err(want.to_string()), "{args:?}");
+        }
+    }
 }

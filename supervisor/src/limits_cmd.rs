@@ -4,81 +4,153 @@
 //! without a running spawner.
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use lexopt::Arg::{Long, Short, Value};
+use lexopt::Parser;
 
 use shardspawn_common::domain;
 use shardspawn_common::limits::{Limits, MatchedRule, Rule};
 use shardspawn_common::response::{Action, Responses};
 use shardspawn_common::settings::Settings;
 
+use crate::cli::{self, Out, Usage, flag_value};
+use crate::startup::{ControlFileError, default_shards, read_control};
+
 const USAGE: &str = "\
 usage: shardspawn limits check [FILE]
-       shardspawn limits explain DOMAIN...
+       shardspawn limits explain [--limits FILE] DOMAIN...
        shardspawn limits rules [FILE]
 
 check: validates the limits file (default: the SHARDSPAWN_LIMITS setting,
 else HOME/control/concurrencydomains) and says what it holds.
 explain: for each domain (or address), the rule that matches, the limit
 key, the limit, and the shard that owns the key at the current shard
-count (SHARDSPAWN_SHARDS, else the number of CPUs).
+count (SHARDSPAWN_SHARDS, else the number of CPUs); --limits names the
+limits file, as check's FILE does.
 rules: validates the response rules file (default: the SHARDSPAWN_RESPONSES
 setting, else HOME/control/responserules) and lists every rule in force,
 in the order they are tried: the file's, then the built-in ones.
 ";
 
-/// How the limits file reads: absent (every domain gets the default), or
-/// parsed, or an error text for the log.
-pub fn load(path: &Path) -> Result<Option<Limits>, String> {
-    match std::fs::read(path) {
-        Ok(text) => Limits::parse(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("unable to read {}: {e}", path.display())),
+/// How the limits file reads: absent (every domain gets the default),
+/// or parsed. A file that was `named` must be there.
+pub fn load(
+    path: &Path,
+    named: bool,
+) -> Result<Option<Limits>, ControlFileError> {
+    match read_control(path)? {
+        Some(text) => Limits::parse(&text).map(Some).map_err(|error| {
+            ControlFileError::Parse { path: path.to_path_buf(), error }
+        }),
+        None if named => {
+            Err(ControlFileError::Missing { path: path.to_path_buf() })
+        }
+        None => Ok(None),
     }
+}
+
+/// A `limits` command, as its command line asks.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// `check [FILE]`.
+    Check(Option<PathBuf>),
+    /// `explain [--limits FILE] DOMAIN...`.
+    Explain(Option<PathBuf>, Vec<OsString>),
+    /// `rules [FILE]`.
+    Rules(Option<PathBuf>),
+    /// `--help`, at any level.
+    Help,
+}
+
+/// Splits `limits ...`; the error is the usage error and the command
+/// it belongs to (`limits explain`).
+fn parse(mut p: Parser) -> Result<Command, (Usage, String)> {
+    let mut name = "limits".to_owned();
+    let usage = |e: Usage| (e, name.clone());
+    let which = match p.next().map_err(|e| usage(e.into()))? {
+        Some(Long("help") | Short('h')) => return Ok(Command::Help),
+        Some(Value(which)) => which,
+        Some(arg) => return Err(usage(arg.unexpected().into())),
+        None => {
+            return Err(usage(Usage::new(
+                "missing command: check, explain or rules",
+            )));
+        }
+    };
+    let which = match which.to_str() {
+        Some(w @ ("check" | "explain" | "rules")) => w,
+        _ => {
+            let what = format!("unknown command {}", which.display());
+            return Err(usage(Usage::new(what)));
+        }
+    };
+    name = format!("limits {which}");
+    let usage = |e: Usage| (e, name.clone());
+    let explain = which == "explain";
+    let (mut file, mut domains) = (None, Vec::new());
+    while let Some(arg) = p.next().map_err(|e| usage(e.into()))? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Command::Help),
+            Long("limits") if explain => {
+                let value = flag_value(&mut p, "--limits").map_err(usage)?;
+                file = Some(PathBuf::from(value));
+            }
+            Value(domain) if explain => domains.push(domain),
+            Value(path) if file.is_none() => file = Some(PathBuf::from(path)),
+            arg => return Err(usage(arg.unexpected().into())),
+        }
+    }
+    Ok(match which {
+        "check" => Command::Check(file),
+        "rules" => Command::Rules(file),
+        _ if domains.is_empty() => {
+            return Err(usage(Usage::new("missing DOMAIN")));
+        }
+        _ => Command::Explain(file, domains),
+    })
 }
 
 /// Runs `limits ...`; returns the exit code.
-pub fn main(args: &[OsString]) -> i32 {
-    let settings =
-        match Settings::from_env_and_args(&|k| std::env::var_os(k), &[]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("shardspawn limits: bad setting: {e}");
-                return 100;
-            }
-        };
-    match args.first().and_then(|a| a.to_str()) {
-        Some("check") if args.len() <= 2 => {
-            let path = args
-                .get(1)
-                .map_or_else(|| settings.limits_path(), PathBuf::from);
-            check(&path, args.len() == 2)
+pub fn main(p: Parser) -> i32 {
+    let command = match parse(p) {
+        Ok(Command::Help) => return cli::help(USAGE),
+        Ok(command) => command,
+        Err((e, name)) => return e.report(&name),
+    };
+    let settings = match Settings::from_env(&|k| std::env::var_os(k)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardspawn limits: bad setting: {e}");
+            return 100;
         }
-        Some("rules") if args.len() <= 2 => {
-            let path = args
-                .get(1)
-                .map_or_else(|| settings.responses_path(), PathBuf::from);
-            rules(&path, args.len() == 2)
+    };
+    let mut out = Out::new();
+    let r = match command {
+        Command::Check(file) => {
+            let named = file.is_some();
+            let path = file.unwrap_or_else(|| settings.limits_path());
+            check(&mut out, &path, named)
         }
-        Some("explain") if args.len() >= 2 => {
-            let shards = settings.shards.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get().min(1024) as u16)
-                    .unwrap_or(1)
-            });
-            explain(&settings.limits_path(), shards, &args[1..])
+        Command::Rules(file) => {
+            let named = file.is_some();
+            let path = file.unwrap_or_else(|| settings.responses_path());
+            rules(&mut out, &path, named)
         }
-        _ => {
-            eprint!("{USAGE}");
-            100
+        Command::Explain(file, domains) => {
+            let shards = settings.shards.unwrap_or_else(default_shards);
+            let named = file.is_some();
+            let path = file.unwrap_or_else(|| settings.limits_path());
+            explain(&mut out, &path, named, shards, &domains)
         }
-    }
+        Command::Help => Ok(0),
+    };
+    out.finish(r)
 }
 
-fn check(path: &Path, named: bool) -> i32 {
-    match load(path) {
+fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
+    match load(path, named) {
         Ok(Some(limits)) => {
             let (mut domains, mut subdomains, mut groups) = (0, 0, 0);
             for (_, rule) in limits.rules() {
@@ -89,40 +161,44 @@ fn check(path: &Path, named: bool) -> i32 {
                     Rule::Default(_) => {}
                 }
             }
-            println!(
+            writeln!(
+                out,
                 "{}: ok: default limit {}, {domains} domain rules, \
                  {subdomains} subdomain rules, {groups} groups",
                 path.display(),
                 limits.default_limit()
-            );
-            0
+            )?;
+            Ok(0)
         }
-        Ok(None) if !named => {
-            println!(
+        Ok(None) => {
+            writeln!(
+                out,
                 "{}: absent: every domain is its own key with the default \
                  limit of {}",
                 path.display(),
                 Limits::absent().default_limit()
-            );
-            0
-        }
-        Ok(None) => {
-            eprintln!("shardspawn limits: {}: no such file", path.display());
-            111
+            )?;
+            Ok(0)
         }
         Err(e) => {
             eprintln!("shardspawn limits: {e}");
-            if e.starts_with("unable to read") { 111 } else { 100 }
+            Ok(e.code())
         }
     }
 }
 
-fn explain(path: &Path, shards: u16, domains: &[OsString]) -> i32 {
-    let limits = match load(path) {
+fn explain(
+    out: &mut Out,
+    path: &Path,
+    named: bool,
+    shards: u16,
+    domains: &[OsString],
+) -> io::Result<i32> {
+    let limits = match load(path, named) {
         Ok(limits) => limits,
         Err(e) => {
             eprintln!("shardspawn limits: {e}");
-            return 100;
+            return Ok(e.code());
         }
     };
     let (limits, source) = match limits {
@@ -159,44 +235,46 @@ fn explain(path: &Path, shards: u16, domains: &[OsString]) -> i32 {
             }
         };
         let rate = m.rate.map_or_else(String::new, |r| format!("; rate {r}"));
-        println!(
+        writeln!(
+            out,
             "{}: rule {rule}; key {}; limit {}{rate}; shard {} of {shards}",
             domain::printable(&d),
             domain::printable(&m.key),
             m.limit,
             domain::shard_for(&m.key, shards)
-        );
+        )?;
     }
-    0
+    Ok(0)
 }
 
 /// `limits rules`: the response rules in force, one a line.
-fn rules(path: &Path, named: bool) -> i32 {
-    let (responses, what) = match std::fs::read(path) {
-        Ok(text) => match Responses::parse(&text) {
-            Ok(r) => (r, "ok"),
-            Err(e) => {
-                eprintln!("shardspawn limits: {}: {e}", path.display());
-                return 100;
-            }
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !named => {
-            (Responses::built_in(), "absent")
+fn rules(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
+    let read = match read_control(path) {
+        Ok(Some(text)) => {
+            Responses::parse(&text).map(|r| (r, "ok")).map_err(|error| {
+                ControlFileError::Parse { path: path.to_path_buf(), error }
+            })
         }
+        Ok(None) if named => {
+            Err(ControlFileError::Missing { path: path.to_path_buf() })
+        }
+        Ok(None) => Ok((Responses::built_in(), "absent")),
+        Err(e) => Err(e),
+    };
+    let (responses, what) = match read {
+        Ok(read) => read,
         Err(e) => {
-            eprintln!(
-                "shardspawn limits: unable to read {}: {e}",
-                path.display()
-            );
-            return 111;
+            eprintln!("shardspawn limits: {e}");
+            return Ok(e.code());
         }
     };
-    println!(
+    writeln!(
+        out,
         "{}: {what}: {} rules of the file, then {} built in",
         path.display(),
         responses.from_file(),
         responses.rules().len() - responses.from_file()
-    );
+    )?;
     for rule in responses.rules() {
         let action = match rule.action {
             Action::Adapt => "adapt (site-level pushback)".to_owned(),
@@ -211,7 +289,7 @@ fn rules(path: &Path, named: bool) -> i32 {
                 format!("suspend for {}s", rule.duration.as_secs())
             }
         };
-        println!("{}: \"{}\": {action}", rule.origin, rule.pattern);
+        writeln!(out, "{}: \"{}\": {action}", rule.origin, rule.pattern)?;
     }
-    0
+    Ok(0)
 }

@@ -4,8 +4,9 @@
 //! "hath the daemon spawn no fire?".
 
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::OpenOptions;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -13,9 +14,10 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Uid, User};
 
 use shardspawn_common::command::DelnumWidth;
-use shardspawn_common::limits::{Limits, LimitsError};
+use shardspawn_common::control::ControlError;
+use shardspawn_common::limits::Limits;
 use shardspawn_common::response::Responses;
-use shardspawn_common::settings::{QueueOwner, Settings};
+use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 
@@ -31,30 +33,179 @@ const FD_RESERVE: u64 = 32;
 /// whatever else the qmailr user runs).
 const PROC_RESERVE: u64 = 16;
 
-/// Why startup failed; chooses the exit code.
+/// A control file (the limits, the response rules) that cannot be used,
+/// which file, and why; the variant chooses the exit code.
+#[derive(Debug)]
+pub enum ControlFileError {
+    /// It could not be read (but is not absent): the machine said no,
+    /// so 111; it may read next time.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// It was named (on a command line) and is not there: 111, as a
+    /// file that may yet appear.
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A line does not parse: the admin's to fix, so 100.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line and why.
+        error: ControlError,
+    },
+}
+
+impl ControlFileError {
+    /// The exit code: 111 to try again, 100 for a bad file.
+    pub fn code(&self) -> i32 {
+        match self {
+            ControlFileError::Read { .. }
+            | ControlFileError::Missing { .. } => 111,
+            ControlFileError::Parse { .. } => 100,
+        }
+    }
+}
+
+impl fmt::Display for ControlFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlFileError::Read { path, error } => {
+                write!(f, "unable to read {}: {error}", path.display())
+            }
+            ControlFileError::Missing { path } => {
+                write!(f, "{}: no such file", path.display())
+            }
+            ControlFileError::Parse { path, error } => {
+                write!(f, "{}: {error}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlFileError {}
+
+/// Reads a control file: its bytes, or `None` when it is absent.
+pub fn read_control(path: &Path) -> Result<Option<Vec<u8>>, ControlFileError> {
+    match std::fs::read(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => {
+            Err(ControlFileError::Read { path: path.to_path_buf(), error })
+        }
+    }
+}
+
+/// Why startup failed, one variant per step; the variant chooses the
+/// exit code (STYLE habit 5): 100 when a setting or file is wrong and
+/// retrying will not help, 111 when the machine said no.
 #[derive(Debug)]
 pub enum Fatal {
-    /// A setting is wrong: exit 100, retrying will not help.
-    Config(String),
-    /// The machine said no (chdir, lookup): exit 111.
-    Temporary(String),
+    /// A setting did not parse: 100.
+    Setting(SettingsError),
+    /// The log directory could not be made absolute: 111.
+    LogDir {
+        /// As set.
+        dir: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// A log directory is set but no logger can be found: 100.
+    NoLogger,
+    /// The logger did not start: 111.
+    Logger {
+        /// Its program.
+        program: OsString,
+        /// The directory it was to log into.
+        dir: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// The home could not be made absolute: 111.
+    Home {
+        /// As set.
+        home: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// No `HOME/queue/mess` to work in: 111.
+    Queue {
+        /// The home, absolute.
+        home: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// The queue owner is no user (yet): 111, as qmail-rspawn.
+    NoQueueOwner(String),
+    /// The queue owner could not be looked up: 111.
+    QueueOwnerLookup {
+        /// The user name.
+        name: String,
+        /// Why.
+        error: nix::errno::Errno,
+    },
+    /// The limits file: as its error says.
+    Limits(ControlFileError),
+    /// The response rules file: as its error says.
+    Responses(ControlFileError),
 }
 
 impl Fatal {
     /// The exit code.
     pub fn code(&self) -> i32 {
         match self {
-            Fatal::Config(_) => 100,
-            Fatal::Temporary(_) => 111,
-        }
-    }
-    /// The text for the log.
-    pub fn text(&self) -> &str {
-        match self {
-            Fatal::Config(s) | Fatal::Temporary(s) => s,
+            Fatal::Setting(_) | Fatal::NoLogger => 100,
+            Fatal::LogDir { .. }
+            | Fatal::Logger { .. }
+            | Fatal::Home { .. }
+            | Fatal::Queue { .. }
+            | Fatal::NoQueueOwner(_)
+            | Fatal::QueueOwnerLookup { .. } => 111,
+            Fatal::Limits(e) | Fatal::Responses(e) => e.code(),
         }
     }
 }
+
+/// The text for the log, after `fatal: `.
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Setting(e) => write!(f, "bad setting: {e}"),
+            Fatal::LogDir { dir, error }
+            | Fatal::Home { home: dir, error } => {
+                write!(f, "unable to find {}: {error}", dir.display())
+            }
+            Fatal::NoLogger => f.write_str(
+                "SHARDSPAWN_LOG_DIR is set, but neither multilog nor svlogd \
+                 is in PATH: name a logger with SHARDSPAWN_LOGGER",
+            ),
+            Fatal::Logger { program, dir, error } => write!(
+                f,
+                "unable to start the logger {} in {}: {error}",
+                program.display(),
+                dir.display()
+            ),
+            Fatal::Queue { home, error } => write!(
+                f,
+                "unable to chdir to {}/queue/mess: {error}",
+                home.display()
+            ),
+            Fatal::NoQueueOwner(name) => {
+                write!(f, "unable to find user {name}")
+            }
+            Fatal::QueueOwnerLookup { name, error } => {
+                write!(f, "unable to look up user {name}: {error}")
+            }
+            Fatal::Limits(e) | Fatal::Responses(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 /// What identifies one version of the limits file, to notice a change:
 /// inode, size and modification time, or `None` while it is absent.
@@ -91,18 +242,13 @@ impl<T> Source<T> {
     /// Reads the file; absent is the same as empty.
     pub fn read(
         path: &Path,
-        parse: fn(&[u8]) -> Result<T, LimitsError>,
-    ) -> Result<Source<T>, String> {
+        parse: fn(&[u8]) -> Result<T, ControlError>,
+    ) -> Result<Source<T>, ControlFileError> {
         let stamp = stamp(path);
-        let text = match std::fs::read(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(format!("unable to read {}: {e}", path.display()));
-            }
-        };
-        let parsed =
-            parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = read_control(path)?.unwrap_or_default();
+        let parsed = parse(&text).map_err(|error| {
+            ControlFileError::Parse { path: path.to_path_buf(), error }
+        })?;
         Ok(Source { path: path.to_path_buf(), stamp, text, parsed })
     }
 }
@@ -139,26 +285,27 @@ pub struct LogSetup {
 /// directory is set; done first, so every later line reaches it.
 pub fn start_logging(settings: &Settings) -> Result<LogSetup, Fatal> {
     let Some(dir) = &settings.log_dir else { return Ok(LogSetup::default()) };
-    let dir = std::path::absolute(dir).map_err(|e| {
-        Fatal::Temporary(format!("unable to find {}: {e}", dir.display()))
-    })?;
+    let dir = std::path::absolute(dir)
+        .map_err(|error| Fatal::LogDir { dir: dir.clone(), error })?;
     let logger = shardspawn_os::log::choose_logger(settings.logger.as_deref())
-        .ok_or_else(|| {
-            Fatal::Config(
-                "SHARDSPAWN_LOG_DIR is set, but neither multilog nor svlogd \
-                 is in PATH: name a logger with SHARDSPAWN_LOGGER"
-                    .to_string(),
-            )
-        })?;
+        .ok_or(Fatal::NoLogger)?;
     shardspawn_os::log::start_logger(&dir.join("supervisor"), &logger)
-        .map_err(|e| {
-            Fatal::Temporary(format!(
-                "unable to start the logger {} in {}: {e}",
-                logger[0].display(),
-                dir.join("supervisor").display()
-            ))
+        .map_err(|error| Fatal::Logger {
+            program: logger[0].clone(),
+            dir: dir.join("supervisor"),
+            error,
         })?;
     Ok(LogSetup { dir: Some(dir), logger })
+}
+
+/// `SHARDSPAWN_SHARDS` when unset: the number of CPUs this process may
+/// run on, at most [`settings::SHARDS_MAX`]; the one default that needs
+/// the machine, so it is resolved here rather than in `settings`.
+pub fn default_shards() -> u16 {
+    std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        .unwrap_or(1)
+        .min(settings::SHARDS_MAX)
 }
 
 /// Does qmail-rspawn's startup duties and resolves the settings. On
@@ -168,34 +315,20 @@ pub fn prepare(
     logs: &LogSetup,
     log: &Log,
 ) -> Result<Runtime, Fatal> {
-    let home = std::path::absolute(&settings.home).map_err(|e| {
-        Fatal::Temporary(format!(
-            "unable to find {}: {e}",
-            settings.home.display()
-        ))
-    })?;
+    let home = std::path::absolute(&settings.home)
+        .map_err(|error| Fatal::Home { home: settings.home.clone(), error })?;
     let home = &home;
     std::env::set_current_dir(home)
         .and_then(|()| std::env::set_current_dir("queue/mess"))
-        .map_err(|e| {
-            Fatal::Temporary(format!(
-                "unable to chdir to {}/queue/mess: {e}",
-                home.display()
-            ))
-        })?;
+        .map_err(|error| Fatal::Queue { home: home.clone(), error })?;
     let owner_uid = match &settings.queue_owner {
         QueueOwner::Uid(uid) => *uid,
         QueueOwner::Name(name) => match User::from_name(name) {
             Ok(Some(user)) => user.uid.as_raw(),
-            Ok(None) => {
-                return Err(Fatal::Temporary(format!(
-                    "unable to find user {name}"
-                )));
-            }
-            Err(e) => {
-                return Err(Fatal::Temporary(format!(
-                    "unable to look up user {name}: {e}"
-                )));
+            Ok(None) => return Err(Fatal::NoQueueOwner(name.clone())),
+            Err(error) => {
+                let name = name.clone();
+                return Err(Fatal::QueueOwnerLookup { name, error });
             }
         },
     };
@@ -205,15 +338,8 @@ pub fn prepare(
     // made absolute first, as the working directory is queue/mess now.
     let limits_path =
         Settings { home: home.clone(), ..settings.clone() }.limits_path();
-    let fatal = |e: String| {
-        if e.starts_with("unable to read") {
-            Fatal::Temporary(e)
-        } else {
-            Fatal::Config(e)
-        }
-    };
-    let limits =
-        LimitsSource::read(&limits_path, Limits::parse).map_err(fatal)?;
+    let limits = LimitsSource::read(&limits_path, Limits::parse)
+        .map_err(Fatal::Limits)?;
     log.info(format_args!(
         "limits from {}{}: default {}, {} rules",
         limits_path.display(),
@@ -224,7 +350,7 @@ pub fn prepare(
     let responses_path =
         Settings { home: home.clone(), ..settings.clone() }.responses_path();
     let responses = ResponsesSource::read(&responses_path, Responses::parse)
-        .map_err(fatal)?;
+        .map_err(Fatal::Responses)?;
     log.info(format_args!(
         "response rules from {}{}: {} of the file, {} built in; {}",
         responses_path.display(),
@@ -253,11 +379,7 @@ pub fn prepare(
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
 
-    let shards = settings.shards.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX).min(1024))
-            .unwrap_or(1)
-    });
+    let shards = settings.shards.unwrap_or_else(default_shards);
     let requested = settings.requested_slots();
 
     // Each running delivery holds one descriptor in its shard (the read
@@ -301,7 +423,7 @@ pub fn prepare(
     let remote = settings
         .remote
         .clone()
-        .unwrap_or_else(|| OsString::from("qmail-remote"));
+        .unwrap_or_else(|| OsString::from(settings::DEFAULT_REMOTE));
     Ok(Runtime {
         width: settings.delnum_width,
         slots,
@@ -374,4 +496,117 @@ fn processes_of(uid: u32) -> u64 {
         })
         .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
         .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error() -> io::Error {
+        io::Error::from_raw_os_error(nix::errno::Errno::EACCES as i32)
+    }
+
+    fn control(code: i32) -> Vec<ControlFileError> {
+        let path = PathBuf::from("/q/control/f");
+        let all = vec![
+            ControlFileError::Read { path: path.clone(), error: io_error() },
+            ControlFileError::Missing { path: path.clone() },
+            ControlFileError::Parse {
+                path,
+                error: ControlError::new(
+                    3,
+                    b":0",
+                    "a limit must be at least 1",
+                ),
+            },
+        ];
+        all.into_iter().filter(|e| e.code() == code).collect()
+    }
+
+    #[test]
+    fn a_control_file_that_cannot_be_read_is_temporary_a_bad_one_not() {
+        let texts = |code| -> Vec<String> {
+            control(code).iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            texts(111),
+            [
+                "unable to read /q/control/f: Permission denied (os error 13)",
+                "/q/control/f: no such file",
+            ]
+        );
+        assert_eq!(
+            texts(100),
+            ["/q/control/f: line 3: :0: a limit must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn each_startup_failure_chooses_its_exit_code() {
+        let setting = SettingsError {
+            source: "SHARDSPAWN_SLOTS".to_owned(),
+            value: "0".to_owned(),
+            why: "must be at least 1".to_owned(),
+        };
+        let dir = PathBuf::from("/l");
+        let table: Vec<(Fatal, i32, &str)> = vec![
+            (
+                Fatal::Setting(setting),
+                100,
+                "bad setting: SHARDSPAWN_SLOTS=0: must be at least 1",
+            ),
+            (Fatal::NoLogger, 100, "SHARDSPAWN_LOG_DIR is set, but"),
+            (
+                Fatal::LogDir { dir: dir.clone(), error: io_error() },
+                111,
+                "unable to find /l: ",
+            ),
+            (
+                Fatal::Logger {
+                    program: "multilog".into(),
+                    dir: dir.clone(),
+                    error: io_error(),
+                },
+                111,
+                "unable to start the logger multilog in /l: ",
+            ),
+            (
+                Fatal::Home { home: dir.clone(), error: io_error() },
+                111,
+                "unable to find /l: ",
+            ),
+            (
+                Fatal::Queue { home: dir, error: io_error() },
+                111,
+                "unable to chdir to /l/queue/mess: ",
+            ),
+            (
+                Fatal::NoQueueOwner("qmailq".to_owned()),
+                111,
+                "unable to find user qmailq",
+            ),
+            (
+                Fatal::QueueOwnerLookup {
+                    name: "qmailq".to_owned(),
+                    error: nix::errno::Errno::EIO,
+                },
+                111,
+                "unable to look up user qmailq: EIO",
+            ),
+        ];
+        for (fatal, code, text) in table {
+            assert_eq!(fatal.code(), code, "{fatal:?}");
+            assert!(fatal.to_string().starts_with(text), "{fatal}");
+        }
+        for code in [100, 111] {
+            for e in control(code) {
+                assert_eq!(Fatal::Limits(e).code(), code);
+            }
+            for e in control(code) {
+                let text = e.to_string();
+                let fatal = Fatal::Responses(e);
+                assert_eq!((fatal.code(), fatal.to_string()), (code, text));
+            }
+        }
+    }
 }

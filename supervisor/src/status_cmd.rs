@@ -3,17 +3,23 @@
 //! touches their pipes, and says plainly when nothing is running or what
 //! it reads is stale.
 
-use std::ffi::OsString;
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lexopt::Arg::{Long, Short};
+use lexopt::Parser;
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use serde::Serialize;
 
 use shardspawn_common::settings::Settings;
 use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
+
+use crate::cli::{self, Out, Usage, flag_value};
 
 const USAGE: &str = "\
 usage: shardspawn status [--json] [--keys N] [--state-dir DIR]
@@ -34,7 +40,8 @@ ago the last of these changed, and why.
 const STALE_AFTER: u64 = 5;
 
 /// What a process's status file says about it now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     /// Alive and its file is fresh.
     Up,
@@ -71,52 +78,70 @@ fn state_of(pid: u32, updated: u64, now: u64) -> State {
     }
 }
 
-/// Runs `status ...`; returns the exit code.
-pub fn main(args: &[OsString]) -> i32 {
-    let mut json = false;
-    let mut top = 10usize;
-    let mut dir: Option<PathBuf> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.to_str() {
-            Some("--json") => json = true,
-            Some("--keys") => {
-                match it.next().and_then(|v| v.to_str()?.parse().ok()) {
-                    Some(n) => top = n,
-                    None => return usage(),
-                }
+/// What `status` is asked to show.
+#[derive(Debug, PartialEq, Eq)]
+struct Ask {
+    json: bool,
+    /// How many of the busiest keys.
+    top: usize,
+    /// The state directory, if not the settings'.
+    dir: Option<PathBuf>,
+}
+
+/// Splits `status ...`; `None` for `--help`.
+fn parse(mut p: Parser) -> Result<Option<Ask>, Usage> {
+    let mut ask = Ask { json: false, top: 10, dir: None };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("help") | Short('h') => return Ok(None),
+            Long("json") => ask.json = true,
+            Long("keys") => {
+                let value = flag_value(&mut p, "--keys")?;
+                ask.top = value
+                    .to_str()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        Usage::new(format!(
+                            "--keys={}: not a number",
+                            value.display()
+                        ))
+                    })?;
             }
-            Some("--state-dir") => match it.next() {
-                Some(v) => dir = Some(PathBuf::from(v)),
-                None => return usage(),
-            },
-            _ => return usage(),
+            Long("state-dir") => {
+                ask.dir = Some(flag_value(&mut p, "--state-dir")?.into());
+            }
+            arg => return Err(arg.unexpected().into()),
         }
     }
-    let dir = match dir {
+    Ok(Some(ask))
+}
+
+/// Runs `status ...`; returns the exit code.
+pub fn main(p: Parser) -> i32 {
+    let ask = match parse(p) {
+        Ok(Some(ask)) => ask,
+        Ok(None) => return cli::help(USAGE),
+        Err(e) => return e.report("status"),
+    };
+    let dir = match ask.dir {
         Some(d) => d,
-        None => {
-            match Settings::from_env_and_args(&|k| std::env::var_os(k), &[]) {
-                Ok(s) => s.home.join(&s.state_dir),
-                Err(e) => {
-                    eprintln!("shardspawn status: bad setting: {e}");
-                    return 100;
-                }
+        None => match Settings::from_env(&|k| std::env::var_os(k)) {
+            Ok(s) => s.home.join(&s.state_dir),
+            Err(e) => {
+                eprintln!("shardspawn status: bad setting: {e}");
+                return 100;
             }
-        }
+        },
     };
     match gather(&dir) {
         Ok(view) => {
-            if json {
-                print!("{}", view.json(top));
-            } else {
-                print!("{}", view.text(top));
-            }
-            if view.supervisor.as_ref().is_some_and(|(_, s)| *s == State::Up) {
-                0
-            } else {
-                1
-            }
+            let up =
+                view.supervisor.as_ref().is_some_and(|(_, s)| *s == State::Up);
+            let page =
+                if ask.json { view.json(ask.top) } else { view.text(ask.top) };
+            let mut out = Out::new();
+            let r = out.write_all(page.as_bytes());
+            out.finish(r.map(|()| if up { 0 } else { 1 }))
         }
         Err(e) => {
             eprintln!(
@@ -126,11 +151,6 @@ pub fn main(args: &[OsString]) -> i32 {
             111
         }
     }
-}
-
-fn usage() -> i32 {
-    eprint!("{USAGE}");
-    100
 }
 
 /// Everything the state directory says.
@@ -272,94 +292,132 @@ impl View {
         out
     }
 
-    /// The same as one JSON object, for scripts.
+    /// The same as one JSON object, for scripts: one line.
     pub fn json(&self, top: usize) -> String {
-        let mut out = String::from("{");
-        let _ = write!(
-            out,
-            "\"state_dir\":{},\"now\":{}",
-            quote(&self.dir.to_string_lossy()),
-            self.now
-        );
-        match &self.supervisor {
-            None => out.push_str(",\"supervisor\":null"),
-            Some((s, state)) => {
-                let _ = write!(
-                    out,
-                    ",\"supervisor\":{{\"state\":\"{}\",\"pid\":{},\"started\":{},\
-                     \"updated\":{},\"slots\":{},\"delnum_bytes\":{},\"shards\":{},\
-                     \"in_flight\":{},\"results\":{},\"restarts\":{}}}",
-                    state.word(),
-                    s.pid,
-                    s.started,
-                    s.updated,
-                    s.slots,
-                    s.delnum_bytes,
-                    s.shards,
-                    s.in_flight,
-                    s.results,
-                    s.restarts
-                );
-            }
-        }
-        out.push_str(",\"shards\":[");
-        for (i, (s, state)) in self.shards.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"shard\":{},\"state\":\"{}\",\"pid\":{},\"started\":{},\
-                 \"updated\":{},\"running\":{},\"held\":{},\"received\":{},\
-                 \"reported\":{},\"deferred_by_limit\":{}}}",
-                s.shard,
-                state.word(),
-                s.pid,
-                s.started,
-                s.updated,
-                s.running,
-                s.held,
-                s.received,
-                s.reported,
-                s.deferred_by_limit
-            );
-        }
-        out.push_str("],\"keys\":[");
-        for (i, (shard, k)) in self.keys(top).into_iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"key\":{},\"shard\":{},\"running\":{},\"held\":{},\
-                 \"limit\":{},\"effective\":{},\"rate\":{},\
-                 \"suspended_until\":{},\"failures\":{},\"peak\":{},\
-                 \"started\":{},\"held_total\":{},\"deferred\":{},\
-                 \"changed\":{},\"why\":{}}}",
-                quote(&k.key),
-                shard,
-                k.running,
-                k.held,
-                k.limit,
-                k.effective,
-                if k.rate.is_empty() {
-                    "null".to_string()
-                } else {
-                    quote(&k.rate)
-                },
-                k.suspended_until,
-                k.failures,
-                k.peak,
-                k.started,
-                k.held_total,
-                k.deferred,
-                k.changed,
-                quote(&k.why)
-            );
-        }
-        out.push_str("]}\n");
+        let page = JsonPage {
+            state_dir: self.dir.to_string_lossy(),
+            now: self.now,
+            supervisor: self.supervisor.as_ref().map(|(s, state)| {
+                JsonSupervisor {
+                    state: *state,
+                    pid: s.pid,
+                    started: s.started,
+                    updated: s.updated,
+                    slots: s.slots,
+                    delnum_bytes: s.delnum_bytes,
+                    shards: s.shards,
+                    in_flight: s.in_flight,
+                    results: s.results,
+                    restarts: s.restarts,
+                }
+            }),
+            shards: self
+                .shards
+                .iter()
+                .map(|(s, state)| JsonShard {
+                    shard: s.shard,
+                    state: *state,
+                    pid: s.pid,
+                    started: s.started,
+                    updated: s.updated,
+                    running: s.running,
+                    held: s.held,
+                    received: s.received,
+                    reported: s.reported,
+                    deferred_by_limit: s.deferred_by_limit,
+                })
+                .collect(),
+            keys: self
+                .keys(top)
+                .into_iter()
+                .map(|(shard, k)| JsonKey {
+                    key: &k.key,
+                    shard,
+                    running: k.running,
+                    held: k.held,
+                    limit: k.limit,
+                    effective: k.effective,
+                    rate: Some(k.rate.as_str()).filter(|r| !r.is_empty()),
+                    suspended_until: k.suspended_until,
+                    failures: k.failures,
+                    peak: k.peak,
+                    started: k.started,
+                    held_total: k.held_total,
+                    deferred: k.deferred,
+                    changed: k.changed,
+                    why: &k.why,
+                })
+                .collect(),
+        };
+        // Strings and numbers only, no maps: it cannot fail.
+        let mut out = serde_json::to_string(&page)
+            .expect("a status page always serialises");
+        out.push('\n');
         out
     }
+}
+
+/// `status --json`: the state directory read, when, the supervisor
+/// (`null` when it has written no status), each shard, and the busiest
+/// keys. The field names are an interface: scripts read them.
+#[derive(Serialize)]
+struct JsonPage<'a> {
+    state_dir: Cow<'a, str>,
+    now: u64,
+    supervisor: Option<JsonSupervisor>,
+    shards: Vec<JsonShard>,
+    keys: Vec<JsonKey<'a>>,
+}
+
+/// The supervisor's status file, and its state as read now.
+#[derive(Serialize)]
+struct JsonSupervisor {
+    state: State,
+    pid: u32,
+    started: u64,
+    updated: u64,
+    slots: u32,
+    delnum_bytes: u8,
+    shards: u16,
+    in_flight: u32,
+    results: u64,
+    restarts: u64,
+}
+
+/// A shard's status file, and its state as read now.
+#[derive(Serialize)]
+struct JsonShard {
+    shard: u16,
+    state: State,
+    pid: u32,
+    started: u64,
+    updated: u64,
+    running: u32,
+    held: u32,
+    received: u64,
+    reported: u64,
+    deferred_by_limit: u64,
+}
+
+/// One of the busiest keys, and the shard that owns it; `rate` is
+/// `null` when the key has none.
+#[derive(Serialize)]
+struct JsonKey<'a> {
+    key: &'a str,
+    shard: u16,
+    running: u32,
+    held: u32,
+    limit: u32,
+    effective: u32,
+    rate: Option<&'a str>,
+    suspended_until: u64,
+    failures: u32,
+    peak: u32,
+    started: u64,
+    held_total: u64,
+    deferred: u64,
+    changed: u64,
+    why: &'a str,
 }
 
 /// The per-key table: configured and effective limit, rate, how long a
@@ -442,30 +500,21 @@ fn suspension(until: u64, now: u64) -> String {
     if until > now { format!("{}s", until - now) } else { "-".to_string() }
 }
 
-/// A JSON string literal.
-fn quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn json_strings_read_back_as_written() {
+        let odd = "a\"b\\c\n\u{1}é";
+        let k = KeyStatus { why: odd.to_string(), ..key(odd) };
+        let json = view(vec![k], 100).json(10);
+        assert_eq!(json.lines().count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["keys"][0]["key"], odd);
+        assert_eq!(v["keys"][0]["why"], odd);
+        assert_eq!(v["shards"][0]["state"], "up");
+        assert_eq!(v["state_dir"], "/nonexistent");
     }
 
     #[test]

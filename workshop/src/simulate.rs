@@ -83,7 +83,10 @@ struct Plan {
     keep: bool,
 }
 
-fn parse(args: &[OsString]) -> Result<Plan, String> {
+/// Reads the command line; `None` for `--help`. The error names the
+/// flag or argument, on one line.
+fn parse(args: &[OsString]) -> Result<Option<Plan>, String> {
+    use lexopt::Arg::{Long, Short};
     let mut o = Plan {
         messages: 5000,
         domains: 50,
@@ -98,25 +101,25 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
         initial_limit: None,
         keep: false,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_string())),
-            None => (arg, None),
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(usage)? {
+        let flag = match arg {
+            Long("help") | Short('h') => return Ok(None),
+            Long("keep") => {
+                o.keep = true;
+                continue;
+            }
+            Long(
+                name @ ("messages" | "domains" | "skew" | "shards" | "slots"
+                | "latency-ms" | "seed" | "limits" | "hold-seconds"
+                | "strict" | "initial-limit"),
+            ) => format!("--{name}"),
+            arg => return Err(usage(arg.unexpected())),
         };
-        if flag == "--keep" {
-            o.keep = true;
-            continue;
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .and_then(|v| v.to_str())
-                .ok_or(format!("{flag}: missing value"))?
-                .to_string(),
-        };
+        let value = p.value().map_err(usage)?;
+        let value = value
+            .into_string()
+            .map_err(|v| format!("{flag}={}: not UTF-8", v.display()))?;
         let bad = |why: &str| format!("{flag}={value}: {why}");
         let num = |min: u64| -> Result<u64, String> {
             let n: u64 = value.parse().map_err(|_| bad("not a number"))?;
@@ -125,7 +128,7 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
             }
             Ok(n)
         };
-        match flag {
+        match flag.as_str() {
             "--messages" => o.messages = num(1)? as usize,
             "--domains" => o.domains = num(1)? as usize,
             "--skew" => {
@@ -154,26 +157,46 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
                 o.strict =
                     Some(u32::try_from(num(1)?).map_err(|_| bad("too big"))?)
             }
-            "--initial-limit" => {
+            _ => {
                 o.initial_limit =
                     Some(u32::try_from(num(0)?).map_err(|_| bad("too big"))?)
             }
-            _ => return Err(format!("{flag}: unknown flag")),
         }
     }
-    Ok(o)
+    Ok(Some(o))
+}
+
+/// A command-line error as `shardspawn` words it (`unknown flag
+/// --nope`), so both halves of `shardspawn simulate` speak alike.
+fn usage(e: lexopt::Error) -> String {
+    use lexopt::Error as E;
+    match e {
+        E::UnexpectedOption(flag) => format!("unknown flag {flag}"),
+        E::UnexpectedArgument(arg) => {
+            format!("unexpected argument {}", arg.display())
+        }
+        E::MissingValue { option: Some(flag) } => {
+            format!("{flag}: missing value")
+        }
+        E::UnexpectedValue { option, value } => {
+            format!("{option}={}: takes no value", value.display())
+        }
+        e => e.to_string(),
+    }
 }
 
 /// Runs the demo; returns the exit code.
 pub fn main(args: &[OsString]) -> i32 {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
-        return 0;
-    }
     let o = match parse(args) {
-        Ok(o) => o,
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            // A reader that went away (`| head`) is no error of ours.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(USAGE.as_bytes()).and_then(|()| out.flush());
+            return 0;
+        }
         Err(e) => {
-            eprintln!("shardspawn simulate: {e}\n\n{USAGE}");
+            eprintln!("shardspawn: simulate: {e}");
             return 100;
         }
     };
@@ -540,13 +563,21 @@ mod tests {
 
     #[test]
     fn strict_and_initial_limit_flags() {
-        let o = parse(&args(&["--strict", "3", "--initial-limit=0"])).unwrap();
+        let o = parse(&args(&["--strict", "3", "--initial-limit=0"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(o.strict, Some(3));
         assert_eq!(o.initial_limit, Some(0));
-        let o = parse(&args(&[])).unwrap();
+        let o = parse(&args(&[])).unwrap().unwrap();
         assert_eq!((o.strict, o.initial_limit), (None, None));
         assert!(parse(&args(&["--strict", "0"])).is_err());
         assert!(parse(&args(&["--strict", "x"])).is_err());
+        assert!(parse(&args(&["--keep", "--help"])).unwrap().is_none());
+        assert_eq!(
+            parse(&args(&["--keep=1"])).unwrap_err(),
+            "--keep=1: takes no value"
+        );
+        assert_eq!(parse(&args(&["x"])).unwrap_err(), "unexpected argument x");
     }
 
     #[test]
