@@ -49,7 +49,7 @@ impl Policy {
     pub const STATIC: Policy = Policy {
         initial: 0,
         suspend_after: 0,
-        suspend_for: Duration::from_secs(300),
+        suspend_for: shardspawn_common::settings::DEFAULT_SUSPEND,
     };
 
     fn adapts(&self) -> bool {
