@@ -18,6 +18,7 @@
 //! never the process.
 
 pub mod cli;
+pub mod core;
 pub mod limits_cmd;
 pub mod mux;
 pub mod shards;
