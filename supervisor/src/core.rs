@@ -208,7 +208,7 @@ pub enum Effect {
     Kill(Pid),
     /// Forget the incarnation's pipes; `unreaped` is its pid if it has
     /// not been reaped yet, to be waited for before exiting.
-    Drop {
+    Forget {
         /// The incarnation.
         shard: ShardId,
         /// Its pid, unless already reaped.
@@ -452,20 +452,17 @@ impl Core {
         }
     }
 
-    /// The running incarnation `id` names, if it is the current one.
-    fn current(&self, id: ShardId) -> Option<(Run, bool)> {
-        match *self.shards.get(usize::from(id.index))? {
-            State::Up(run) if run.generation == id.generation => {
-                Some((run, false))
+    /// Whether `id` is the incarnation of its shard that runs now (up or
+    /// draining); an event from any other is stale.
+    fn is_current(&self, id: ShardId) -> bool {
+        match self.shards.get(usize::from(id.index)) {
+            Some(State::Up(run) | State::Draining(run)) => {
+                run.generation == id.generation
             }
-            State::Draining(run) if run.generation == id.generation => {
-                Some((run, true))
-            }
-            State::Up(_)
-            | State::Draining(_)
-            | State::Starting { .. }
-            | State::Down { .. }
-            | State::Gone => None,
+            Some(
+                State::Starting { .. } | State::Down { .. } | State::Gone,
+            )
+            | None => false,
         }
     }
 
@@ -478,14 +475,16 @@ impl Core {
         now: Instant,
         effects: &mut Vec<Effect>,
     ) {
-        let Some((run, draining)) = self.current(id) else { return };
+        if !self.is_current(id) {
+            return;
+        }
         let i = id.index;
         if kind != DONE {
             effects.push(Effect::Log(
                 Level::Warn,
                 format!("shard {i} sent a frame of kind {kind}; killing it"),
             ));
-            return self.lose(i, run, draining, now, "sent garbage", effects);
+            return self.lose(i, now, "sent garbage", effects);
         }
         if self.owner.get(usize::from(delnum)) != Some(&Owner::Shard(i)) {
             return not_held(i, delnum, effects);
@@ -504,7 +503,9 @@ impl Core {
         now: Instant,
         effects: &mut Vec<Effect>,
     ) {
-        let Some((run, draining)) = self.current(id) else { return };
+        if !self.is_current(id) {
+            return;
+        }
         let i = id.index;
         let why = match loss {
             Loss::Eof => "closed its result pipe",
@@ -525,58 +526,64 @@ impl Core {
                 "sent garbage"
             }
         };
-        self.lose(i, run, draining, now, why, effects);
+        self.lose(i, now, why, effects);
     }
 
-    /// Shard `i` (running as `run`) is gone or broken: answer each delnum
-    /// it held once with a `Z`, and restart it, unless qmail-send is gone
-    /// too.
+    /// Shard `i`'s running incarnation is gone or broken: answer each
+    /// delnum it held once with a `Z`, and restart it, unless qmail-send
+    /// is gone too.
     fn lose(
         &mut self,
         i: u16,
-        run: Run,
-        draining: bool,
         now: Instant,
         why: &str,
         effects: &mut Vec<Effect>,
     ) {
+        let held = self.held_by(i);
+        let (run, next, then) = match self.shards[usize::from(i)] {
+            State::Up(run) => {
+                let young =
+                    now.saturating_duration_since(run.started) < STABLE_AFTER;
+                let backoff = next_backoff(run.backoff, young);
+                let restart_at = now + backoff;
+                let generation = run.generation;
+                let then = format!("restarting in {} ms", backoff.as_millis());
+                (run, State::Down { generation, restart_at, backoff }, then)
+            }
+            State::Draining(run) if held == 0 => {
+                // It did what a shard does at the end: finish and exit.
+                let shard = ShardId { index: i, generation: run.generation };
+                let unreaped = (!run.reaped).then_some(run.pid);
+                effects.push(Effect::Forget { shard, unreaped });
+                let line = format!("shard {i} finished");
+                effects.push(Effect::Log(Level::Info, line));
+                self.shards[usize::from(i)] = State::Gone;
+                return;
+            }
+            State::Draining(run) => {
+                let then = "not restarting: qmail-send is gone".to_string();
+                (run, State::Gone, then)
+            }
+            // Callers found it running.
+            State::Starting { .. } | State::Down { .. } | State::Gone => {
+                return;
+            }
+        };
         let shard = ShardId { index: i, generation: run.generation };
         let unreaped = (!run.reaped).then_some(run.pid);
-        let held = self.held_by(i);
-        if draining && held == 0 {
-            // It did what a shard does at the end: finish and exit.
-            effects.push(Effect::Drop { shard, unreaped });
-            effects
-                .push(Effect::Log(Level::Info, format!("shard {i} finished")));
-            self.shards[usize::from(i)] = State::Gone;
-            return;
-        }
         // It may still be alive with its pipe closed; make sure, so no
         // qmail-remote result can arrive from it any more.
         if let Some(pid) = unreaped {
             effects.push(Effect::Kill(pid));
         }
-        effects.push(Effect::Drop { shard, unreaped });
+        effects.push(Effect::Forget { shard, unreaped });
         self.answer_lost(i, effects);
-        let next = if draining {
-            self.shards[usize::from(i)] = State::Gone;
-            "not restarting: qmail-send is gone".to_string()
-        } else {
-            let young =
-                now.saturating_duration_since(run.started) < STABLE_AFTER;
-            let backoff = next_backoff(run.backoff, young);
-            self.shards[usize::from(i)] = State::Down {
-                generation: run.generation,
-                restart_at: now + backoff,
-                backoff,
-            };
-            format!("restarting in {} ms", backoff.as_millis())
-        };
+        self.shards[usize::from(i)] = next;
         effects.push(Effect::Log(
             Level::Warn,
             format!(
                 "shard {i} died ({why}); answered {held} deliveries with a \
-                 deferral; {next}"
+                 deferral; {then}"
             ),
         ));
     }
@@ -1201,7 +1208,7 @@ mod tests {
             fx[..2],
             [
                 Effect::Kill(pid(1, 1)),
-                Effect::Drop { shard: old, unreaped: Some(pid(1, 1)) }
+                Effect::Forget { shard: old, unreaped: Some(pid(1, 1)) }
             ]
         );
         assert_eq!(records(&fx), [(2, lost(1)), (7, lost(1)), (40, lost(1))]);
@@ -1261,7 +1268,7 @@ mod tests {
         assert_eq!(rig.on(Event::Reaped(Pid::from_raw(77))), [], "not ours");
         let shard = rig.id(0);
         let fx = rig.lose(shard);
-        assert_eq!(fx[0], Effect::Drop { shard, unreaped: None });
+        assert_eq!(fx[0], Effect::Forget { shard, unreaped: None });
         assert!(!fx.iter().any(|e| matches!(e, Effect::Kill(_))));
         assert_eq!(records(&fx), [(1, lost(0))]);
     }
@@ -1449,7 +1456,7 @@ mod tests {
             assert_eq!(
                 fx,
                 [
-                    Effect::Drop { shard, unreaped: Some(pid(i, 1)) },
+                    Effect::Forget { shard, unreaped: Some(pid(i, 1)) },
                     Effect::Log(Level::Info, format!("shard {i} finished")),
                 ]
             );

@@ -235,7 +235,7 @@ impl Mux {
             Effect::Kill(pid) => {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             }
-            Effect::Drop { shard, unreaped } => {
+            Effect::Forget { shard, unreaped } => {
                 self.forget(shard);
                 self.dying.extend(unreaped);
             }
