@@ -13,11 +13,18 @@
 //! answers each of them once with a `Z` and starts a replacement. It knows
 //! nothing of per-domain limits beyond which shard owns a key.
 //!
+//! Like a shard, it is a pure core and a thin driver: [`core`] makes
+//! every decision (checks, routing, the owner of each delnum, shard
+//! states and restarts) from events and is tested without processes;
+//! [`mux`] waits on the descriptors and carries its effects out;
+//! [`shards`] starts a shard process and holds its pipes.
+//!
 //! Everything that can fail fatally happens before the announcement
 //! ([`startup`]); after it, a failure costs one record for one delnum,
 //! never the process.
 
 pub mod cli;
+pub mod core;
 pub mod limits_cmd;
 pub mod mux;
 pub mod shards;

@@ -1,13 +1,19 @@
-//! The supervisor's loop: qmail-send's commands in, routed to shards;
-//! shard results out, as whole records, on fd 1.
+//! The supervisor's driver: the only code in it that waits. It turns
+//! what the kernel reports (qmail-send's commands, shard results, EOFs,
+//! reaped children, the clock) into [`Event`]s for the [`Core`] and
+//! carries out its [`Effect`]s: records to fd 1, frames to job pipes,
+//! shard starts, kills. It decides nothing about routing, owners or
+//! restarts; it owns the descriptors, the buffers, the control files'
+//! stamps and the status file.
 //!
 //! One thread, one epoll. Tokens pack (kind, shard generation, shard
 //! index), so an event from a shard that has since been replaced is
-//! recognised and dropped.
+//! recognised and dropped before anything is read.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -15,21 +21,17 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
-use shardspawn_common::domain;
-use shardspawn_common::frame::{DONE, Job, LIMITS, RESPONSES, encode_text};
+use shardspawn_common::frame::encode_text;
 use shardspawn_common::limits::Limits;
 use shardspawn_common::record;
-use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::SupervisorStatus;
-use shardspawn_common::validate;
 use shardspawn_os::log::Log;
-use shardspawn_os::sys::{self, Interest, Poller};
+use shardspawn_os::sys::{self, Interest, Poller, write_atomically};
 
-use crate::shards::Shard;
-use shardspawn_os::sys::write_atomically;
-
+use crate::core::{Core, Effect, Event, Level, Loss, ShardId};
+use crate::shards::{self, Process};
 use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 
 /// How often the limits file is looked at (qmail-start's children never
@@ -44,31 +46,46 @@ const SIGNALS: u64 = 1;
 const RESULTS: u64 = 2;
 const JOBS: u64 = 3;
 
-/// `owner` entry of a delnum with nothing in flight.
-const FREE: u16 = u16::MAX;
-
-fn token(kind: u64, generation: u32, index: u16) -> u64 {
-    kind << 62 | (u64::from(generation) & 0x3fff_ffff) << 32 | u64::from(index)
+fn token(kind: u64, id: ShardId) -> u64 {
+    kind << 62
+        | (u64::from(id.generation) & 0x3fff_ffff) << 32
+        | u64::from(id.index)
 }
 
-fn untoken(t: u64) -> (u64, u32, u16) {
-    (t >> 62, ((t >> 32) & 0x3fff_ffff) as u32, t as u16)
+fn untoken(t: u64) -> (u64, ShardId) {
+    let id = ShardId {
+        index: t as u16,
+        generation: ((t >> 32) & 0x3fff_ffff) as u32,
+    };
+    (t >> 62, id)
 }
 
 /// Starts the shards, announces, and serves until qmail-send closes the
 /// command pipe and every delivery has its result. Returns the exit code.
 pub fn run(rt: Runtime, log: Log) -> i32 {
-    let mut mux = match Mux::new(rt, log.clone()) {
+    let (mut mux, starts) = match Mux::new(rt, log.clone()) {
         Ok(mux) => mux,
         Err(e) => {
             log.fatal(format_args!("unable to set up the event loop: {e}"));
             return 111;
         }
     };
-    for i in 0..mux.shards.len() {
-        if let Err(e) = mux.start_shard(i) {
-            log.fatal(format_args!("unable to start shard {i}: {e}"));
-            return 111;
+    // Before the announcement a shard that cannot start is fatal: exit
+    // 111 without announcing, and qmail-start's supervisor tries again.
+    for effect in starts {
+        let Effect::Start(id) = effect else {
+            unreachable!("a new core only starts shards: {effect:?}")
+        };
+        let now = Instant::now();
+        match mux.start(id) {
+            Ok(pid) => mux.feed(Event::Started { shard: id, pid, now }),
+            Err(e) => {
+                log.fatal(format_args!(
+                    "unable to start shard {}: {e}",
+                    id.index
+                ));
+                return 111;
+            }
         }
     }
     mux.announce();
@@ -85,6 +102,7 @@ pub fn run(rt: Runtime, log: Log) -> i32 {
 struct Mux {
     rt: Runtime,
     log: Log,
+    core: Core,
     poller: Poller,
     signals: SignalFd,
     stdin: io::Stdin,
@@ -93,33 +111,44 @@ struct Mux {
     reading: bool,
     writing: bool,
     out: Vec<u8>,
-    /// Per delnum: the shard holding it, or FREE.
-    owner: Vec<u16>,
-    shards: Vec<Shard>,
-    /// Shard processes that are gone from `shards` but not yet reaped.
+    /// Per shard index: the running incarnation's process and pipes.
+    procs: Vec<Option<Process>>,
+    /// Shard processes given up but not yet reaped.
     dying: Vec<Pid>,
+    /// The core said every delnum is answered and every shard gone.
+    exit: bool,
     /// When to look at the limits file again, and to publish status.
     next_limits_check: Instant,
     next_status: Instant,
     started: SystemTime,
-    results: u64,
-    restarts: u64,
     status_failed: bool,
     buf: Vec<u8>,
+    /// Kept between events to reuse its allocation.
+    effects: Vec<Effect>,
 }
 
 impl Mux {
-    fn new(rt: Runtime, log: Log) -> io::Result<Mux> {
+    /// The driver and the core's first effects (a start of each shard).
+    fn new(rt: Runtime, log: Log) -> io::Result<(Mux, Vec<Effect>)> {
         let signals = sys::signal_fd(&[Signal::SIGCHLD, Signal::SIGHUP])?;
         let poller = Poller::new(256)?;
         let stdin = io::stdin();
         sys::set_nonblocking(stdin.as_fd(), true)?;
-        poller.add(stdin.as_fd(), Interest::Read, token(QMAIL, 0, 0))?;
-        poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, 0, 0))?;
-        let shards = (0..rt.shards).map(Shard::new).collect();
-        Ok(Mux {
+        let none = ShardId { index: 0, generation: 0 };
+        poller.add(stdin.as_fd(), Interest::Read, token(QMAIL, none))?;
+        poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
+        let mut starts = Vec::new();
+        let core = Core::new(
+            rt.slots,
+            rt.shards,
+            (Rc::from(&rt.limits.text[..]), rt.limits.parsed.clone()),
+            Rc::from(&rt.responses.text[..]),
+            &mut starts,
+        );
+        let mux = Mux {
             decoder: CommandDecoder::new(rt.width, FIELD_LIMIT),
-            owner: vec![FREE; rt.slots as usize],
+            procs: (0..rt.shards).map(|_| None).collect(),
+            core,
             rt,
             log,
             poller,
@@ -129,16 +158,16 @@ impl Mux {
             reading: true,
             writing: true,
             out: Vec::new(),
-            shards,
             dying: Vec::new(),
+            exit: false,
             next_limits_check: Instant::now() + LIMITS_EVERY,
             next_status: Instant::now(),
             started: SystemTime::now(),
-            results: 0,
-            restarts: 0,
             status_failed: false,
             buf: vec![0; 64 * 1024],
-        })
+            effects: Vec::new(),
+        };
+        Ok((mux, starts))
     }
 
     fn announce(&mut self) {
@@ -155,31 +184,109 @@ impl Mux {
         self.flush_out();
     }
 
-    fn start_shard(&mut self, i: usize) -> io::Result<()> {
-        let shard = &mut self.shards[i];
-        shard.start(&self.rt.shard)?;
-        // A new shard learns the limits and the response rules before any
-        // job: the outbox holds only whole frames while a shard is down.
-        let mut first = Vec::new();
-        encode_text(LIMITS, &self.rt.limits.text, &mut first);
-        encode_text(RESPONSES, &self.rt.responses.text, &mut first);
-        shard.outbox.splice(0..0, first);
-        let live = shard.live.as_ref().expect("just started");
-        self.poller.add(
-            live.results.as_fd(),
-            Interest::Read,
-            token(RESULTS, shard.generation, shard.index),
-        )?;
-        if shard.restarts > 0 {
-            self.log
-                .info(format_args!("shard {i} restarted as pid {}", live.pid));
+    /// Gives the core one event and carries out what it decides.
+    fn feed(&mut self, event: Event) {
+        let mut effects = std::mem::take(&mut self.effects);
+        self.core.handle(event, &mut effects);
+        for effect in effects.drain(..) {
+            self.carry_out(effect);
         }
-        Ok(())
+        self.effects = effects;
+    }
+
+    fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::Record { delnum, body } => {
+                if self.writing {
+                    record::encode(
+                        self.rt.width,
+                        delnum,
+                        &body,
+                        &mut self.out,
+                    );
+                }
+            }
+            Effect::Job { shard, job } => {
+                if let Some(p) = self.process(shard) {
+                    job.encode(&mut p.outbox);
+                }
+            }
+            Effect::Text { shard, control, text } => {
+                // A job pipe already closed takes nothing more.
+                if let Some(p) = self.process(shard)
+                    && p.jobs.is_some()
+                {
+                    encode_text(control.kind(), &text, &mut p.outbox);
+                }
+            }
+            Effect::Start(id) => {
+                let now = Instant::now();
+                let event = match self.start(id) {
+                    Ok(pid) => Event::Started { shard: id, pid, now },
+                    Err(error) => Event::StartFailed { shard: id, error, now },
+                };
+                self.feed(event);
+            }
+            Effect::CloseJobs(shard) => {
+                if let Some(p) = self.process(shard) {
+                    p.closing = true;
+                }
+            }
+            Effect::Kill(pid) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+            Effect::Forget { shard, unreaped } => {
+                self.forget(shard);
+                self.dying.extend(unreaped);
+            }
+            Effect::Log(Level::Info, line) => {
+                self.log.info(format_args!("{line}"))
+            }
+            Effect::Log(Level::Warn, line) => {
+                self.log.warn(format_args!("{line}"))
+            }
+            Effect::Exit => self.exit = true,
+        }
+    }
+
+    /// Stops watching incarnation `id`'s pipes and closes them.
+    fn forget(&mut self, id: ShardId) {
+        let slot = &mut self.procs[usize::from(id.index)];
+        let Some(p) = slot.take_if(|p| p.id == id) else { return };
+        let _ = self.poller.delete(p.results.as_fd());
+        if let Some(jobs) = &p.jobs
+            && p.jobs_watched
+        {
+            let _ = self.poller.delete(jobs.as_fd());
+        }
+    }
+
+    /// The process of incarnation `id`, if it is the one running.
+    fn process(&mut self, id: ShardId) -> Option<&mut Process> {
+        self.procs
+            .get_mut(usize::from(id.index))?
+            .as_mut()
+            .filter(|p| p.id == id)
+    }
+
+    /// Starts incarnation `id` and watches its result pipe.
+    fn start(&mut self, id: ShardId) -> io::Result<Pid> {
+        let p = shards::start(id, &self.rt.shard)?;
+        // Not watched, it is dropped here: its job pipe closes, and it
+        // exits on its own.
+        self.poller.add(
+            p.results.as_fd(),
+            Interest::Read,
+            token(RESULTS, id),
+        )?;
+        let pid = p.pid;
+        self.procs[usize::from(id.index)] = Some(p);
+        Ok(pid)
     }
 
     fn serve(&mut self) -> io::Result<()> {
         loop {
-            if self.finished() {
+            if self.exit {
                 self.flush_out();
                 // Every shard has closed its result pipe and is exiting;
                 // reap them so none outlives us as a zombie.
@@ -188,40 +295,35 @@ impl Mux {
                 }
                 return Ok(());
             }
-            let deadline = self
-                .shards
-                .iter()
-                .filter_map(|s| s.restart_at)
-                .chain([self.next_limits_check, self.next_status])
+            let deadline = [self.next_limits_check, self.next_status]
+                .into_iter()
+                .chain(self.core.next_deadline())
                 .min();
             self.poller.wait(deadline)?;
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
             for t in tokens {
-                let (kind, generation, index) = untoken(t);
+                let (kind, id) = untoken(t);
                 match kind {
                     QMAIL => self.read_commands(),
                     SIGNALS => self.signals(),
-                    RESULTS | JOBS => {
-                        let i = usize::from(index);
-                        let current = self.shards.get(i).is_some_and(|s| {
-                            s.generation == generation && s.live.is_some()
-                        });
-                        if current && kind == RESULTS {
-                            self.read_results(i, now);
+                    RESULTS => {
+                        if self.process(id).is_some() {
+                            self.read_results(id, now);
                         }
-                        // JOBS: room in a job pipe; written below.
                     }
+                    // Room in a job pipe; written below.
+                    JOBS => {}
                     _ => unreachable!("two-bit kind"),
                 }
             }
-            self.restart_due(now);
+            self.feed(Event::Tick(now));
             if now >= self.next_limits_check {
                 self.next_limits_check = now + LIMITS_EVERY;
                 self.reload_limits(false);
                 self.reload_responses(false);
             }
-            for i in 0..self.shards.len() {
+            for i in 0..self.procs.len() {
                 self.flush_jobs(i);
             }
             self.flush_out();
@@ -229,31 +331,32 @@ impl Mux {
                 self.next_status = now + STATUS_EVERY;
                 self.publish();
             }
+            if cfg!(debug_assertions) {
+                self.core.check_invariants();
+            }
         }
-    }
-
-    /// EOF from qmail-send, every delnum answered, every shard gone.
-    fn finished(&self) -> bool {
-        !self.reading
-            && self.shards.iter().all(|s| s.in_flight == 0 && s.live.is_none())
     }
 
     fn read_commands(&mut self) {
         if !self.reading {
             return;
         }
-        let n = match sys::read(self.stdin.as_fd(), &mut self.buf) {
-            Ok(None) => return self.end_of_commands(),
+        let mut buf = std::mem::take(&mut self.buf);
+        let n = match sys::read(self.stdin.as_fd(), &mut buf) {
+            Ok(None) => 0,
             Ok(Some(n)) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.buf = buf;
+                return;
+            }
             Err(e) => {
                 self.log.warn(format_args!("unable to read commands: {e}"));
-                return self.end_of_commands();
+                0
             }
         };
         let mut at = 0;
         while at < n {
-            let (used, decoded) = self.decoder.decode(&self.buf[at..n]);
+            let (used, decoded) = self.decoder.decode(&buf[at..n]);
             at += used;
             match decoded {
                 None => {}
@@ -261,43 +364,14 @@ impl Mux {
                     self.log.warn(format_args!(
                         "command for delnum {delnum} has a field over {FIELD_LIMIT} bytes"
                     ));
-                    self.record(delnum, &Refusal::OutOfMemory.body());
+                    self.feed(Event::Oversize { delnum });
                 }
-                Some(Decoded::Command(cmd)) => {
-                    let owner = &self.owner;
-                    let checked = validate::check(&cmd, self.rt.slots, |d| {
-                        owner[usize::from(d)] != FREE
-                    });
-                    if let Err(refusal) = checked {
-                        self.record(cmd.delnum, &refusal.body());
-                        continue;
-                    }
-                    let host =
-                        domain::host(&cmd.recipient).unwrap_or_default();
-                    // Routed, and counted by its shard, on the limit key
-                    // (`=NAME` for a group's members), not the domain:
-                    // a group's domains must meet on one shard, in one
-                    // count.
-                    let key = self
-                        .rt
-                        .limits
-                        .parsed
-                        .lookup(&domain::normalise(host))
-                        .key;
-                    let s = domain::shard_for(&key, self.rt.shards);
-                    self.owner[usize::from(cmd.delnum)] = s;
-                    let shard = &mut self.shards[usize::from(s)];
-                    shard.in_flight += 1;
-                    Job {
-                        delnum: cmd.delnum,
-                        messid: cmd.messid,
-                        sender: cmd.sender,
-                        recipient: cmd.recipient,
-                        key,
-                    }
-                    .encode(&mut shard.outbox);
-                }
+                Some(Decoded::Command(cmd)) => self.feed(Event::Command(cmd)),
             }
+        }
+        self.buf = buf;
+        if n == 0 {
+            self.end_of_commands();
         }
     }
 
@@ -310,10 +384,7 @@ impl Mux {
                 "qmail-send closed its pipe inside a command; that command is discarded"
             ));
         }
-        let in_flight: u32 = self.shards.iter().map(|s| s.in_flight).sum();
-        self.log.info(format_args!(
-            "end of commands; finishing {in_flight} deliveries in flight"
-        ));
+        self.feed(Event::CommandsEnd);
     }
 
     fn signals(&mut self) {
@@ -327,13 +398,7 @@ impl Mux {
             self.dying.retain(|&p| p != pid);
             // Reaped before its pipe said EOF: the pid is free for reuse,
             // so it must not be killed or waited for later.
-            for shard in &mut self.shards {
-                if let Some(live) = shard.live.as_mut()
-                    && live.pid == pid
-                {
-                    live.reaped = true;
-                }
-            }
+            self.feed(Event::Reaped(pid));
             if end != ChildEnd::Exited(0) {
                 self.log
                     .warn(format_args!("child process {pid} ended: {end:?}"));
@@ -361,8 +426,12 @@ impl Mux {
             new.parsed.default_limit(),
             new.parsed.rules().count()
         ));
+        let event = Event::Limits {
+            text: Rc::from(&new.text[..]),
+            parsed: new.parsed.clone(),
+        };
         self.rt.limits = new;
-        self.send_all(LIMITS);
+        self.feed(event);
     }
 
     /// The same for the response rules file.
@@ -381,22 +450,9 @@ impl Mux {
             new.path.display(),
             new.parsed.from_file(),
         ));
+        let event = Event::Responses(Rc::from(&new.text[..]));
         self.rt.responses = new;
-        self.send_all(RESPONSES);
-    }
-
-    /// Sends the control file of `kind` to every live shard.
-    fn send_all(&mut self, kind: u8) {
-        let text = if kind == LIMITS {
-            &self.rt.limits.text
-        } else {
-            &self.rt.responses.text
-        };
-        for shard in &mut self.shards {
-            if shard.live.is_some() {
-                encode_text(kind, text, &mut shard.outbox);
-            }
-        }
+        self.feed(event);
     }
 
     /// Writes the `supervisor` status file.
@@ -412,9 +468,9 @@ impl Mux {
             slots: self.rt.slots,
             delnum_bytes: self.rt.width.bytes() as u8,
             shards: self.rt.shards,
-            in_flight: self.shards.iter().map(|s| s.in_flight).sum(),
-            results: self.results,
-            restarts: self.restarts,
+            in_flight: self.core.in_flight(),
+            results: self.core.results(),
+            restarts: self.core.restarts(),
         };
         match write_atomically(dir, "supervisor", status.render().as_bytes()) {
             Ok(()) => self.status_failed = false,
@@ -429,183 +485,76 @@ impl Mux {
         }
     }
 
-    fn read_results(&mut self, i: usize, now: Instant) {
-        let live = self.shards[i].live.as_mut().expect("checked live");
-        let n = match sys::read(live.results.as_fd(), &mut self.buf) {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                return self.shard_down(i, now, "closed its result pipe");
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                self.log.warn(format_args!(
-                    "unable to read results of shard {i}: {e}"
-                ));
-                return self.shard_down(i, now, "result pipe failed");
-            }
+    /// Reads what shard `id`'s result pipe holds and gives the core each
+    /// whole frame, until the pipe is empty or the core gives the shard
+    /// up.
+    fn read_results(&mut self, id: ShardId, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = match self.process(id) {
+            Some(p) => sys::read(p.results.as_fd(), &mut buf),
+            None => Ok(Some(0)),
         };
-        let mut at = 0;
-        while at < n {
-            let live = self.shards[i].live.as_mut().expect("checked live");
-            let (used, frame) = live.decoder.decode(&self.buf[at..n]);
-            at += used;
+        let loss = match read {
+            Ok(Some(n)) => {
+                self.frames(id, &buf[..n], now);
+                None
+            }
+            Ok(None) => Some(Loss::Eof),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Loss::ReadFailed(e)),
+        };
+        self.buf = buf;
+        if let Some(loss) = loss {
+            self.feed(Event::Lost { shard: id, loss, now });
+        }
+    }
+
+    fn frames(&mut self, id: ShardId, mut bytes: &[u8], now: Instant) {
+        while !bytes.is_empty() {
+            // Gone since the last frame: what follows is not read.
+            let Some(p) = self.process(id) else { return };
+            let (used, frame) = p.decoder.decode(bytes);
+            bytes = &bytes[used..];
             match frame {
                 None => {}
-                Some(Ok((kind, _, _))) if kind != DONE => {
-                    self.log.warn(format_args!(
-                        "shard {i} sent a frame of kind {kind}; killing it"
-                    ));
-                    return self.shard_down(i, now, "sent garbage");
-                }
-                Some(Ok((_, delnum, mut body))) => {
-                    if self.owner.get(usize::from(delnum)) != Some(&(i as u16))
-                    {
-                        self.log.warn(format_args!(
-                            "shard {i} answered delnum {delnum}, which it does not hold; dropped"
-                        ));
-                        continue;
-                    }
-                    self.owner[usize::from(delnum)] = FREE;
-                    self.shards[i].in_flight -= 1;
-                    // A NUL would end the record early and shift every
-                    // later one; a body never has one, but make sure.
-                    body.iter_mut()
-                        .filter(|b| **b == 0)
-                        .for_each(|b| *b = b'?');
-                    self.record(delnum, &body);
+                Some(Ok((kind, delnum, body))) => {
+                    let shard = id;
+                    self.feed(Event::Frame { shard, kind, delnum, body, now });
                 }
                 Some(Err(e)) => {
-                    self.log.warn(format_args!(
-                        "shard {i} sent a frame of {} bytes; killing it",
-                        e.len
-                    ));
-                    return self.shard_down(i, now, "sent garbage");
+                    let loss = Loss::TooLong(e.len);
+                    return self.feed(Event::Lost { shard: id, loss, now });
                 }
             }
         }
     }
 
-    /// A shard is gone (or broken): answer each delnum it held once with
-    /// a `Z`, and schedule its replacement.
-    fn shard_down(&mut self, i: usize, now: Instant, why: &str) {
-        let shard = &mut self.shards[i];
-        if let Some(live) = &shard.live {
-            let _ = self.poller.delete(live.results.as_fd());
-            if let Some(jobs) = &live.jobs
-                && live.jobs_watched
-            {
-                let _ = self.poller.delete(jobs.as_fd());
-            }
-            if !live.reaped {
-                self.dying.push(live.pid);
-            }
-        }
-        let held = shard.in_flight;
-        if held > 0 || self.reading {
-            // It may still be alive with its pipe closed; make sure, so
-            // no qmail-remote result can arrive from it any more.
-            if let Some(live) = &shard.live
-                && !live.reaped
-            {
-                let _ = nix::sys::signal::kill(live.pid, Signal::SIGKILL);
-            }
-        }
-        shard.outbox.clear();
-        shard.in_flight = 0;
-        shard.went_down(now);
-        if held == 0 && !self.reading {
-            shard.restart_at = None;
-            self.log.info(format_args!("shard {i} finished"));
-            return;
-        }
-        self.answer_lost(i);
-        if !self.reading {
-            self.shards[i].restart_at = None;
-        }
-        let shard = &self.shards[i];
-        self.log.warn(format_args!(
-            "shard {i} died ({why}); answered {held} deliveries with a deferral; {}",
-            match shard.restart_at {
-                Some(at) => format!("restarting in {} ms", at.saturating_duration_since(now).as_millis()),
-                None => "not restarting: qmail-send is gone".to_string(),
-            }
-        ));
-    }
-
-    /// Answers every delnum shard `i` holds with the shard-lost `Z`.
-    fn answer_lost(&mut self, i: usize) {
-        let lost = Refusal::ShardLost { shard: i as u16 }.body();
-        for delnum in 0..self.owner.len() {
-            if self.owner[delnum] == i as u16 {
-                self.owner[delnum] = FREE;
-                self.record(delnum as u16, &lost);
-            }
-        }
-        self.shards[i].outbox.clear();
-        self.shards[i].in_flight = 0;
-    }
-
-    fn restart_due(&mut self, now: Instant) {
-        for i in 0..self.shards.len() {
-            let due = self.shards[i].restart_at.is_some_and(|at| at <= now);
-            if !due {
-                continue;
-            }
-            self.shards[i].restarts += 1;
-            self.restarts += 1;
-            if let Err(e) = self.start_shard(i) {
-                let held = self.shards[i].in_flight;
-                // What waited for it cannot wait for ever.
-                self.answer_lost(i);
-                let shard = &mut self.shards[i];
-                shard.live = None;
-                shard.went_down(now);
-                if !self.reading {
-                    shard.restart_at = None;
-                }
-                self.log.warn(format_args!(
-                    "unable to restart shard {i}: {e}; answered {held} \
-                     deliveries with a deferral; trying again in {} ms",
-                    self.shards[i].backoff.as_millis()
-                ));
-            }
-        }
-    }
-
-    /// Writes what the shard's job pipe takes; after EOF from qmail-send,
-    /// closes it once empty, which is how a shard learns to finish.
+    /// Writes what the shard's job pipe takes; once the core has closed
+    /// it, closes it when empty, which is how a shard learns to finish.
     fn flush_jobs(&mut self, i: usize) {
-        let shard = &mut self.shards[i];
-        let Some(live) = shard.live.as_mut() else { return };
-        let Some(jobs) = live.jobs.as_ref() else { return };
+        let Some(p) = self.procs[i].as_mut() else { return };
+        let Some(jobs) = p.jobs.as_ref() else { return };
         let mut written = 0;
-        while written < shard.outbox.len() {
-            match sys::write(jobs.as_fd(), &shard.outbox[written..]) {
+        while written < p.outbox.len() {
+            match sys::write(jobs.as_fd(), &p.outbox[written..]) {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 // EPIPE: it is dying; its result pipe will say so.
                 Err(_) => break,
             }
         }
-        shard.outbox.drain(..written);
-        let want = !shard.outbox.is_empty();
-        let t = token(JOBS, shard.generation, shard.index);
-        if want && !live.jobs_watched {
-            live.jobs_watched =
+        p.outbox.drain(..written);
+        let want = !p.outbox.is_empty();
+        let t = token(JOBS, p.id);
+        if want && !p.jobs_watched {
+            p.jobs_watched =
                 self.poller.add(jobs.as_fd(), Interest::Write, t).is_ok();
-        } else if !want && live.jobs_watched {
+        } else if !want && p.jobs_watched {
             let _ = self.poller.delete(jobs.as_fd());
-            live.jobs_watched = false;
+            p.jobs_watched = false;
         }
-        if !want && !self.reading {
-            live.jobs = None;
-        }
-    }
-
-    fn record(&mut self, delnum: u16, body: &[u8]) {
-        self.results += 1;
-        if self.writing {
-            record::encode(self.rt.width, delnum, body, &mut self.out);
+        if !want && p.closing {
+            p.jobs = None;
         }
     }
 
