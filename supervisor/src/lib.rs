@@ -24,6 +24,7 @@
 //! never the process.
 
 pub mod cli;
+pub mod cmdline;
 pub mod core;
 pub mod limits_cmd;
 pub mod mux;

@@ -15,7 +15,7 @@ use shardspawn_common::limits::{Limits, MatchedRule, Rule};
 use shardspawn_common::response::{Action, Responses};
 use shardspawn_common::settings::Settings;
 
-use crate::cli::{self, Out, Usage, flag_value};
+use crate::cmdline::{self, Out, Usage, flag_value};
 use crate::startup::{ControlFileError, default_shards, read_control};
 
 const USAGE: &str = "\
@@ -115,7 +115,7 @@ fn parse(mut p: Parser) -> Result<Command, (Usage, String)> {
 /// Runs `limits ...`; returns the exit code.
 pub fn main(p: Parser) -> i32 {
     let command = match parse(p) {
-        Ok(Command::Help) => return cli::help(USAGE),
+        Ok(Command::Help) => return cmdline::help(USAGE),
         Ok(command) => command,
         Err((e, name)) => return e.report(&name),
     };

@@ -19,7 +19,7 @@ use serde::Serialize;
 use shardspawn_common::settings::Settings;
 use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
 
-use crate::cli::{self, Out, Usage, flag_value};
+use crate::cmdline::{self, Out, Usage, flag_value};
 
 const USAGE: &str = "\
 usage: shardspawn status [--json] [--keys N] [--state-dir DIR]
@@ -120,7 +120,7 @@ fn parse(mut p: Parser) -> Result<Option<Ask>, Usage> {
 pub fn main(p: Parser) -> i32 {
     let ask = match parse(p) {
         Ok(Some(ask)) => ask,
-        Ok(None) => return cli::help(USAGE),
+        Ok(None) => return cmdline::help(USAGE),
         Err(e) => return e.report("status"),
     };
     let dir = match ask.dir {
