@@ -48,6 +48,7 @@ pub mod home;
 pub mod qmail_start;
 pub mod recorder;
 pub mod remote;
+pub mod spawner;
 mod sys;
 pub mod util;
 pub mod workload;
