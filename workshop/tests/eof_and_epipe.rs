@@ -11,18 +11,17 @@
 //!   every shard do not grow over 2,000 deliveries.
 
 use std::path::{Path, PathBuf};
-use std::process::Command as Process;
 use std::time::Duration;
 
 use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_workshop::emulator::Delivery;
 use shardspawn_workshop::remote::{self, Gate};
+use shardspawn_workshop::spawner::Spawner;
 use shardspawn_workshop::util::{
     children, deadline_in, fd_count, fork_lock, open_fds, zombie_children,
 };
 use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, Stderr, bin_path, wait_for,
-    workload,
+    Emulator, Options, QmailHome, Recording, Stderr, wait_for, workload,
 };
 
 const SHARDS: u16 = 4;
@@ -44,23 +43,13 @@ impl Setup {
     }
 
     fn start(&self, opts: Options) -> Emulator {
-        let mut cmd = Process::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", SHARDS.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "2")
-            // Status files in the home, not in a /run shared with every
-            // other test.
-            .env("SHARDSPAWN_STATE_DIR", self.home.path().join("state"))
-            .env("SHARDSPAWN_SLOTS", "1000")
-            .env(remote::ENV_GATE, self.gate.path())
-            .env(remote::ENV_RECORD, &self.record);
-        let emu = Emulator::start(cmd, DelnumWidth::Two, opts).unwrap();
+        let emu = Spawner::new(&self.home, DelnumWidth::Two, SHARDS)
+            .slots(1000)
+            .gate(&self.gate)
+            .record(&self.record)
+            .options(opts)
+            .start()
+            .unwrap();
         assert_eq!(emu.slots(), 1000);
         emu
     }

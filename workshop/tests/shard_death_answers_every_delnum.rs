@@ -13,7 +13,6 @@
 //! nothing more arrives.
 
 use std::path::PathBuf;
-use std::process::Command as Process;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -26,11 +25,12 @@ use shardspawn_common::limits::Limits;
 use shardspawn_workshop::emulator::{Delivery, RunReport};
 use shardspawn_workshop::home::NO_LIMITS;
 use shardspawn_workshop::remote::{self, Gate};
+use shardspawn_workshop::spawner::Spawner;
 use shardspawn_workshop::util::{
     children, deadline_in, fork_lock, zombie_children,
 };
 use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, bin_path, wait_for, workload,
+    Emulator, QmailHome, Recording, wait_for, workload,
 };
 
 const SHARDS: u16 = 4;
@@ -52,23 +52,11 @@ impl Setup {
 
     /// shardspawn as qmail-start runs it.
     fn start(&self) -> Emulator {
-        let mut cmd = Process::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", SHARDS.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "2")
-            // Status files in the home, not in a /run shared with every
-            // other test.
-            .env("SHARDSPAWN_STATE_DIR", self.home.path().join("state"))
-            .env("SHARDSPAWN_SLOTS", SLOTS.to_string())
-            .env(remote::ENV_GATE, self.gate.path())
-            .env(remote::ENV_RECORD, &self.record);
-        let emu = Emulator::start(cmd, DelnumWidth::Two, Options::default())
+        let emu = Spawner::new(&self.home, DelnumWidth::Two, SHARDS)
+            .slots(SLOTS)
+            .gate(&self.gate)
+            .record(&self.record)
+            .start()
             .unwrap();
         assert_eq!(usize::from(emu.slots()), SLOTS);
         emu
