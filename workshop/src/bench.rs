@@ -30,9 +30,9 @@
 //!
 //! It writes a block of tables into `BENCHMARKS.md` (between markers, so
 //! the hand-written analysis around it stays) and a plot,
-//! `benchmarks.png`, drawn here and encoded by the small PNG encoder at
-//! the end of this file: a plot should not need a plotting stack on a mail
-//! host, and a 250-line encoder is easier to keep than a dependency.
+//! `benchmarks.svg`, drawn with `plotters`' SVG backend: its text is
+//! set by whatever shows the file, so drawing it needs no font files on
+//! the machine that runs the bench.
 //!
 //! Targets are reported, never asserted: this machine is shared and noisy.
 
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::wait::{WaitStatus, waitpid};
+use plotters::prelude::*;
 
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_os::spawn;
@@ -81,7 +82,7 @@ Measures shardspawn (supervisor and shards, driven by an emulated
 qmail-send) and two baselines with no protocol (one spawn/waitpid loop
 that starts the stand-in as a shard does; one such loop per core) on the
 same stand-in qmail-remote, and writes DIR/BENCHMARKS.md (the block
-between its markers) and DIR/benchmarks.png.
+between its markers) and DIR/benchmarks.svg.
 
   --deliveries N   deliveries per measurement point      (default 20000)
   --rounds N       split each point into up to N rounds, all points
@@ -755,13 +756,13 @@ fn write_outputs(out: &Path, results: &Results) -> Result<(), String> {
     let text = splice(existing.as_deref(), &render(results));
     std::fs::write(&md, text)
         .map_err(|e| format!("unable to write {}: {e}", md.display()))?;
-    let png = out.join("benchmarks.png");
-    std::fs::write(&png, plot(results))
-        .map_err(|e| format!("unable to write {}: {e}", png.display()))?;
+    let svg = out.join(PLOT_FILE);
+    std::fs::write(&svg, plot(results)?)
+        .map_err(|e| format!("unable to write {}: {e}", svg.display()))?;
     eprintln!(
         "shardspawn-bench: wrote {} and {}",
         md.display(),
-        png.display()
+        svg.display()
     );
     Ok(())
 }
@@ -2081,7 +2082,7 @@ fn render(r: &Results) -> String {
     let _ = writeln!(
         w,
         "![deliveries/s and CPU per delivery against deliveries in \
-         flight](benchmarks.png)\n"
+         flight](benchmarks.svg)\n"
     );
     let _ = writeln!(w, "{END}");
     s
@@ -2111,40 +2112,36 @@ fn splice(existing: Option<&str>, block: &str) -> String {
 // The plot
 // ---------------------------------------------------------------------
 
-const WHITE: u8 = 0;
-const BLACK: u8 = 1;
-const GRID: u8 = 2;
-const GREY: u8 = 3;
-const BLUE: u8 = 4;
-const ORANGE: u8 = 5;
-const GREEN: u8 = 6;
-const RED: u8 = 7;
-const PALETTE: [[u8; 3]; 8] = [
-    [255, 255, 255],
-    [0, 0, 0],
-    [225, 225, 225],
-    [130, 130, 130],
-    [31, 119, 180],
-    [255, 127, 14],
-    [44, 160, 44],
-    [214, 39, 40],
+/// The plot's file, at the top of the output directory.
+pub const PLOT_FILE: &str = "benchmarks.svg";
+
+const GREY: RGBColor = RGBColor(130, 130, 130);
+const GRID: RGBColor = RGBColor(225, 225, 225);
+/// The shard counts' colours, in turn (matplotlib's first four).
+const SHARD_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
 ];
+
+/// The deliveries-in-flight axis, log scale: the bench's points run
+/// from 100 to 10,000.
+const X_RANGE: std::ops::Range<f64> = 70.0..14_000.0;
 
 /// A line of the plot.
 struct Series {
     label: String,
-    color: u8,
+    color: RGBColor,
     dashed: bool,
     points: Vec<(f64, f64)>,
     /// Drawn as hollow markers, not joined (1-byte framing).
     hollow: Vec<(f64, f64)>,
 }
 
-/// Two panels, deliveries/s and CPU per delivery, against deliveries in
-/// flight on a log scale; a PNG.
-fn plot(r: &Results) -> Vec<u8> {
-    let mut cv = Canvas::new(1200, 600);
-    let shard_colors = [BLUE, ORANGE, GREEN, RED];
+/// The two panels' series: deliveries/s, then CPU per delivery; one
+/// line per shard count, and the baseline loops dashed.
+fn plot_series(r: &Results) -> (Vec<Series>, Vec<Series>) {
     let mut shard_counts: Vec<u16> =
         r.points.iter().map(|p| p.shards).collect();
     shard_counts.sort_unstable();
@@ -2153,8 +2150,8 @@ fn plot(r: &Results) -> Vec<u8> {
     let mut cpu = Vec::new();
     let x = |c: usize| c as f64;
     for (i, s) in shard_counts.iter().enumerate() {
-        let color = shard_colors[i % shard_colors.len()];
-        let label = format!("{s} SHARD{}", if *s == 1 { "" } else { "S" });
+        let color = SHARD_COLORS[i % SHARD_COLORS.len()];
+        let label = format!("{s} shard{}", if *s == 1 { "" } else { "s" });
         let pick = |f: &dyn Fn(&Point) -> f64| {
             let mut line = Vec::new();
             let mut hollow = Vec::new();
@@ -2190,114 +2187,118 @@ fn plot(r: &Results) -> Vec<u8> {
     let cores =
         r.baselines.iter().find_map(|b| b.2.as_ref()).map_or(0, |b| b.loops);
     if !one.is_empty() {
-        rate.push(Series {
-            label: "ONE LOOP".into(),
-            color: BLACK,
+        let dashed = |label: String, color, points| Series {
+            label,
+            color,
             dashed: true,
-            points: one,
+            points,
             hollow: vec![],
-        });
-        rate.push(Series {
-            label: format!("{cores} LOOPS (ONE PER CORE)"),
-            color: GREY,
-            dashed: true,
-            points: core,
-            hollow: vec![],
-        });
-        cpu.push(Series {
-            label: "ONE LOOP".into(),
-            color: BLACK,
-            dashed: true,
-            points: one_cpu,
-            hollow: vec![],
-        });
+        };
+        rate.push(dashed("one loop".into(), BLACK, one));
+        let label = format!("{cores} loops (one per core)");
+        rate.push(dashed(label, GREY, core));
+        cpu.push(dashed("one loop".into(), BLACK, one_cpu));
     }
-    cv.text(
-        40,
-        16,
-        "SHARDSPAWN-BENCH: SHARDSPAWN VS. A BARE SPAWN/WAITPID LOOP",
-        BLACK,
-        2,
-    );
-    panel(&mut cv, 110, 80, 460, 380, "DELIVERIES PER SECOND", &rate);
-    panel(
-        &mut cv,
-        690,
-        80,
-        460,
-        380,
-        "CPU US/DELIVERY (SUPERVISOR+SHARDS)",
-        &cpu,
-    );
-    // The legend: the rate panel's series hold every label.
-    let mut lx = 40;
-    let ly = 540;
-    for s in &rate {
-        cv.line(lx, ly, lx + 30, ly, s.color, 3, s.dashed);
-        cv.marker(lx + 15, ly, s.color, false);
-        lx += 40 + cv.text(lx + 40, ly - 7, &s.label, BLACK, 2) + 30;
-    }
-    cv.marker(40 + 5, ly + 35, BLACK, true);
-    cv.text(60, ly + 28, "HOLLOW: 1-BYTE FRAMING; FILLED: 2-BYTE", BLACK, 2);
-    png::encode(cv.w, cv.h, &PALETTE, &cv.px)
+    (rate, cpu)
 }
 
-/// Draws one panel with its plot area at (x0, y0), w × h.
-#[allow(clippy::too_many_arguments)]
-fn panel(
-    cv: &mut Canvas,
-    x0: i64,
-    y0: i64,
-    w: i64,
-    h: i64,
+/// Two panels, deliveries/s and CPU per delivery, against deliveries in
+/// flight on a log scale; an SVG, whose text the viewer sets, so that
+/// drawing it needs no font files.
+fn plot(r: &Results) -> Result<String, String> {
+    let (rate, cpu) = plot_series(r);
+    let mut svg = String::new();
+    draw(&mut svg, &rate, &cpu).map_err(|e| format!("plot: {e}"))?;
+    Ok(svg)
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw(svg: &mut String, rate: &[Series], cpu: &[Series]) -> DrawResult {
+    let root = SVGBackend::with_string(svg, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = "shardspawn-bench: shardspawn vs. a bare spawn/waitpid loop";
+    let root = root.titled(title, ("sans-serif", 24))?;
+    let (panels, foot) = root.split_vertically(530);
+    let halves = panels.split_evenly((1, 2));
+    panel(&halves[0], "deliveries per second", rate)?;
+    panel(&halves[1], "CPU µs/delivery (supervisor+shards)", cpu)?;
+    foot.draw(&Circle::new((40, 20), 5, BLACK.stroke_width(2)))?;
+    foot.draw(&Text::new(
+        "hollow: 1-byte framing; filled: 2-byte",
+        (55, 12),
+        ("sans-serif", 16),
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws one panel, its legend in the upper left.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
     series: &[Series],
-) {
-    let (lx0, lx1) = (70f64.log10(), 14_000f64.log10());
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
     let ymax = series
         .iter()
         .flat_map(|s| s.points.iter().chain(&s.hollow))
         .map(|p| p.1)
         .fold(0.0, f64::max);
     let (step, top) = nice_axis(ymax);
-    let px = |x: f64| {
-        x0 + ((x.log10() - lx0) / (lx1 - lx0) * w as f64).round() as i64
-    };
-    let py = |y: f64| y0 + h - (y / top * h as f64).round() as i64;
-    cv.text(x0, y0 - 36, title, BLACK, 2);
-    let mut y = 0.0;
-    while y <= top * 1.0001 {
-        let yy = py(y);
-        cv.line(x0, yy, x0 + w, yy, GRID, 1, false);
-        let label = tick_label(y, step);
-        let tw = cv.text_width(&label, 2);
-        cv.text(x0 - 10 - tw, yy - 7, &label, BLACK, 2);
-        y += step;
-    }
-    for c in [100usize, 1000, 10_000] {
-        let xx = px(c as f64);
-        cv.line(xx, y0, xx, y0 + h, GRID, 1, false);
-        let label = thousands(c as f64);
-        let tw = cv.text_width(&label, 2);
-        cv.text(xx - tw / 2, y0 + h + 10, &label, BLACK, 2);
-    }
-    let label = "DELIVERIES IN FLIGHT";
-    let tw = cv.text_width(label, 2);
-    cv.text(x0 + (w - tw) / 2, y0 + h + 34, label, BLACK, 2);
-    cv.line(x0, y0 + h, x0 + w, y0 + h, BLACK, 2, false);
-    cv.line(x0, y0, x0, y0 + h, BLACK, 2, false);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(X_RANGE.log_scale(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(GRID)
+        .y_labels((top / step).round() as usize + 1)
+        .x_label_formatter(&|x| thousands(*x))
+        .y_label_formatter(&|y| tick_label(*y, step))
+        .x_desc("deliveries in flight")
+        .label_style(("sans-serif", 15))
+        .draw()?;
     for s in series {
-        for pair in s.points.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            cv.line(px(a.0), py(a.1), px(b.0), py(b.1), s.color, 3, s.dashed);
+        let line = s.color.stroke_width(3);
+        let points = s.points.iter().copied();
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(points, 10, 6, line))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], line)
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(points, line))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], line)
+                });
         }
-        for &(x, y) in &s.points {
-            cv.marker(px(x), py(y), s.color, false);
-        }
-        for &(x, y) in &s.hollow {
-            cv.marker(px(x), py(y), s.color, true);
-        }
+        let filled = s.color.filled();
+        let hollow = s.color.stroke_width(2);
+        chart.draw_series(
+            s.points.iter().map(|&p| Circle::new(p, 5, filled)),
+        )?;
+        chart.draw_series(
+            s.hollow.iter().map(|&p| Circle::new(p, 5, hollow)),
+        )?;
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    Ok(())
 }
 
 /// A tick step of 1, 2 or 5 × 10^k giving about five ticks up to
@@ -2326,518 +2327,9 @@ fn tick_label(y: f64, step: f64) -> String {
     }
 }
 
-/// An image of palette indices.
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(w: usize, h: usize) -> Canvas {
-        Canvas { w, h, px: vec![WHITE; w * h] }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: u8) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            self.px[y as usize * self.w + x as usize] = c;
-        }
-    }
-
-    fn square(&mut self, x: i64, y: i64, size: i64, c: u8) {
-        let lo = -(size - 1) / 2;
-        for dy in lo..lo + size {
-            for dx in lo..lo + size {
-                self.set(x + dx, y + dy, c);
-            }
-        }
-    }
-
-    /// A line `thick` pixels wide; dashed lines are 12 on, 8 off.
-    #[allow(clippy::too_many_arguments)]
-    fn line(
-        &mut self,
-        x0: i64,
-        y0: i64,
-        x1: i64,
-        y1: i64,
-        c: u8,
-        thick: i64,
-        dashed: bool,
-    ) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) =
-            (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        let mut step = 0;
-        loop {
-            if !dashed || step % 20 < 12 {
-                self.square(x, y, thick, c);
-            }
-            step += 1;
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    fn marker(&mut self, x: i64, y: i64, c: u8, hollow: bool) {
-        self.square(x, y, 11, c);
-        if hollow {
-            self.square(x, y, 7, WHITE);
-        }
-    }
-
-    fn text_width(&self, s: &str, scale: i64) -> i64 {
-        s.chars().count() as i64 * 6 * scale
-    }
-
-    /// Draws `s` (upper-cased) with its top left at (x, y); returns its
-    /// width.
-    fn text(&mut self, x: i64, y: i64, s: &str, c: u8, scale: i64) -> i64 {
-        for (i, ch) in s.chars().enumerate() {
-            let rows = glyph(ch.to_ascii_uppercase());
-            let gx = x + i as i64 * 6 * scale;
-            for (ry, bits) in rows.iter().enumerate() {
-                for rx in 0..5 {
-                    if bits & (0x10 >> rx) != 0 {
-                        for sy in 0..scale {
-                            for sx in 0..scale {
-                                self.set(
-                                    gx + rx * scale + sx,
-                                    y + ry as i64 * scale + sy,
-                                    c,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.text_width(s, scale)
-    }
-}
-
-/// A 5×7 glyph, one row per byte, bit 4 the leftmost column. Unknown
-/// characters are a box.
-fn glyph(c: char) -> [u8; 7] {
-    match c {
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        ' ' => [0; 7],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        ';' => [0, 0x0C, 0x0C, 0, 0x0C, 0x04, 0x08],
-        '/' => [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-        '>' => [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08],
-        _ => [0x1F, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1F],
-    }
-}
-
-/// A minimal PNG encoder: 8-bit palette images, compressed with one
-/// fixed-Huffman deflate block whose only matches are a run of the byte
-/// before (distance 1) and the same bytes one row up (distance = row
-/// length) — which is what a plot is made of.
-mod png {
-    /// CRC-32 (ISO-HDLC, as PNG chunks use).
-    pub fn crc32(bytes: &[u8]) -> u32 {
-        let mut table = [0u32; 256];
-        for (n, t) in table.iter_mut().enumerate() {
-            let mut c = n as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-            *t = c;
-        }
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            c = table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-        }
-        c ^ 0xFFFF_FFFF
-    }
-
-    /// Adler-32, the zlib stream's checksum.
-    pub fn adler32(bytes: &[u8]) -> u32 {
-        let (mut a, mut b) = (1u32, 0u32);
-        for chunk in bytes.chunks(5552) {
-            for &x in chunk {
-                a += u32::from(x);
-                b += a;
-            }
-            a %= 65_521;
-            b %= 65_521;
-        }
-        b << 16 | a
-    }
-
-    /// Bits, least significant first, as deflate packs them.
-    struct Bits {
-        out: Vec<u8>,
-        acc: u64,
-        n: u32,
-    }
-
-    impl Bits {
-        fn put(&mut self, value: u32, count: u32) {
-            self.acc |= u64::from(value) << self.n;
-            self.n += count;
-            while self.n >= 8 {
-                self.out.push(self.acc as u8);
-                self.acc >>= 8;
-                self.n -= 8;
-            }
-        }
-
-        /// A Huffman code: most significant bit first.
-        fn code(&mut self, code: u32, len: u32) {
-            let rev = code.reverse_bits() >> (32 - len);
-            self.put(rev, len);
-        }
-
-        fn finish(mut self) -> Vec<u8> {
-            if self.n > 0 {
-                self.out.push(self.acc as u8);
-            }
-            self.out
-        }
-    }
-
-    const LEN_BASE: [u16; 29] = [
-        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51,
-        59, 67, 83, 99, 115, 131, 163, 195, 227, 258,
-    ];
-    const LEN_EXTRA: [u8; 29] = [
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4,
-        4, 5, 5, 5, 5, 0,
-    ];
-    const DIST_BASE: [u16; 30] = [
-        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385,
-        513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385,
-        24577,
-    ];
-    const DIST_EXTRA: [u8; 30] = [
-        0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10,
-        10, 11, 11, 12, 12, 13, 13,
-    ];
-
-    /// A literal/length symbol in the fixed code.
-    fn symbol(bits: &mut Bits, sym: u32) {
-        match sym {
-            0..=143 => bits.code(0x30 + sym, 8),
-            144..=255 => bits.code(0x190 + sym - 144, 9),
-            256..=279 => bits.code(sym - 256, 7),
-            _ => bits.code(0xC0 + sym - 280, 8),
-        }
-    }
-
-    /// A zlib stream of `data`.
-    pub fn zlib(data: &[u8], row: usize) -> Vec<u8> {
-        let mut bits = Bits { out: vec![0x78, 0x01], acc: 0, n: 0 };
-        bits.put(1, 1); // BFINAL
-        bits.put(1, 2); // BTYPE 01: fixed Huffman
-        let mut i = 0;
-        while i < data.len() {
-            let longest = |dist: usize| {
-                if dist == 0 || i < dist {
-                    return 0;
-                }
-                let max = (data.len() - i).min(258);
-                (0..max)
-                    .take_while(|&k| data[i + k] == data[i + k - dist])
-                    .count()
-            };
-            let (mut len, mut dist) = (longest(1), 1);
-            let up = longest(row);
-            if up > len {
-                (len, dist) = (up, row);
-            }
-            if len < 3 || dist > 32_768 {
-                symbol(&mut bits, u32::from(data[i]));
-                i += 1;
-                continue;
-            }
-            let l = LEN_BASE
-                .iter()
-                .rposition(|&b| usize::from(b) <= len)
-                .expect("len >= 3");
-            symbol(&mut bits, 257 + l as u32);
-            bits.put(
-                (len - usize::from(LEN_BASE[l])) as u32,
-                u32::from(LEN_EXTRA[l]),
-            );
-            let d = DIST_BASE
-                .iter()
-                .rposition(|&b| usize::from(b) <= dist)
-                .expect("dist >= 1");
-            bits.code(d as u32, 5);
-            bits.put(
-                (dist - usize::from(DIST_BASE[d])) as u32,
-                u32::from(DIST_EXTRA[d]),
-            );
-            i += len;
-        }
-        symbol(&mut bits, 256);
-        let mut out = bits.finish();
-        out.extend(adler32(data).to_be_bytes());
-        out
-    }
-
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend(kind);
-        out.extend(data);
-        let crc = crc32(&out[start..]);
-        out.extend(crc.to_be_bytes());
-    }
-
-    /// A PNG of `w` × `h` palette indices.
-    pub fn encode(
-        w: usize,
-        h: usize,
-        palette: &[[u8; 3]],
-        px: &[u8],
-    ) -> Vec<u8> {
-        assert_eq!(px.len(), w * h, "one index per pixel");
-        let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-        let mut ihdr = Vec::new();
-        ihdr.extend((w as u32).to_be_bytes());
-        ihdr.extend((h as u32).to_be_bytes());
-        ihdr.extend([8, 3, 0, 0, 0]); // 8-bit, palette, deflate, no interlace
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"PLTE", &palette.concat());
-        let mut raw = Vec::with_capacity((w + 1) * h);
-        for row in px.chunks(w) {
-            raw.push(0); // filter: none
-            raw.extend_from_slice(row);
-        }
-        chunk(&mut out, b"IDAT", &zlib(&raw, w + 1));
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An inflater for what [`png::zlib`] writes (fixed-Huffman blocks),
-    /// to prove the encoder against an independent reading of RFC 1951.
-    fn inflate(z: &[u8]) -> Vec<u8> {
-        assert_eq!((u16::from(z[0]) << 8 | u16::from(z[1])) % 31, 0);
-        assert_eq!(z[0] & 0x0F, 8, "deflate");
-        let mut pos = 16; // bit position
-        let mut bit = || {
-            let b = (z[pos / 8] >> (pos % 8)) & 1;
-            pos += 1;
-            u32::from(b)
-        };
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let last = bit();
-            let kind = bit() | bit() << 1;
-            assert_eq!(kind, 1, "fixed Huffman only");
-            loop {
-                let mut code = 0;
-                let mut sym = None;
-                for len in 1..=9 {
-                    code = code << 1 | bit();
-                    sym = match (len, code) {
-                        (7, 0..=0x17) => Some(256 + code),
-                        (8, 0x30..=0xBF) => Some(code - 0x30),
-                        (8, 0xC0..=0xC7) => Some(280 + code - 0xC0),
-                        (9, 0x190..=0x1FF) => Some(144 + code - 0x190),
-                        _ => None,
-                    };
-                    if sym.is_some() {
-                        break;
-                    }
-                }
-                let sym = sym.expect("a valid code");
-                if sym < 256 {
-                    out.push(sym as u8);
-                    continue;
-                }
-                if sym == 256 {
-                    break;
-                }
-                let extra = |n: u8, bit: &mut dyn FnMut() -> u32| {
-                    (0..n).fold(0, |v, i| v | bit() << i) as usize
-                };
-                let l = (sym - 257) as usize;
-                let len = usize::from(png_tables::LEN_BASE[l])
-                    + extra(png_tables::LEN_EXTRA[l], &mut bit);
-                let d = (0..5).fold(0, |v, _| v << 1 | bit()) as usize;
-                let dist = usize::from(png_tables::DIST_BASE[d])
-                    + extra(png_tables::DIST_EXTRA[d], &mut bit);
-                for _ in 0..len {
-                    out.push(out[out.len() - dist]);
-                }
-            }
-            if last == 1 {
-                break;
-            }
-        }
-        let end = pos.div_ceil(8);
-        let adler = u32::from_be_bytes(z[end..end + 4].try_into().unwrap());
-        assert_eq!(adler, png::adler32(&out));
-        assert_eq!(end + 4, z.len());
-        out
-    }
-
-    /// The deflate tables, written out again from RFC 1951 §3.2.5.
-    mod png_tables {
-        pub const LEN_BASE: [u16; 29] = [
-            3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43,
-            51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258,
-        ];
-        pub const LEN_EXTRA: [u8; 29] = [
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4,
-            4, 4, 5, 5, 5, 5, 0,
-        ];
-        pub const DIST_BASE: [u16; 30] = [
-            1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257,
-            385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289,
-            16385, 24577,
-        ];
-        pub const DIST_EXTRA: [u8; 30] = [
-            0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9,
-            10, 10, 11, 11, 12, 12, 13, 13,
-        ];
-    }
-
-    #[test]
-    fn checksums_known_values() {
-        assert_eq!(png::crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(png::crc32(b""), 0);
-        assert_eq!(png::crc32(b"IEND"), 0xAE42_6082);
-        assert_eq!(png::adler32(b"Wikipedia"), 0x11E6_0398);
-        assert_eq!(png::adler32(b""), 1);
-        // Past the 5552-byte blocks that keep the sums from overflowing.
-        let big = vec![0xFFu8; 100_000];
-        let (mut a, mut b) = (1u64, 0u64);
-        for &x in &big {
-            a = (a + u64::from(x)) % 65_521;
-            b = (b + a) % 65_521;
-        }
-        assert_eq!(png::adler32(&big), (b << 16 | a) as u32);
-    }
-
-    #[test]
-    fn deflate_round_trips() {
-        let mut rng = workload::SplitMix64::new(3);
-        let row = 37;
-        let mut cases: Vec<Vec<u8>> = vec![
-            vec![],
-            vec![7],
-            vec![0; 1000],
-            (0..=255).collect(),
-            b"abcabcabcabc".to_vec(),
-        ];
-        // Rows that repeat with changes, runs, and noise.
-        let mut img = Vec::new();
-        for y in 0..200 {
-            for x in 0..row {
-                let v = match rng.next_u64() % 10 {
-                    0 => (rng.next_u64() % 256) as u8,
-                    1..=4 => img.last().copied().unwrap_or(0),
-                    _ if y > 0 => img[img.len() - row],
-                    _ => x as u8,
-                };
-                img.push(v);
-            }
-        }
-        cases.push(img);
-        cases.push((0..70_000).map(|i| (i / 300 % 3) as u8).collect());
-        for data in cases {
-            let z = png::zlib(&data, row);
-            assert_eq!(inflate(&z), data);
-        }
-        // A blank plot compresses to almost nothing.
-        assert!(png::zlib(&vec![0; 1201 * 600], 1201).len() < 5000);
-    }
-
-    #[test]
-    fn png_structure() {
-        let px = vec![0, 1, 1, 0, 2, 2];
-        let png = png::encode(3, 2, &PALETTE[..3], &px);
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        // Walk the chunks, checking each CRC.
-        let mut at = 8;
-        let mut kinds = Vec::new();
-        let mut idat = Vec::new();
-        while at < png.len() {
-            let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap())
-                as usize;
-            let kind = &png[at + 4..at + 8];
-            let data = &png[at + 8..at + 8 + len];
-            let crc = u32::from_be_bytes(
-                png[at + 8 + len..at + 12 + len].try_into().unwrap(),
-            );
-            assert_eq!(crc, png::crc32(&png[at + 4..at + 8 + len]));
-            if kind == b"IHDR" {
-                assert_eq!(data, [0, 0, 0, 3, 0, 0, 0, 2, 8, 3, 0, 0, 0]);
-            }
-            if kind == b"IDAT" {
-                idat.extend_from_slice(data);
-            }
-            kinds.push(String::from_utf8_lossy(kind).into_owned());
-            at += 12 + len;
-        }
-        assert_eq!(kinds, ["IHDR", "PLTE", "IDAT", "IEND"]);
-        assert_eq!(inflate(&idat), [0, 0, 1, 1, 0, 0, 2, 2]);
-    }
 
     #[test]
     fn percentiles_nearest_rank() {
@@ -3171,11 +2663,37 @@ mod tests {
     }
 
     #[test]
-    fn plot_is_a_png() {
-        let png = plot(&sample());
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert!(png.len() < 200_000, "{} bytes", png.len());
-        let empty = plot(&Results::default());
-        assert_eq!(&empty[..8], b"\x89PNG\r\n\x1a\n");
+    fn plot_is_an_svg_with_every_series() {
+        let svg = plot(&sample()).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        for name in [
+            "1 shard",
+            "2 shards",
+            "one loop",
+            "2 loops (one per core)",
+            "deliveries per second",
+            "CPU µs/delivery",
+            "deliveries in flight",
+            "hollow: 1-byte framing",
+        ] {
+            assert!(svg.contains(name), "no {name:?} in the plot");
+        }
+        assert!(svg.len() < 200_000, "{} bytes", svg.len());
+        let empty = plot(&Results::default()).unwrap();
+        assert!(empty.starts_with("<svg") && !empty.contains("one loop"));
+    }
+
+    #[test]
+    fn the_plot_is_written_beside_benchmarks_md() {
+        let home = QmailHome::new().unwrap();
+        let out = home.path().join("out");
+        write_outputs(&out, &sample()).unwrap();
+        let svg = std::fs::read_to_string(out.join(PLOT_FILE)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("2 shards"));
+        assert!(!out.join("benchmarks.png").exists());
+        let md = std::fs::read_to_string(out.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains(BEGIN) && md.contains(END));
     }
 }
