@@ -44,8 +44,8 @@
 //! over domains ([`workload`]); helpers to wait, find the built
 //! binaries and look at processes through /proc ([`util`]); and the two
 //! programs built on all of it, the demo ([`simulate`]) and the bench
-//! ([`bench`](mod@bench)), which rewrites the tables of `BENCHMARKS.md` and draws
-//! `benchmarks.svg`.
+//! ([`bench`](mod@bench)), which rewrites the tables of `BENCHMARKS.md`
+//! and draws `benchmarks.svg`.
 //!
 //! # What it never does
 //!
