@@ -174,10 +174,10 @@ impl std::str::FromStr for Method {
 
 /// The baseline loop process: `LOOP_FLAG REMOTE METHOD CONCURRENCY
 /// COUNT FIRST TOTAL DOMAINS SEED EXTRA_FDS`, holding EXTRA_FDS
-/// descriptors open (pipes) while it runs. Prints `ready`, waits for `go` on stdin, runs
-/// deliveries FIRST.. FIRST+COUNT of the workload, and prints `done
-/// COUNT START_NS END_NS MAX_IN_FLIGHT OWN_CPU_NS CHILD_CPU_NS
-/// FAILURES`.
+/// descriptors open (pipes) while it runs. Prints `ready`, waits for
+/// `go` on stdin, runs deliveries FIRST.. FIRST+COUNT of the workload,
+/// and prints `done COUNT START_NS END_NS MAX_IN_FLIGHT OWN_CPU_NS
+/// CHILD_CPU_NS FAILURES`.
 pub(super) fn loop_main(args: &[String]) -> i32 {
     match baseline_loop(args) {
         Ok(line) => {

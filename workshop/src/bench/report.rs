@@ -141,12 +141,32 @@ impl Results {
 
 /// One row of the targets table: what, measured, pass/fail (None: not
 /// measured in this run).
-pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
+type Target = (String, String, Option<bool>);
+
+/// The rows of the targets table, in order.
+pub(super) fn targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
+    target_throughput(r, &mut out);
+    let mut shard_counts: Vec<u16> =
+        r.points.iter().map(|p| p.shards).collect();
+    shard_counts.sort_unstable();
+    shard_counts.dedup();
+    target_flat_cpu(r, &shard_counts, &mut out);
+    let top = r.points.iter().map(|p| p.in_flight).max().unwrap_or(0);
+    let low = r.points.iter().map(|p| p.in_flight).min().unwrap_or(0);
+    let at_top: Vec<&Point> =
+        r.points.iter().filter(|p| p.in_flight == top).collect();
+    target_memory(r, &shard_counts, (low, top), &at_top, &mut out);
+    target_latency(top, &at_top, &mut out);
+    target_alive_at_once(r, &mut out);
+    out
+}
+
+/// Throughput against the baselines.
+fn target_throughput(r: &Results, out: &mut Vec<Target>) {
     let label = |p: &Point| {
         format!("{} in flight {}-byte", thousands(p.in_flight as f64), p.width)
     };
-    // Throughput against the baselines.
     for (what, min, pick) in [
         (
             "deliveries/s with 1 shard ≥ 95% of one loop, at every in flight",
@@ -177,15 +197,14 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
         }
         out.push((what.to_string(), measured.join("; "), any.then_some(ok)));
     }
-    // CPU per delivery flat within 25%, per shard count.
-    let mut shard_counts: Vec<u16> =
-        r.points.iter().map(|p| p.shards).collect();
-    shard_counts.sort_unstable();
-    shard_counts.dedup();
+}
+
+/// CPU per delivery flat within 25%, per shard count.
+fn target_flat_cpu(r: &Results, shard_counts: &[u16], out: &mut Vec<Target>) {
     let mut measured = Vec::new();
     let mut ok = true;
     let mut any = false;
-    for s in &shard_counts {
+    for s in shard_counts {
         let cpus: Vec<f64> = r
             .points
             .iter()
@@ -213,11 +232,17 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
         measured.join("; "),
         any.then_some(ok),
     ));
-    // Memory per delivery in flight, at the highest in flight.
-    let top = r.points.iter().map(|p| p.in_flight).max().unwrap_or(0);
-    let low = r.points.iter().map(|p| p.in_flight).min().unwrap_or(0);
-    let at_top: Vec<&Point> =
-        r.points.iter().filter(|p| p.in_flight == top).collect();
+}
+
+/// Memory per delivery in flight at the highest in flight, and per
+/// extra delivery in flight from the lowest to the highest.
+fn target_memory(
+    r: &Results,
+    shard_counts: &[u16],
+    (low, top): (usize, usize),
+    at_top: &[&Point],
+    out: &mut Vec<Target>,
+) {
     let ok = at_top.iter().all(|p| p.mem_per_in_flight() <= 4096.0);
     out.push((
         format!(
@@ -242,7 +267,7 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
     let mut measured = Vec::new();
     let mut ok = true;
     let mut any = false;
-    for s in &shard_counts {
+    for s in shard_counts {
         let find = |c: usize| {
             r.points
                 .iter()
@@ -268,11 +293,14 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
         measured.join("; "),
         any.then_some(ok),
     ));
-    // Exit to result at the highest in flight.
+}
+
+/// Exit to result at the highest in flight.
+fn target_latency(top: usize, at_top: &[&Point], out: &mut Vec<Target>) {
     let mut measured = Vec::new();
     let mut ok = true;
     let mut any = false;
-    for p in &at_top {
+    for p in at_top {
         if let Some(l) = p.latency {
             any = true;
             ok &= l.p99_us < 5000.0;
@@ -292,50 +320,62 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
         measured.join("; "),
         any.then_some(ok),
     ));
-    // The same with that many truly alive at once.
-    if let Some(first) = r.live.first() {
-        let who = |p: &Point, x: String| format!("{} shard(s): {x}", p.shards);
-        let all = |f: &dyn Fn(&Point) -> Option<(bool, String)>| {
-            let got: Vec<(bool, String)> =
-                r.live.iter().filter_map(f).collect();
-            let ok = got.iter().all(|(ok, _)| *ok);
-            let text: Vec<String> = got.into_iter().map(|(_, t)| t).collect();
-            (text.join("; "), (!text.is_empty()).then_some(ok))
-        };
-        let (text, ok) = all(&|p| {
-            let l = p.latency?;
-            Some((l.p99_us < 5000.0, who(p, micros(l.p99_us))))
-        });
-        out.push((
-            format!(
-                "… and with {} alive at once (stand-ins living 10–20 s)",
-                thousands(first.in_flight as f64)
-            ),
-            text,
-            ok,
-        ));
-        let (text, ok) = all(&|p| {
-            let m = p.mem_per_in_flight();
-            Some((m <= 4096.0, who(p, bytes(m))))
-        });
-        out.push((
-            format!(
-                "≤ 4 KiB of shardspawn memory per delivery in flight, {} alive \
-                 at once",
-                thousands(first.in_flight as f64)
-            ),
-            text,
-            ok,
-        ));
-    }
-    out
+}
+
+/// Exit to result and memory with that many truly alive at once.
+fn target_alive_at_once(r: &Results, out: &mut Vec<Target>) {
+    let Some(first) = r.live.first() else { return };
+    let who = |p: &Point, x: String| format!("{} shard(s): {x}", p.shards);
+    let all = |f: &dyn Fn(&Point) -> Option<(bool, String)>| {
+        let got: Vec<(bool, String)> = r.live.iter().filter_map(f).collect();
+        let ok = got.iter().all(|(ok, _)| *ok);
+        let text: Vec<String> = got.into_iter().map(|(_, t)| t).collect();
+        (text.join("; "), (!text.is_empty()).then_some(ok))
+    };
+    let (text, ok) = all(&|p| {
+        let l = p.latency?;
+        Some((l.p99_us < 5000.0, who(p, micros(l.p99_us))))
+    });
+    out.push((
+        format!(
+            "… and with {} alive at once (stand-ins living 10–20 s)",
+            thousands(first.in_flight as f64)
+        ),
+        text,
+        ok,
+    ));
+    let (text, ok) = all(&|p| {
+        let m = p.mem_per_in_flight();
+        Some((m <= 4096.0, who(p, bytes(m))))
+    });
+    out.push((
+        format!(
+            "≤ 4 KiB of shardspawn memory per delivery in flight, {} alive \
+             at once",
+            thousands(first.in_flight as f64)
+        ),
+        text,
+        ok,
+    ));
 }
 
 /// The generated block of BENCHMARKS.md (also printed).
 pub(super) fn render(r: &Results) -> String {
-    let m = &r.machine;
     let mut s = String::new();
     let w = &mut s;
+    render_setup(w, r);
+    render_baselines(w, r);
+    render_fd_sweep(w, r);
+    render_points(w, r);
+    render_live(w, r);
+    render_targets(w, r);
+    s
+}
+
+/// When, where and how the run was made: the commit, the command, the
+/// workload and the machine.
+fn render_setup(w: &mut String, r: &Results) {
+    let m = &r.machine;
     let _ = writeln!(w, "{BEGIN}\n");
     let _ = writeln!(
         w,
@@ -374,7 +414,10 @@ pub(super) fn render(r: &Results) -> String {
         m.home
     );
     let _ = writeln!(w, "```\n$ free -h\n{}\n```\n", m.memory);
+}
 
+/// The baselines table: one loop and one loop per core.
+fn render_baselines(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "### Baselines: no protocol, no shards\n\n\
@@ -415,7 +458,10 @@ pub(super) fn render(r: &Results) -> String {
         ]);
     }
     let _ = writeln!(w, "{}", t.render());
+}
 
+/// The table of starts with descriptors open, when measured.
+fn render_fd_sweep(w: &mut String, r: &Results) {
     if !r.fd_sweep.is_empty() {
         let _ = writeln!(
             w,
@@ -450,6 +496,10 @@ pub(super) fn render(r: &Results) -> String {
         }
         let _ = writeln!(w, "{}", t.render());
     }
+}
+
+/// shardspawn's table, the problems seen, and what its columns mean.
+fn render_points(w: &mut String, r: &Results) {
     let _ = writeln!(w, "### shardspawn through the emulated qmail-send\n");
     let mut t = Table::new(&[
         ("in flight", Align::Right),
@@ -557,7 +607,10 @@ pub(super) fn render(r: &Results) -> String {
          shardspawn but not with the baselines, and the thread watching \
          exits, which runs beside the baselines too.\n"
     );
+}
 
+/// The table of many stand-ins alive at once, when measured.
+fn render_live(w: &mut String, r: &Results) {
     if !r.live.is_empty() {
         let _ = writeln!(
             w,
@@ -604,6 +657,10 @@ pub(super) fn render(r: &Results) -> String {
         }
         let _ = writeln!(w, "{}", t.render());
     }
+}
+
+/// The targets table and the plot's link.
+fn render_targets(w: &mut String, r: &Results) {
     let _ = writeln!(w, "### Targets\n");
     let mut t = Table::new(&[
         ("target", Align::Left),
@@ -620,7 +677,6 @@ pub(super) fn render(r: &Results) -> String {
          flight](benchmarks.svg)\n"
     );
     let _ = writeln!(w, "{END}");
-    s
 }
 
 /// Puts `block` (which starts with BEGIN and ends with END) into the
