@@ -12,6 +12,10 @@
 //! only some tests want (slots, the stand-in's recording and gate, a
 //! log file, any other setting) is one builder call each.
 //!
+//! [`Stage`] is the other half most tests repeat: a fresh home with
+//! the stand-in's gate (closed) and recording in it, so that a test can
+//! hold deliveries at the gate and count them from the recording.
+//!
 //! The state directory is not optional: without it the binary writes
 //! its status files into the host's `/run/shardspawn`, shared by every
 //! test and every engineer on the machine, and leaves them there.
@@ -23,13 +27,15 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use shardspawn_common::command::DelnumWidth;
 
 use crate::emulator::{Emulator, Options, Stderr};
 use crate::home::QmailHome;
+use crate::recorder::Recording;
 use crate::remote::{ENV_GATE, ENV_RECORD, Gate};
-use crate::util::bin_path;
+use crate::util::{bin_path, wait_for};
 
 /// The state directory, relative to the home.
 pub const STATE_DIR: &str = "state";
@@ -141,6 +147,66 @@ impl<'h> Spawner<'h> {
     /// the emulator with this spawner's framing and options.
     pub fn start_command(&self, cmd: Command) -> io::Result<Emulator> {
         Emulator::start(cmd, self.width, self.opts.clone())
+    }
+}
+
+/// A fresh home with the stand-in's gate, closed, at `gate` and its
+/// recording at `recording` in it.
+#[derive(Debug)]
+pub struct Stage {
+    /// The qmail home.
+    pub home: QmailHome,
+    /// The stand-in's gate, closed at first.
+    pub gate: Gate,
+    /// The stand-ins' recording.
+    pub record: PathBuf,
+}
+
+impl Stage {
+    /// Makes the home and closes the gate; panics if it cannot, as the
+    /// test cannot go on.
+    pub fn new() -> Stage {
+        let home = QmailHome::new()
+            .unwrap_or_else(|e| panic!("unable to make a home: {e}"));
+        let gate = Gate::closed(home.path().join("gate"))
+            .unwrap_or_else(|e| panic!("unable to close the gate: {e}"));
+        let record = home.path().join("recording");
+        Stage { home, gate, record }
+    }
+
+    /// The fixture for this home in framing `width` with `shards`
+    /// shards, the stand-in told of the gate and the recording.
+    pub fn spawner(&self, width: DelnumWidth, shards: u16) -> Spawner<'_> {
+        Spawner::new(&self.home, width, shards)
+            .gate(&self.gate)
+            .record(&self.record)
+    }
+
+    /// The recording so far; panics if it cannot be read.
+    pub fn recording(&self) -> Recording {
+        Recording::read(&self.record).unwrap_or_else(|e| {
+            panic!("unable to read {}: {e}", self.record.display())
+        })
+    }
+
+    /// Waits until at least `n` stand-ins have started; panics, saying
+    /// how many did, if they have not by `deadline`.
+    pub fn wait_started(&self, n: usize, deadline: Instant) {
+        let mut seen = 0;
+        let ok = wait_for(
+            || {
+                seen = self.recording().started();
+                seen >= n
+            },
+            deadline,
+        );
+        assert!(ok, "{seen} of {n} stand-ins started");
+    }
+}
+
+impl Default for Stage {
+    fn default() -> Stage {
+        Stage::new()
     }
 }
 

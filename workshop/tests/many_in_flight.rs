@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_common::status::ShardStatus;
-use shardspawn_workshop::remote::{self, Gate};
-use shardspawn_workshop::spawner::Spawner;
+use shardspawn_workshop::remote;
+use shardspawn_workshop::spawner::{Spawner, Stage};
 use shardspawn_workshop::util::{
     children, deadline_in, fork_lock, zombie_children,
 };
@@ -118,10 +118,7 @@ fn deliveries_run_at_once_and_each_gets_one_k(deliveries: usize) {
     let began = Instant::now();
     raise_limits(deliveries);
     let slots = u16::try_from(deliveries).unwrap();
-    let home = QmailHome::new().unwrap();
-    let gate_path = home.path().join("gate");
-    let record = home.path().join("recording");
-    let mut gate = Gate::closed(&gate_path).unwrap();
+    let Stage { home, mut gate, record } = Stage::new();
     // shardspawn as qmail-start runs it, plus what the stand-in needs.
     let mut emu = Spawner::new(&home, DelnumWidth::Two, SHARDS)
         .slots(slots)
