@@ -1,5 +1,20 @@
-//! The end-to-end harness: everything a test needs to run the real
-//! shardspawn binary as qmail would, and to prove what it did.
+//! The workshop: everything around shardspawn that proves, measures
+//! and shows what it does, and nothing that delivers mail.
+//!
+//! # Where it sits
+//!
+//! On top of the product, never under it. The crate graph is
+//! `common <- os <- {spawner, supervisor}`, and the workshop depends on
+//! `common` and `os` and runs the built `shardspawn` binary as a
+//! separate process, as qmail-start would. Nothing the admin installs
+//! depends on it: `shardspawn` does not link it (its `simulate`
+//! subcommand runs `shardspawn-simulate` from beside it), `init/`
+//! installs only `shardspawn`, and the workshop's binaries
+//! (`shardspawn-fake-remote`, `shardspawn-fake-qmail-start`,
+//! `shardspawn-simulate`, `shardspawn-bench`) exist for tests, the demo
+//! and the bench. A change here can break a test, never a mail host.
+//!
+//! # What it owns
 //!
 //! It plays the three parts around the spawner:
 //!
@@ -21,20 +36,34 @@
 //!   number of deliveries that ran at once per domain and prove a limit
 //!   was never exceeded.
 //!
-//! Around them: a fresh qmail home per test ([`home`]), synthetic
-//! traffic with a Zipf-like spread over domains ([`workload`]), and
-//! helpers to wait, find the built binaries and look at processes
-//! through /proc ([`util`]).
+//! Around them: a fresh qmail home per test ([`home`]); the spawner set
+//! up the one way the tests run it ([`spawner`]: the settings every test
+//! gives, and always a state directory inside the home); qmail-start
+//! and qmail-send under real supervision ([`qmail_start`]); the kernel's
+//! exit reports ([`exits`]); synthetic traffic with a Zipf-like spread
+//! over domains ([`workload`]); helpers to wait, find the built
+//! binaries and look at processes through /proc ([`util`]); and the two
+//! programs built on all of it, the demo ([`simulate`]) and the bench
+//! ([`bench`](mod@bench)), which rewrites the tables of `BENCHMARKS.md`
+//! and draws `benchmarks.svg`.
 //!
-//! What it never does: sleep to paper over a race. It waits on an event
-//! (a record arriving, a pipe reaching EOF, a gate's lock being let go)
-//! or, where there is no event to wait on (a process exiting, a file
-//! appearing), polls with [`util::wait_for`] up to an absolute deadline,
-//! the only place that pauses. Timing-sensitive facts (who overlapped
-//! whom) come from the recording, never from when the test happened to
-//! look. It does not re-implement the wire format either: the codecs are
+//! # What it never does
+//!
+//! It never re-implements the wire format: the codecs are
 //! `shardspawn-common`'s, the same ones the spawner uses, so the harness
-//! tests behaviour, and `common`'s own tests pin the bytes.
+//! tests behaviour, and `common`'s own tests pin the bytes. A second
+//! encoder here could agree with a wrong spawner.
+//!
+//! It never sleeps to paper over a race. It waits on an event (a record
+//! arriving, a pipe reaching EOF, a gate's lock being let go) or, where
+//! there is no event to wait on (a process exiting, a file appearing),
+//! polls with [`util::wait_for`] up to an absolute deadline, the only
+//! place that pauses. Timing-sensitive facts (who overlapped whom) come
+//! from the recording, never from when the test happened to look.
+//!
+//! It never writes outside the test's own home: no status files in the
+//! host's `/run/shardspawn`, no files left behind in the temporary
+//! directory unless asked to keep them ([`home::ENV_KEEP_TMP`]).
 //!
 //! Its `unsafe` (closing the spawner's fd 2 before exec, and the bench's
 //! netlink socket for the kernel's exit reports) lives in one private
@@ -48,6 +77,7 @@ pub mod home;
 pub mod qmail_start;
 pub mod recorder;
 pub mod remote;
+pub mod spawner;
 mod sys;
 pub mod util;
 pub mod workload;

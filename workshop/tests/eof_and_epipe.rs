@@ -10,77 +10,35 @@
 //! - and, while all is well, the descriptors of the supervisor and of
 //!   every shard do not grow over 2,000 deliveries.
 
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
+use std::path::Path;
 use std::time::Duration;
 
 use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_workshop::emulator::Delivery;
-use shardspawn_workshop::remote::{self, Gate};
+use shardspawn_workshop::remote;
+use shardspawn_workshop::spawner::Stage;
 use shardspawn_workshop::util::{
     children, deadline_in, fd_count, fork_lock, open_fds, zombie_children,
 };
-use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, Stderr, bin_path, wait_for,
-    workload,
-};
+use shardspawn_workshop::{Emulator, Options, Stderr, wait_for, workload};
 
 const SHARDS: u16 = 4;
 
-/// One qmail home with its gate and recording, and shardspawn run as
-/// qmail-start runs it.
-struct Setup {
-    home: QmailHome,
-    gate: Gate,
-    record: PathBuf,
+/// shardspawn as qmail-start runs it on `s`, 1000 slots, with `opts`.
+fn start(s: &Stage, opts: Options) -> Emulator {
+    let emu = s
+        .spawner(DelnumWidth::Two, SHARDS)
+        .slots(1000)
+        .options(opts)
+        .start()
+        .unwrap();
+    assert_eq!(emu.slots(), 1000);
+    emu
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let home = QmailHome::new().unwrap();
-        let gate = Gate::closed(home.path().join("gate")).unwrap();
-        let record = home.path().join("recording");
-        Setup { home, gate, record }
-    }
-
-    fn start(&self, opts: Options) -> Emulator {
-        let mut cmd = Process::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", SHARDS.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "2")
-            // Status files in the home, not in a /run shared with every
-            // other test.
-            .env("SHARDSPAWN_STATE_DIR", self.home.path().join("state"))
-            .env("SHARDSPAWN_SLOTS", "1000")
-            .env(remote::ENV_GATE, self.gate.path())
-            .env(remote::ENV_RECORD, &self.record);
-        let emu = Emulator::start(cmd, DelnumWidth::Two, opts).unwrap();
-        assert_eq!(emu.slots(), 1000);
-        emu
-    }
-
-    fn recording(&self) -> Recording {
-        Recording::read(&self.record).unwrap()
-    }
-
-    /// Waits until `n` stand-ins have started.
-    fn wait_started(&self, n: usize) {
-        let mut seen = 0;
-        let ok = wait_for(
-            || {
-                seen = self.recording().started();
-                seen >= n
-            },
-            deadline_in(Duration::from_secs(30)),
-        );
-        assert!(ok, "{seen} of {n} stand-ins started");
-    }
+/// Waits until `n` stand-ins have started.
+fn wait_started(s: &Stage, n: usize) {
+    s.wait_started(n, deadline_in(Duration::from_secs(30)));
 }
 
 fn command(delnum: usize, d: &Delivery) -> Command {
@@ -146,14 +104,14 @@ fn expect_clean_exit(emu: &mut Emulator) {
 #[test]
 fn eof_with_deliveries_in_flight_still_answers_each() {
     let _lock = fork_lock();
-    let mut s = Setup::new();
-    let mut emu = s.start(Options::default());
+    let mut s = Stage::new();
+    let mut emu = start(&s, Options::default());
     let work = workload::generate(&s.home, 300, 60, 0.0, 1, "gate");
     send_all(&mut emu, 0, &work);
     // qmail-send exits right after its last command.
     emu.close_commands();
     // Commands already written are still run after the EOF ...
-    s.wait_started(work.len());
+    wait_started(&s, work.len());
     assert!(alive(emu.pid()), "shardspawn exited with 300 in flight");
     assert_eq!(s.recording().ended(), 0);
     // ... and answered once they end.
@@ -178,11 +136,11 @@ fn eof_inside_a_command_discards_it_and_answers_the_rest() {
     // Cut in the delnum, after it, in the messid, in the recipient, and
     // just before the last NUL.
     for cut in [1, 2, 4, whole.len() - 5, whole.len() - 1] {
-        let mut s = Setup::new();
-        let mut emu = s.start(Options::default());
+        let mut s = Stage::new();
+        let mut emu = start(&s, Options::default());
         let work = workload::generate(&s.home, 40, 20, 0.0, 2, "gate");
         send_all(&mut emu, 0, &work);
-        s.wait_started(work.len());
+        wait_started(&s, work.len());
         // The partial command is for a delnum that is not busy: any
         // record for it would be a violation.
         let mut partial = Vec::new();
@@ -204,12 +162,12 @@ fn eof_inside_a_command_discards_it_and_answers_the_rest() {
 #[test]
 fn epipe_on_results_does_not_kill_shardspawn() {
     let _lock = fork_lock();
-    let mut s = Setup::new();
+    let mut s = Stage::new();
     let log = s.home.path().join("log");
-    let mut emu = s.start(Options {
-        stderr: Stderr::File(log.clone()),
-        ..Options::default()
-    });
+    let mut emu = start(
+        &s,
+        Options { stderr: Stderr::File(log.clone()), ..Options::default() },
+    );
     let sup = emu.pid();
     let shards: Vec<u32> = children(sup).iter().map(|c| c.0).collect();
     let log_has = |what: &str| {
@@ -218,7 +176,7 @@ fn epipe_on_results_does_not_kill_shardspawn() {
 
     let first = workload::generate(&s.home, 50, 20, 0.0, 3, "gate");
     send_all(&mut emu, 0, &first);
-    s.wait_started(first.len());
+    wait_started(&s, first.len());
     // qmail-send closes its end of the result pipe; the results of the
     // first batch then meet EPIPE.
     emu.close_results();
@@ -241,7 +199,7 @@ fn epipe_on_results_does_not_kill_shardspawn() {
     s.gate.close().unwrap();
     let second = workload::generate(&s.home, 50, 20, 0.0, 4, "gate");
     send_all(&mut emu, first.len(), &second);
-    s.wait_started(first.len() + second.len());
+    wait_started(&s, first.len() + second.len());
     // ... and after EOF it waits for them, without exiting early.
     emu.close_commands();
     // (The count it logs may include results of the first batch that
@@ -266,8 +224,8 @@ fn epipe_on_results_does_not_kill_shardspawn() {
 #[test]
 fn fd_counts_stay_flat_over_two_thousand_deliveries() {
     let _lock = fork_lock();
-    let s = Setup::new();
-    let mut emu = s.start(Options::default());
+    let s = Stage::new();
+    let mut emu = start(&s, Options::default());
     let sup = emu.pid();
     let shards: Vec<u32> = children(sup).iter().map(|c| c.0).collect();
     assert_eq!(shards.len(), usize::from(SHARDS));

@@ -24,47 +24,18 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_common::status::ShardStatus;
-use shardspawn_workshop::remote::{self, Gate};
+use shardspawn_workshop::remote;
+use shardspawn_workshop::spawner::{Spawner, Stage};
 use shardspawn_workshop::util::{
     children, deadline_in, fork_lock, zombie_children,
 };
-use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, bin_path, wait_for, workload,
-};
+use shardspawn_workshop::{QmailHome, Recording, wait_for, workload};
 
 const SHARDS: u16 = 4;
-
-/// shardspawn as qmail-start runs it: no arguments, settings in a clean
-/// environment, plus what the stand-in needs (gate and recording files).
-fn spawner(
-    home: &QmailHome,
-    gate: &Path,
-    record: &Path,
-    slots: u16,
-) -> Process {
-    let mut cmd = Process::new(bin_path("shardspawn"));
-    cmd.env_clear()
-        .env("SHARDSPAWN_HOME", home.path())
-        // Configured limits from the first delivery: this test is not
-        // about adaptation (issue 7), which would start each key at 5.
-        .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-        .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
-        .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-        .env("SHARDSPAWN_SHARDS", SHARDS.to_string())
-        .env("SHARDSPAWN_DELNUM_BYTES", "2")
-        // Status files in the home, not in a /run shared with every
-        // other test.
-        .env("SHARDSPAWN_STATE_DIR", home.path().join("state"))
-        .env("SHARDSPAWN_SLOTS", slots.to_string())
-        .env(remote::ENV_GATE, gate)
-        .env(remote::ENV_RECORD, record);
-    cmd
-}
 
 /// What stands between us and `want` running at once, to name in a
 /// failure: where the deliveries are (each shard's own status file says
@@ -147,16 +118,14 @@ fn deliveries_run_at_once_and_each_gets_one_k(deliveries: usize) {
     let began = Instant::now();
     raise_limits(deliveries);
     let slots = u16::try_from(deliveries).unwrap();
-    let home = QmailHome::new().unwrap();
-    let gate_path = home.path().join("gate");
-    let record = home.path().join("recording");
-    let mut gate = Gate::closed(&gate_path).unwrap();
-    let mut emu = Emulator::start(
-        spawner(&home, &gate_path, &record, slots),
-        DelnumWidth::Two,
-        Options::default(),
-    )
-    .unwrap();
+    let Stage { home, mut gate, record } = Stage::new();
+    // shardspawn as qmail-start runs it, plus what the stand-in needs.
+    let mut emu = Spawner::new(&home, DelnumWidth::Two, SHARDS)
+        .slots(slots)
+        .gate(&gate)
+        .record(&record)
+        .start()
+        .unwrap();
     assert_eq!(emu.slots(), slots, "shardspawn lowered the slots");
     let sup = emu.pid();
     let shards: Vec<u32> = children(sup).iter().map(|c| c.0).collect();

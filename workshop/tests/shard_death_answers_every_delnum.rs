@@ -12,8 +12,6 @@
 //! supervisor stays up, and when the orphaned stand-ins finish later,
 //! nothing more arrives.
 
-use std::path::PathBuf;
-use std::process::Command as Process;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -25,70 +23,26 @@ use shardspawn_common::domain;
 use shardspawn_common::limits::Limits;
 use shardspawn_workshop::emulator::{Delivery, RunReport};
 use shardspawn_workshop::home::NO_LIMITS;
-use shardspawn_workshop::remote::{self, Gate};
+use shardspawn_workshop::remote;
+use shardspawn_workshop::spawner::Stage;
 use shardspawn_workshop::util::{
     children, deadline_in, fork_lock, zombie_children,
 };
-use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, bin_path, wait_for, workload,
-};
+use shardspawn_workshop::{Emulator, wait_for, workload};
 
 const SHARDS: u16 = 4;
 const SLOTS: usize = 1000;
 
-struct Setup {
-    home: QmailHome,
-    gate: Gate,
-    record: PathBuf,
+/// shardspawn as qmail-start runs it on `s`.
+fn start(s: &Stage) -> Emulator {
+    let emu =
+        s.spawner(DelnumWidth::Two, SHARDS).slots(SLOTS).start().unwrap();
+    assert_eq!(usize::from(emu.slots()), SLOTS);
+    emu
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let home = QmailHome::new().unwrap();
-        let gate = Gate::closed(home.path().join("gate")).unwrap();
-        let record = home.path().join("recording");
-        Setup { home, gate, record }
-    }
-
-    /// shardspawn as qmail-start runs it.
-    fn start(&self) -> Emulator {
-        let mut cmd = Process::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", SHARDS.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "2")
-            // Status files in the home, not in a /run shared with every
-            // other test.
-            .env("SHARDSPAWN_STATE_DIR", self.home.path().join("state"))
-            .env("SHARDSPAWN_SLOTS", SLOTS.to_string())
-            .env(remote::ENV_GATE, self.gate.path())
-            .env(remote::ENV_RECORD, &self.record);
-        let emu = Emulator::start(cmd, DelnumWidth::Two, Options::default())
-            .unwrap();
-        assert_eq!(usize::from(emu.slots()), SLOTS);
-        emu
-    }
-
-    fn recording(&self) -> Recording {
-        Recording::read(&self.record).unwrap()
-    }
-
-    fn wait_started(&self, n: usize) {
-        let mut seen = 0;
-        let ok = wait_for(
-            || {
-                seen = self.recording().started();
-                seen >= n
-            },
-            deadline_in(Duration::from_secs(30)),
-        );
-        assert!(ok, "{seen} of {n} stand-ins started");
-    }
+fn wait_started(s: &Stage, n: usize) {
+    s.wait_started(n, deadline_in(Duration::from_secs(30)));
 }
 
 /// The index a shard process was started with (`shard --index N ...`).
@@ -185,7 +139,7 @@ fn check_run(
 /// `victim` (how many of the run's came after the replacement depends on
 /// the machine's speed; these do not) and checks its replacement serves
 /// every one. Returns how many.
-fn served_by_replacement(s: &Setup, emu: &mut Emulator, victim: u16) -> usize {
+fn served_by_replacement(s: &Stage, emu: &mut Emulator, victim: u16) -> usize {
     let batch: Vec<Delivery> =
         workload::generate(&s.home, 400, 100, 0.0, 11, "")
             .into_iter()
@@ -220,7 +174,7 @@ fn expect_clean_exit(emu: &mut Emulator) {
 /// soon as its replacement runs. Returns the report, and the pid of the
 /// last replacement and when it was first seen.
 fn run_with_kills(
-    s: &Setup,
+    s: &Stage,
     emu: &mut Emulator,
     work: &[Delivery],
     victim: u16,
@@ -231,7 +185,7 @@ fn run_with_kills(
         let run = scope.spawn(|| {
             emu.run(work, 400, deadline_in(Duration::from_secs(50)))
         });
-        s.wait_started(work.len() / 3);
+        wait_started(s, work.len() / 3);
         let mut last = (0, Instant::now());
         for _ in 0..kills {
             last = kill_and_wait_for_replacement(sup, victim);
@@ -244,8 +198,8 @@ fn run_with_kills(
 #[test]
 fn a_shard_killed_under_load_costs_one_z_per_delivery_it_held() {
     let _lock = fork_lock();
-    let s = Setup::new();
-    let mut emu = s.start();
+    let s = Stage::new();
+    let mut emu = start(&s);
     let sup = emu.pid();
     let work = workload::generate(&s.home, 3000, 100, 1.0, 7, "sleep100");
     // The shard of the busiest domain always has deliveries in flight.
@@ -287,8 +241,8 @@ fn a_shard_killed_under_load_costs_one_z_per_delivery_it_held() {
 #[test]
 fn a_shard_killed_twice_in_a_row_still_answers_each_delnum_once() {
     let _lock = fork_lock();
-    let s = Setup::new();
-    let mut emu = s.start();
+    let s = Stage::new();
+    let mut emu = start(&s);
     let sup = emu.pid();
     let work = workload::generate(&s.home, 3000, 100, 1.0, 8, "sleep100");
     let victim = shard_of(b"someone@d1.test");
@@ -313,8 +267,8 @@ fn a_shard_killed_twice_in_a_row_still_answers_each_delnum_once() {
 #[test]
 fn a_shard_killed_at_the_gate_answers_z_and_its_orphans_add_nothing() {
     let _lock = fork_lock();
-    let mut s = Setup::new();
-    let mut emu = s.start();
+    let mut s = Stage::new();
+    let mut emu = start(&s);
     let sup = emu.pid();
     let work = workload::generate(&s.home, 200, 40, 0.0, 9, "gate");
     for (delnum, d) in work.iter().enumerate() {
@@ -326,7 +280,7 @@ fn a_shard_killed_at_the_gate_answers_z_and_its_orphans_add_nothing() {
         })
         .unwrap();
     }
-    s.wait_started(work.len());
+    wait_started(&s, work.len());
     let victim = shard_of(&work[0].recipient);
     let held: Vec<usize> = (0..work.len())
         .filter(|&i| shard_of(&work[i].recipient) == victim)
@@ -390,8 +344,8 @@ fn a_shard_killed_at_the_gate_answers_z_and_its_orphans_add_nothing() {
 #[test]
 fn a_shard_killed_after_eof_costs_its_zs_and_shardspawn_still_exits_0() {
     let _lock = fork_lock();
-    let mut s = Setup::new();
-    let mut emu = s.start();
+    let mut s = Stage::new();
+    let mut emu = start(&s);
     let sup = emu.pid();
     let work = workload::generate(&s.home, 200, 40, 0.0, 10, "gate");
     for (delnum, d) in work.iter().enumerate() {
@@ -403,7 +357,7 @@ fn a_shard_killed_after_eof_costs_its_zs_and_shardspawn_still_exits_0() {
         })
         .unwrap();
     }
-    s.wait_started(work.len());
+    wait_started(&s, work.len());
     // qmail-send is exiting: no more commands, results still read.
     emu.close_commands();
     let victim = shard_of(&work[0].recipient);

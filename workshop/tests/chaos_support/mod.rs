@@ -23,12 +23,10 @@ use shardspawn_common::limits::Limits;
 use shardspawn_common::report::BODY_MAX;
 use shardspawn_workshop::emulator::{Delivery, RunReport};
 use shardspawn_workshop::home::LIMITS;
-use shardspawn_workshop::remote::ENV_RECORD;
+use shardspawn_workshop::spawner::{self, Spawner};
 use shardspawn_workshop::util::{children, deadline_in, zombie_children};
 use shardspawn_workshop::workload::SplitMix64;
-use shardspawn_workshop::{
-    Emulator, Options, QmailHome, Recording, Stderr, bin_path, wait_for,
-};
+use shardspawn_workshop::{Emulator, QmailHome, Recording, wait_for};
 
 /// Slots every scenario announces (2-byte framing).
 pub const SLOTS: u16 = 1000;
@@ -311,26 +309,23 @@ impl Rig {
 
     /// The state directory.
     pub fn state_dir(&self) -> PathBuf {
-        self.home.path().join("state")
+        spawner::state_dir(&self.home)
     }
 
-    /// shardspawn as qmail-start runs it: no arguments, a clean
-    /// environment with its settings (2-byte framing, [`SLOTS`] slots,
-    /// the stand-in as qmail-remote, its recording), plus `extra`.
+    /// The fixture for this rig: shardspawn as qmail-start runs it (no
+    /// arguments, a clean environment with its settings: 2-byte framing,
+    /// [`SLOTS`] slots, the stand-in as qmail-remote, its recording, a
+    /// state directory in the home), its log in [`Rig::log`].
+    pub fn spawner(&self) -> Spawner<'_> {
+        Spawner::new(&self.home, DelnumWidth::Two, self.shards)
+            .slots(SLOTS)
+            .record(&self.record)
+            .log(&self.log)
+    }
+
+    /// The fixture's command plus `extra`, run as [`Rig::user`].
     pub fn command(&self, extra: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", self.shards.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "2")
-            .env("SHARDSPAWN_SLOTS", SLOTS.to_string())
-            .env("SHARDSPAWN_STATE_DIR", self.state_dir())
-            .env(ENV_RECORD, &self.record);
+        let mut cmd = self.spawner().command();
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -342,11 +337,9 @@ impl Rig {
 
     /// Starts shardspawn with `extra` settings, its log in [`Rig::log`].
     pub fn start(&self, extra: &[(&str, &str)]) -> Emulator {
-        let opts = Options {
-            stderr: Stderr::File(self.log.clone()),
-            ..Options::default()
-        };
-        let emu = Emulator::start(self.command(extra), DelnumWidth::Two, opts)
+        let emu = self
+            .spawner()
+            .start_command(self.command(extra))
             .unwrap_or_else(|e| {
                 panic!(
                     "shardspawn did not start: {e}\nlog:\n{}",

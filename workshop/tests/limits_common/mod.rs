@@ -15,14 +15,15 @@ use std::time::{Duration, Instant, SystemTime};
 use shardspawn_common::command::{Command as Cmd, DelnumWidth};
 use shardspawn_common::record::Record;
 use shardspawn_common::status::{KeyStatus, ShardStatus};
-use shardspawn_workshop::emulator::{Emulator, Options, Stderr};
+use shardspawn_workshop::emulator::Emulator;
 use shardspawn_workshop::home::{LIMITS, QmailHome};
 use shardspawn_workshop::recorder::Recording;
-use shardspawn_workshop::remote::{ENV_GATE, ENV_RECORD, Gate};
-use shardspawn_workshop::util::{bin_path, deadline_in, wait_for};
+use shardspawn_workshop::remote::Gate;
+use shardspawn_workshop::spawner::Spawner;
+use shardspawn_workshop::util::{deadline_in, wait_for};
 
 /// The state directory, relative to the home.
-pub const STATE_DIR: &str = "state";
+pub use shardspawn_workshop::spawner::STATE_DIR;
 
 /// How long a test waits for anything that should come at once. Long,
 /// as the machine may be busy with other tests; a passing test never
@@ -60,23 +61,20 @@ impl Rig {
         Rig { home, gate, record, log, shards, messid }
     }
 
-    /// `shardspawn` as qmail-start runs it: no arguments, a clean
-    /// environment with its settings, the stand-in as qmail-remote with
-    /// gate and recording, a state directory, and `extra` settings.
+    /// The fixture for this rig in framing `width`: `shardspawn` as
+    /// qmail-start runs it (no arguments, a clean environment with its
+    /// settings, a state directory in the home), the stand-in as
+    /// qmail-remote with gate and recording, its log in [`Rig::log`].
+    pub fn spawner(&self, width: DelnumWidth) -> Spawner<'_> {
+        Spawner::new(&self.home, width, self.shards)
+            .gate(&self.gate)
+            .record(&self.record)
+            .log(&self.log)
+    }
+
+    /// `shardspawn` in 1-byte framing with `extra` settings.
     pub fn command(&self, extra: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(bin_path("shardspawn"));
-        cmd.env_clear()
-            .env("SHARDSPAWN_HOME", self.home.path())
-            // Configured limits from the first delivery: this test is not
-            // about adaptation (issue 7), which would start each key at 5.
-            .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-            .env("SHARDSPAWN_QUEUE_OWNER", self.home.owner_uid().to_string())
-            .env("QMAILREMOTE", bin_path("shardspawn-fake-remote"))
-            .env("SHARDSPAWN_SHARDS", self.shards.to_string())
-            .env("SHARDSPAWN_DELNUM_BYTES", "1")
-            .env("SHARDSPAWN_STATE_DIR", STATE_DIR)
-            .env(ENV_GATE, self.gate.path())
-            .env(ENV_RECORD, &self.record);
+        let mut cmd = self.spawner(DelnumWidth::One).command();
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -95,13 +93,11 @@ impl Rig {
         width: DelnumWidth,
         extra: &[(&str, &str)],
     ) -> Emulator {
-        let mut cmd = self.command(extra);
-        cmd.env("SHARDSPAWN_DELNUM_BYTES", width.bytes().to_string());
-        let opts = Options {
-            stderr: Stderr::File(self.log.clone()),
-            ..Options::default()
-        };
-        Emulator::start(cmd, width, opts).unwrap_or_else(|e| {
+        let mut spawner = self.spawner(width);
+        for (k, v) in extra {
+            spawner = spawner.env(k, v);
+        }
+        spawner.start().unwrap_or_else(|e| {
             panic!("shardspawn did not start: {e}\nlog:\n{}", self.log_text())
         })
     }

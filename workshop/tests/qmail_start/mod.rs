@@ -1,8 +1,8 @@
 //! Plays qmail-start for the end-to-end tests of validation_checks.rs,
 //! report_outcomes.rs, remote_environment.rs and framings.rs: runs the
 //! real `shardspawn` with no arguments, a cleared environment holding
-//! only its settings, fd 0/1 pipes and fd 2 closed (the emulator's
-//! default), and gives small helpers to send a command and to take its
+//! only its settings (the fixture's, `shardspawn_workshop::spawner`),
+//! fd 0/1 pipes and fd 2 closed (the emulator's default), and gives small helpers to send a command and to take its
 //! record.
 //!
 //! qmail-start hands qmail-rspawn fds 0 and 1 and nothing else. A test
@@ -23,6 +23,7 @@ use shardspawn_common::command::{Command as Cmd, DelnumWidth};
 use shardspawn_common::record::Record;
 use shardspawn_workshop::emulator::{Emulator, Options, Stderr};
 use shardspawn_workshop::home::QmailHome;
+use shardspawn_workshop::spawner::Spawner;
 use shardspawn_workshop::util::{bin_path, deadline_in};
 
 /// Both framings, for tests that must hold in each.
@@ -39,21 +40,11 @@ pub fn fake_remote() -> PathBuf {
 }
 
 /// `shardspawn` as qmail-start runs it, for `home` and `width`: no
-/// arguments, only these variables: the home, the queue owner (the
-/// owner of the home's files), QMAILREMOTE (the stand-in), 2 shards and
-/// the framing. Tests add or remove settings on the result.
+/// arguments, only the fixture's variables (the home, the queue owner,
+/// QMAILREMOTE the stand-in, the framing, a state directory in the
+/// home) with 2 shards. Tests add or remove settings on the result.
 pub fn spawner(home: &QmailHome, width: DelnumWidth) -> Command {
-    let mut cmd = Command::new(bin_path("shardspawn"));
-    cmd.env_clear()
-        .env("SHARDSPAWN_HOME", home.path())
-        // Configured limits from the first delivery: this test is not
-        // about adaptation (issue 7), which would start each key at 5.
-        .env("SHARDSPAWN_INITIAL_LIMIT", "0")
-        .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
-        .env("QMAILREMOTE", fake_remote())
-        .env("SHARDSPAWN_SHARDS", "2")
-        .env("SHARDSPAWN_DELNUM_BYTES", width.bytes().to_string());
-    cmd
+    Spawner::new(home, width, 2).command()
 }
 
 /// Starts `cmd` and reads its announcement; panics if there is none.
