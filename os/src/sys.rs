@@ -146,6 +146,47 @@ pub fn reap() -> Option<(Pid, ChildEnd)> {
     }
 }
 
+/// Bits of a generation that a [`Token`] keeps: a loop's generations
+/// must wrap within them, or an event could be taken for a later owner's.
+pub const TOKEN_GENERATION_BITS: u32 = 30;
+
+const GENERATION_MASK: u64 = (1 << TOKEN_GENERATION_BITS) - 1;
+
+/// What an epoll registration carries in its 64 bits of data: which of
+/// a loop's few kinds of descriptor it is (2 bits), the generation of
+/// what owns it (30 bits), and that owner's index (32 bits). A loop
+/// compares the generation with its own, so an event for a descriptor
+/// whose owner was replaced after the wait returned is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Which kind of descriptor, below 4.
+    pub kind: u8,
+    /// The owner's generation; only its low [`TOKEN_GENERATION_BITS`]
+    /// are kept.
+    pub generation: u32,
+    /// The owner's index.
+    pub index: u32,
+}
+
+impl Token {
+    /// The 64 bits epoll keeps.
+    pub fn pack(self) -> u64 {
+        debug_assert!(self.kind < 4, "a token kind is 2 bits");
+        u64::from(self.kind) << 62
+            | (u64::from(self.generation) & GENERATION_MASK) << 32
+            | u64::from(self.index)
+    }
+
+    /// The token [`Token::pack`] made.
+    pub fn unpack(data: u64) -> Token {
+        Token {
+            kind: (data >> 62) as u8,
+            generation: ((data >> 32) & GENERATION_MASK) as u32,
+            index: data as u32,
+        }
+    }
+}
+
 /// An epoll instance and its event buffer.
 pub struct Poller {
     epoll: Epoll,
@@ -240,4 +281,23 @@ pub fn write_atomically(
     let new = dir.join(format!("{name}.new"));
     std::fs::write(&new, bytes)?;
     std::fs::rename(&new, dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_back_as_it_went_in() {
+        let top = (1 << TOKEN_GENERATION_BITS) - 1;
+        for (kind, generation, index) in
+            [(0, 0, 0), (3, top, u32::MAX), (2, 12_345, 7), (1, 1, 1 << 31)]
+        {
+            let t = Token { kind, generation, index };
+            assert_eq!(Token::unpack(t.pack()), t);
+        }
+        // Past its bits a generation wraps, as the loops' own do.
+        let t = Token { kind: 1, generation: top + 1, index: 5 };
+        assert_eq!(Token::unpack(t.pack()).generation, 0);
+    }
 }

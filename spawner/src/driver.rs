@@ -33,34 +33,34 @@ use shardspawn_common::response::Responses;
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 use shardspawn_os::spawn;
-use shardspawn_os::sys::{self, Interest, Poller};
+use shardspawn_os::sys::{self, Interest, Poller, Token};
 
-use crate::core::{Core, Effect, Event, LimitFn, Policy, SlotId};
+use crate::core::{
+    Core, Effect, Event, GENERATION_BITS, LimitFn, Policy, SlotId,
+};
 use crate::publish::Publisher;
 use crate::start;
 
-const JOBS: u64 = 0;
-const RESULTS: u64 = 1;
-const SIGNALS: u64 = 2;
-const OUTPUT: u64 = 3;
+const JOBS: u8 = 0;
+const RESULTS: u8 = 1;
+const SIGNALS: u8 = 2;
+const OUTPUT: u8 = 3;
 
 /// Most bytes of one job frame (messid, sender, recipient, key): the
 /// supervisor never sends more than its field limit allows.
 pub const MAX_JOB: u32 = 1 << 20;
 
-fn token(kind: u64, id: SlotId) -> u64 {
-    kind << 62
-        | (u64::from(id.generation) & 0x3fff_ffff) << 32
-        | u64::from(id.index)
+fn token(kind: u8, id: SlotId) -> u64 {
+    Token { kind, generation: id.generation, index: id.index }.pack()
 }
 
-fn untoken(token: u64) -> (u64, SlotId) {
-    let id = SlotId {
-        index: token as u32,
-        generation: ((token >> 32) & 0x3fff_ffff) as u32,
-    };
-    (token >> 62, id)
+fn untoken(data: u64) -> (u8, SlotId) {
+    let t = Token::unpack(data);
+    (t.kind, SlotId { index: t.index, generation: t.generation })
 }
+
+// The core's generations must come back from epoll as they went in.
+const _: () = assert!(GENERATION_BITS <= sys::TOKEN_GENERATION_BITS);
 
 struct Child {
     generation: u32,

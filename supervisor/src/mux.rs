@@ -28,9 +28,11 @@ use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::SupervisorStatus;
 use shardspawn_os::log::Log;
-use shardspawn_os::sys::{self, Interest, Poller, write_atomically};
+use shardspawn_os::sys::{self, Interest, Poller, Token, write_atomically};
 
-use crate::core::{Core, Effect, Event, Level, Loss, ShardId};
+use crate::core::{
+    Core, Effect, Event, GENERATION_BITS, Level, Loss, ShardId,
+};
 use crate::shards::{self, Process};
 use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 
@@ -41,24 +43,23 @@ const LIMITS_EVERY: Duration = Duration::from_secs(2);
 /// How often the supervisor publishes its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
-const QMAIL: u64 = 0;
-const SIGNALS: u64 = 1;
-const RESULTS: u64 = 2;
-const JOBS: u64 = 3;
+const QMAIL: u8 = 0;
+const SIGNALS: u8 = 1;
+const RESULTS: u8 = 2;
+const JOBS: u8 = 3;
 
-fn token(kind: u64, id: ShardId) -> u64 {
-    kind << 62
-        | (u64::from(id.generation) & 0x3fff_ffff) << 32
-        | u64::from(id.index)
+fn token(kind: u8, id: ShardId) -> u64 {
+    let index = u32::from(id.index);
+    Token { kind, generation: id.generation, index }.pack()
 }
 
-fn untoken(t: u64) -> (u64, ShardId) {
-    let id = ShardId {
-        index: t as u16,
-        generation: ((t >> 32) & 0x3fff_ffff) as u32,
-    };
-    (t >> 62, id)
+fn untoken(data: u64) -> (u8, ShardId) {
+    let t = Token::unpack(data);
+    (t.kind, ShardId { index: t.index as u16, generation: t.generation })
 }
+
+// The core's generations must come back from epoll as they went in.
+const _: () = assert!(GENERATION_BITS <= sys::TOKEN_GENERATION_BITS);
 
 /// Starts the shards, announces, and serves until qmail-send closes the
 /// command pipe and every delivery has its result. Returns the exit code.
