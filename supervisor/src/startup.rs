@@ -432,6 +432,9 @@ pub fn prepare(
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
 
     let shards = settings.shards.unwrap_or_else(default_shards);
+    if let Some(dir) = &state_dir {
+        remove_earlier_status(dir, shards, log);
+    }
     let requested = settings.requested_slots();
 
     // Each running delivery holds one descriptor in its shard (the read
@@ -523,6 +526,37 @@ fn state_dir(dir: &Path, log: &Log) -> Result<Option<PathBuf>, Fatal> {
     match UnsafeDir::judge(meta.is_dir(), meta.uid(), meta.mode(), euid) {
         Some(why) => Err(Fatal::StateDir { dir: dir.to_path_buf(), why }),
         None => Ok(Some(dir.to_path_buf())),
+    }
+}
+
+/// Removes what an earlier run left in the state directory that this
+/// one will not rewrite: the files of shards past `shards` (an earlier
+/// run had more), `.prom` included, so that neither `status` nor
+/// node_exporter reads them as live; and the temporary files of a
+/// process that died while writing one. Nothing of this run exists yet:
+/// its shards start later.
+fn remove_earlier_status(dir: &Path, shards: u16, log: &Log) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = name.strip_suffix(".prom").unwrap_or(name);
+        let gone_shard = index.strip_prefix("shard").is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u64>().map_or(true, |n| n >= u64::from(shards))
+        });
+        let leftover = sys::is_temporary(name, "shard")
+            || sys::is_temporary(name, "supervisor");
+        if !gone_shard && !leftover {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            log.warn(format_args!(
+                "unable to remove {}: {e}",
+                entry.path().display()
+            ));
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //!   add up to the same.
 //! - "down N seconds" counts from the stop (or, for a process that died
 //!   without its last write, from its last update), not from its start.
+//! - A run with fewer shards than the last removes the files, `.prom`
+//!   included, of the shards it no longer has.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -17,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::unistd::{User, geteuid};
 
 use shardspawn_common::command::DelnumWidth;
-use shardspawn_workshop::spawner::Spawner;
-use shardspawn_workshop::util::{bin_path, deadline_in, fork_lock};
+use shardspawn_workshop::spawner::{Spawner, status_names_pid};
+use shardspawn_workshop::util::{bin_path, deadline_in, fork_lock, wait_for};
 use shardspawn_workshop::{QmailHome, workload};
 
 /// `shardspawn status ARGS --state-dir DIR` in a clean environment,
@@ -254,4 +256,48 @@ fn down_counts_from_the_stop_not_from_the_start() {
     let page = text(&status(&dir, &[], &[]).stdout);
     assert!(page.starts_with("shardspawn: down "), "{page}");
     assert!((7..=60).contains(&seconds_said(&page)), "{page}");
+}
+
+#[test]
+fn a_run_with_fewer_shards_removes_the_others_files() {
+    let _lock = fork_lock();
+    let home = QmailHome::new().unwrap();
+    let dir = home.path().join("state");
+    let names = |i: u16| [format!("shard{i}"), format!("shard{i}.prom")];
+
+    let four = Spawner::new(&home, DelnumWidth::Two, 4);
+    let mut emu = four.start().unwrap();
+    let all = wait_for(
+        || (0..4).flat_map(names).all(|n| dir.join(n).is_file()),
+        deadline_in(Duration::from_secs(20)),
+    );
+    emu.close_commands();
+    assert!(emu.wait_exit(deadline_in(Duration::from_secs(20))).is_some());
+    assert!(all, "four shards never published");
+
+    let two = Spawner::new(&home, DelnumWidth::Two, 2);
+    let mut emu = two.start().unwrap();
+    let pid = emu.pid();
+    // Removed before the announcement, which start() waited for.
+    for name in (2..4).flat_map(names) {
+        assert!(!dir.join(&name).exists(), "{name} is still there");
+    }
+    let published = wait_for(
+        || {
+            let t = std::fs::read_to_string(two.status_file());
+            t.is_ok_and(|t| status_names_pid(&t, pid))
+        },
+        deadline_in(Duration::from_secs(20)),
+    );
+    assert!(published);
+    let out = status_json(&dir);
+    let listed: Vec<u64> = out["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [0, 1], "{out}");
+    emu.close_commands();
+    assert!(emu.wait_exit(deadline_in(Duration::from_secs(20))).is_some());
 }
