@@ -102,7 +102,7 @@ for dir in "$state" "$logs"; do
   chown "$qmailr:$group" "$dir"
   echo "$me: $dir belongs to $qmailr"
 done
-chmod 0755 "$state"
+chmod 0750 "$state"
 chmod 0750 "$logs"
 
 echo "$me: now restart qmail-send (svc -t /service/qmail-send, or" \

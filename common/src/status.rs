@@ -1,10 +1,11 @@
 //! The live status files in the state directory, and their format.
 //!
 //! Each shard writes `shardN` and the supervisor writes `supervisor`,
-//! each to `NAME.new` first and then renamed, so a reader never sees half
-//! a file. The format is plain text, one `name value` pair a line, the
-//! first line naming the format and its version, so `cat` is a status
-//! tool too:
+//! each to a fresh temporary name first and then renamed, so a reader
+//! never sees half a file. Each writes its file once more as it exits,
+//! with its last counts and the time it stopped. The format is plain
+//! text, one `name value` pair a line, the first line naming the format
+//! and its version, so `cat` is a status tool too:
 //!
 //! ```text
 //! shardspawn-status 1 shard
@@ -12,6 +13,7 @@
 //! pid 4242
 //! started 1764336000
 //! updated 1764336012
+//! stopped 0
 //! running 12
 //! held 3
 //! received 1234
@@ -20,7 +22,9 @@
 //! key gmail.com running 10 held 3 limit 20 effective 10 rate 600/m suspended_until 0 failures 0 peak 10 started 400 held_total 37 deferred 4 changed 1764336007 why 20 good deliveries at the limit
 //! ```
 //!
-//! Times are Unix seconds. `key` lines list the busiest keys (running
+//! Times are Unix seconds; `stopped` is 0 while the process runs (a
+//! reader that finds it 0 and the pid gone knows the process died
+//! without its last write). `key` lines list the busiest keys (running
 //! plus held), a key written with every byte outside `0x21..=0x7e` as
 //! `?`. In a key line, `limit` is the configured limit, `effective` the
 //! one in force (adaptation and response rules lower it), `rate` the
@@ -85,6 +89,8 @@ pub struct ShardStatus {
     pub started: u64,
     /// When this was written.
     pub updated: u64,
+    /// When it stopped, after its last result; 0 while it runs.
+    pub stopped: u64,
     /// qmail-remote processes running.
     pub running: u32,
     /// Deliveries waiting.
@@ -108,6 +114,8 @@ pub struct SupervisorStatus {
     pub started: u64,
     /// When this was written.
     pub updated: u64,
+    /// When it stopped, after its last result; 0 while it runs.
+    pub stopped: u64,
     /// Slots announced.
     pub slots: u32,
     /// Delnum bytes (1 or 2).
@@ -245,6 +253,7 @@ impl ShardStatus {
         let _ = writeln!(out, "pid {}", self.pid);
         let _ = writeln!(out, "started {}", self.started);
         let _ = writeln!(out, "updated {}", self.updated);
+        let _ = writeln!(out, "stopped {}", self.stopped);
         let _ = writeln!(out, "running {}", self.running);
         let _ = writeln!(out, "held {}", self.held);
         let _ = writeln!(out, "received {}", self.received);
@@ -265,6 +274,7 @@ impl ShardStatus {
                 "pid" => s.pid = num(name, v)?,
                 "started" => s.started = num(name, v)?,
                 "updated" => s.updated = num(name, v)?,
+                "stopped" => s.stopped = num(name, v)?,
                 "running" => s.running = num(name, v)?,
                 "held" => s.held = num(name, v)?,
                 "received" => s.received = num(name, v)?,
@@ -318,6 +328,7 @@ impl SupervisorStatus {
         let _ = writeln!(out, "pid {}", self.pid);
         let _ = writeln!(out, "started {}", self.started);
         let _ = writeln!(out, "updated {}", self.updated);
+        let _ = writeln!(out, "stopped {}", self.stopped);
         let _ = writeln!(out, "slots {}", self.slots);
         let _ = writeln!(out, "delnum_bytes {}", self.delnum_bytes);
         let _ = writeln!(out, "shards {}", self.shards);
@@ -335,6 +346,7 @@ impl SupervisorStatus {
                 "pid" => s.pid = num(name, v)?,
                 "started" => s.started = num(name, v)?,
                 "updated" => s.updated = num(name, v)?,
+                "stopped" => s.stopped = num(name, v)?,
                 "slots" => s.slots = num(name, v)?,
                 "delnum_bytes" => s.delnum_bytes = num(name, v)?,
                 "shards" => s.shards = num(name, v)?,
@@ -358,6 +370,7 @@ mod tests {
             pid: 4242,
             started: 1_764_336_000,
             updated: 1_764_336_012,
+            stopped: 0,
             running: 12,
             held: 3,
             received: 1234,
@@ -402,6 +415,7 @@ mod tests {
             pid: 1,
             started: 2,
             updated: 3,
+            stopped: 4,
             slots: 32767,
             delnum_bytes: 2,
             shards: 4,

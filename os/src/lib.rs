@@ -5,8 +5,8 @@
 //!
 //! - [`sys`]: epoll ([`sys::Poller`]), signalfd, pipes made close-on-exec
 //!   (and non-blocking where we read), reaping by pid, reads and writes
-//!   that retry EINTR, and status files written to `NAME.new` and
-//!   renamed.
+//!   that retry EINTR, and status files written to a fresh temporary
+//!   name that never follows a link, then renamed.
 //! - [`spawn`]: starting a child with an empty signal mask and fds 0, 1
 //!   and 2 only, a failed exec told apart from the child's own exit. All
 //!   of the product's `unsafe` lives here, each block with a `SAFETY:`

@@ -7,9 +7,12 @@
 //! Descriptors are created close-on-exec (std and `pipe2` both do), so a
 //! qmail-remote inherits exactly fds 0, 1 and 2 and nothing else.
 
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -271,16 +274,118 @@ impl Poller {
     }
 }
 
-/// Writes `dir/name.new` and renames it to `dir/name`, so that a reader
+/// The mode of every status file: the owner writes it, the group reads
+/// it (the group shardspawn runs as, qmail: the admin's way to run
+/// `shardspawn status` without root), others nothing. Set on the open
+/// file, as qmail-start runs us with umask 077 and the umask would take
+/// the group's bit away.
+pub const STATUS_MODE: u32 = 0o640;
+
+/// The mode of a state directory shardspawn makes itself: the same
+/// readers as its files, and a search bit for the group to reach them.
+pub const STATE_DIR_MODE: u32 = 0o750;
+
+/// Temporary names tried before [`write_atomically`] gives up: only a
+/// name someone else made is skipped, and each try takes a fresh one.
+const TEMPORARY_TRIES: u32 = 100;
+
+/// Temporary status files made by this process so far: part of each
+/// unique name.
+static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` as `dir/name`, mode [`STATUS_MODE`], so that a reader
 /// sees the old file or the new one, never a part.
+///
+/// The text goes to a fresh temporary name, `.NAME.PID.N`, made with
+/// O_CREAT|O_EXCL|O_NOFOLLOW, and is renamed over `name`. A fixed name
+/// (the `NAME.new` of old) opened with create and truncate would follow
+/// a symlink planted there and overwrite its target; an exclusive
+/// create never opens what is already there, link or file, so a planted
+/// name is skipped for the next one, and a rename replaces a link at
+/// `name` itself rather than writing through it.
 pub fn write_atomically(
     dir: &Path,
     name: &str,
     bytes: &[u8],
 ) -> io::Result<()> {
-    let new = dir.join(format!("{name}.new"));
-    std::fs::write(&new, bytes)?;
-    std::fs::rename(&new, dir.join(name))
+    let (temporary, mut file) = create_temporary(dir, name)?;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(STATUS_MODE))
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&temporary, dir.join(name)));
+    if written.is_err() {
+        // Ours, made above: nobody else's file is removed.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Creates a new, empty, temporary file for `name` in `dir`.
+fn create_temporary(
+    dir: &Path,
+    name: &str,
+) -> io::Result<(PathBuf, std::fs::File)> {
+    let pid = std::process::id();
+    for _ in 0..TEMPORARY_TRIES {
+        let n = TEMPORARIES.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".{name}.{pid}.{n}"));
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(STATUS_MODE)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&path);
+        match opened {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("{TEMPORARY_TRIES} temporary names for {name} already taken"),
+    ))
+}
+
+/// Whether `name` is one of [`write_atomically`]'s temporary names for
+/// a file whose name starts with `prefix`: what a process that died
+/// between the create and the rename leaves behind.
+pub fn is_temporary(name: &str, prefix: &str) -> bool {
+    name.strip_prefix('.').is_some_and(|rest| {
+        let mut parts = rest.rsplitn(3, '.');
+        let (n, pid) = (parts.next(), parts.next());
+        let digits = |s: Option<&str>| {
+            s.is_some_and(|s| {
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        digits(n)
+            && digits(pid)
+            && parts.next().is_some_and(|base| base.starts_with(prefix))
+    })
+}
+
+/// Makes directory `path` if it is missing (and its parents), and gives
+/// it `mode` whatever the umask. A directory that exists is left as it
+/// is: its owner and mode are for the caller to judge.
+pub fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
+    let made = match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(parent)?;
+            std::fs::DirBuilder::new().mode(mode).create(path)
+        }
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok(()) => std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(mode),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -299,5 +404,85 @@ mod tests {
         // Past its bits a generation wraps, as the loops' own do.
         let t = Token { kind: 1, generation: top + 1, index: 5 };
         assert_eq!(Token::unpack(t.pack()).generation, 0);
+    }
+
+    /// A fresh directory for one test, removed when it ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(what: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("shardspawn-os-{what}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Issue 15, finding 7: a symlink planted at the name a status file
+    /// was written through (`NAME.new`), or at the temporary names this
+    /// process would use next, is never written through.
+    #[test]
+    fn a_link_planted_at_a_status_files_temporary_name_is_not_followed() {
+        use std::os::unix::fs::symlink;
+        let scratch = Scratch::new("links");
+        let dir = scratch.0.join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let victim = scratch.0.join("victim");
+        std::fs::write(&victim, b"precious\n").unwrap();
+        symlink(&victim, dir.join("supervisor.new")).unwrap();
+        let pid = std::process::id();
+        let next = TEMPORARIES.load(Ordering::Relaxed);
+        for n in next..next + 8 {
+            let name = dir.join(format!(".supervisor.{pid}.{n}"));
+            symlink(&victim, name).unwrap();
+        }
+        for round in 0..3 {
+            let text = format!("round {round}\n");
+            write_atomically(&dir, "supervisor", text.as_bytes()).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dir.join("supervisor")).unwrap(),
+                text
+            );
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+        // A link at the name itself is replaced, not written through.
+        symlink(&victim, dir.join("shard0")).unwrap();
+        write_atomically(&dir, "shard0", b"new\n").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+        let meta = std::fs::symlink_metadata(dir.join("shard0")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o7777, STATUS_MODE);
+    }
+
+    #[test]
+    fn temporary_names_are_told_from_status_files() {
+        assert!(is_temporary(".shard3.prom.4242.17", "shard"));
+        assert!(is_temporary(".supervisor.1.0", "supervisor"));
+        assert!(!is_temporary(".supervisor.1.0", "shard"));
+        for name in ["shard3", "shard3.prom", ".shard3", ".shard3.x.1", "."] {
+            assert!(!is_temporary(name, "shard"), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_made_directory_has_its_mode_whatever_the_umask() {
+        let scratch = Scratch::new("mkdir");
+        let dir = scratch.0.join("a/state");
+        make_dir(&dir, 0o750).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o750);
+        // One that exists is left alone.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        make_dir(&dir, 0o750).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
     }
 }

@@ -330,7 +330,8 @@ impl Shard {
                 && self.core.is_idle()
                 && (self.results.out.is_empty() || !self.results.open)
             {
-                self.publisher.publish(&self.core);
+                // The last counts, and when it stopped.
+                self.publisher.publish(&self.core, Some(SystemTime::now()));
                 self.publisher.log_notes(&mut self.core);
                 return Ok(());
             }
@@ -357,7 +358,7 @@ impl Shard {
             self.results.flush(&self.poller, &self.log)?;
             if self.publisher.due(now) {
                 self.reap_all(now);
-                self.publisher.publish(&self.core);
+                self.publisher.publish(&self.core, None);
                 self.publisher.log_notes(&mut self.core);
             }
             if cfg!(debug_assertions) {

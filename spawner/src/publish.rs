@@ -1,6 +1,6 @@
 //! What a shard tells the admin once a second: its status files in the
-//! state directory (`shardN` and `shardN.prom`, each written to `.new`
-//! and renamed) and the summary lines of its log (keys that began
+//! state directory (`shardN` and `shardN.prom`, each written to a fresh
+//! temporary name and renamed) and the summary lines of its log (keys that began
 //! holding, changes of limits, deferrals).
 //!
 //! It owns the moment of the next publication and what it already said,
@@ -48,14 +48,21 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// What the core shows now, as the status file says it.
-pub fn snapshot(core: &Core, shard: u16, started: u64) -> ShardStatus {
+/// What the core shows now, as the status file says it; `stopped` when
+/// the shard is exiting.
+pub fn snapshot(
+    core: &Core,
+    shard: u16,
+    started: u64,
+    stopped: Option<SystemTime>,
+) -> ShardStatus {
     let counters = core.counters();
     ShardStatus {
         shard,
         pid: std::process::id(),
         started,
         updated: unix(SystemTime::now()),
+        stopped: stopped.map_or(0, unix),
         running: core.running(),
         held: core.held(),
         received: counters.received,
@@ -105,10 +112,11 @@ impl Publisher {
     }
 
     /// Writes `shardN` and `shardN.prom` in the state directory, each to
-    /// `.new` first and renamed, so a reader never sees half a file.
-    pub fn publish(&mut self, core: &Core) {
+    /// a temporary name first and renamed, so a reader never sees half a
+    /// file; `stopped` for the last time, as the shard exits.
+    pub fn publish(&mut self, core: &Core, stopped: Option<SystemTime>) {
         let Some(dir) = &self.dir else { return };
-        let status = snapshot(core, self.shard, self.started);
+        let status = snapshot(core, self.shard, self.started, stopped);
         let result = files(&status).iter().try_for_each(|(name, text)| {
             write_atomically(dir, name, text.as_bytes())
         });
@@ -189,6 +197,7 @@ mod tests {
             pid: 4242,
             started: 1_764_336_000,
             updated: 1_764_336_012,
+            stopped: 0,
             running: 7,
             held: 1,
             received: 30,

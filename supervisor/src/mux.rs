@@ -294,6 +294,10 @@ impl Mux {
                 for pid in self.dying.drain(..) {
                     let _ = nix::sys::wait::waitpid(pid, None);
                 }
+                // The last counts, which the last second's file lacks:
+                // every result is written now, as the shards' own last
+                // files (written as they exited) say.
+                self.publish(Some(SystemTime::now()));
                 return Ok(());
             }
             let deadline = [self.next_limits_check, self.next_status]
@@ -330,7 +334,7 @@ impl Mux {
             self.flush_out();
             if now >= self.next_status {
                 self.next_status = now + STATUS_EVERY;
-                self.publish();
+                self.publish(None);
             }
             if cfg!(debug_assertions) {
                 self.core.check_invariants();
@@ -456,8 +460,8 @@ impl Mux {
         self.feed(event);
     }
 
-    /// Writes the `supervisor` status file.
-    fn publish(&mut self) {
+    /// Writes the `supervisor` status file; `stopped` as it exits.
+    fn publish(&mut self, stopped: Option<SystemTime>) {
         let Some(dir) = &self.rt.state_dir else { return };
         let unix = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -466,6 +470,7 @@ impl Mux {
             pid: std::process::id(),
             started: unix(self.started),
             updated: unix(SystemTime::now()),
+            stopped: stopped.map_or(0, unix),
             slots: self.rt.slots,
             delnum_bytes: self.rt.width.bytes() as u8,
             shards: self.rt.shards,

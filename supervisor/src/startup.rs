@@ -20,6 +20,7 @@ use shardspawn_common::response::Responses;
 use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
+use shardspawn_os::sys;
 
 /// Most bytes of a command field we keep; a longer field is answered
 /// with qmail's out-of-memory deferral. Addresses are far shorter.
@@ -152,6 +153,47 @@ pub enum Fatal {
     Limits(ControlFileError),
     /// The response rules file: as its error says.
     Responses(ControlFileError),
+    /// The state directory is not ours alone: 100, as it stays so until
+    /// an admin changes it, and status written there could be replaced
+    /// or read by whoever else may write it.
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: UnsafeDir,
+    },
+}
+
+/// Why a state directory that exists is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnsafeDir {
+    /// It is not a directory.
+    NotADirectory,
+    /// Another user owns it: uid.
+    Owner(u32),
+    /// Its group or everyone may write in it: its mode.
+    Writable(u32),
+}
+
+impl UnsafeDir {
+    /// What is wrong with a state directory of owner `uid` and `mode`
+    /// for a process of user `euid`, if anything.
+    pub fn judge(
+        is_dir: bool,
+        uid: u32,
+        mode: u32,
+        euid: u32,
+    ) -> Option<Self> {
+        if !is_dir {
+            Some(UnsafeDir::NotADirectory)
+        } else if uid != euid {
+            Some(UnsafeDir::Owner(uid))
+        } else if mode & 0o022 != 0 {
+            Some(UnsafeDir::Writable(mode & 0o7777))
+        } else {
+            None
+        }
+    }
 }
 
 impl Fatal {
@@ -166,6 +208,7 @@ impl Fatal {
             | Fatal::NoQueueOwner(_)
             | Fatal::QueueOwnerLookup { .. } => 111,
             Fatal::Limits(e) | Fatal::Responses(e) => e.code(),
+            Fatal::StateDir { .. } => 100,
         }
     }
 }
@@ -201,6 +244,26 @@ impl fmt::Display for Fatal {
                 write!(f, "unable to look up user {name}: {error}")
             }
             Fatal::Limits(e) | Fatal::Responses(e) => e.fmt(f),
+            Fatal::StateDir { dir, why } => {
+                let dir = dir.display();
+                match why {
+                    UnsafeDir::NotADirectory => write!(
+                        f,
+                        "unsafe state directory {dir}: not a directory"
+                    ),
+                    UnsafeDir::Owner(uid) => write!(
+                        f,
+                        "unsafe state directory {dir}: owned by uid {uid}, \
+                         not by uid {} that runs shardspawn",
+                        Uid::effective()
+                    ),
+                    UnsafeDir::Writable(mode) => write!(
+                        f,
+                        "unsafe state directory {dir}: mode {mode:04o} lets \
+                         others write in it; make it 0750"
+                    ),
+                }
+            }
         }
     }
 }
@@ -363,23 +426,15 @@ pub fn prepare(
             format!("keys start at {}", settings.initial_limit)
         }
     ));
-    let state_dir = home.join(&settings.state_dir);
-    let state_dir = match std::fs::create_dir_all(&state_dir) {
-        Ok(()) => Some(state_dir),
-        Err(e) => {
-            log.warn(format_args!(
-                "unable to create the state directory {}: {e}; no status \
-                 will be published",
-                state_dir.display()
-            ));
-            None
-        }
-    };
+    let state_dir = state_dir(&home.join(&settings.state_dir), log)?;
 
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
 
     let shards = settings.shards.unwrap_or_else(default_shards);
+    if let Some(dir) = &state_dir {
+        remove_earlier_status(dir, shards, log);
+    }
     let requested = settings.requested_slots();
 
     // Each running delivery holds one descriptor in its shard (the read
@@ -446,6 +501,63 @@ pub fn prepare(
         responses,
         state_dir,
     })
+}
+
+/// Makes the state directory if it is missing, and checks that it is
+/// ours alone: status files are rewritten there every second, and a
+/// user who could write in it could swap them (or what they are renamed
+/// over). `None` when it cannot be made or looked at: the warning says
+/// so, and no status is published, as before.
+fn state_dir(dir: &Path, log: &Log) -> Result<Option<PathBuf>, Fatal> {
+    let meta = sys::make_dir(dir, sys::STATE_DIR_MODE)
+        .and_then(|()| std::fs::metadata(dir));
+    let meta = match meta {
+        Ok(meta) => meta,
+        Err(e) => {
+            log.warn(format_args!(
+                "unable to create the state directory {}: {e}; no status \
+                 will be published",
+                dir.display()
+            ));
+            return Ok(None);
+        }
+    };
+    let euid = Uid::effective().as_raw();
+    match UnsafeDir::judge(meta.is_dir(), meta.uid(), meta.mode(), euid) {
+        Some(why) => Err(Fatal::StateDir { dir: dir.to_path_buf(), why }),
+        None => Ok(Some(dir.to_path_buf())),
+    }
+}
+
+/// Removes what an earlier run left in the state directory that this
+/// one will not rewrite: the files of shards past `shards` (an earlier
+/// run had more), `.prom` included, so that neither `status` nor
+/// node_exporter reads them as live; and the temporary files of a
+/// process that died while writing one. Nothing of this run exists yet:
+/// its shards start later.
+fn remove_earlier_status(dir: &Path, shards: u16, log: &Log) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = name.strip_suffix(".prom").unwrap_or(name);
+        let gone_shard = index.strip_prefix("shard").is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u64>().map_or(true, |n| n >= u64::from(shards))
+        });
+        let leftover = sys::is_temporary(name, "shard")
+            || sys::is_temporary(name, "supervisor");
+        if !gone_shard && !leftover {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            log.warn(format_args!(
+                "unable to remove {}: {e}",
+                entry.path().display()
+            ));
+        }
+    }
 }
 
 /// Forgets every remembered TCP timeout, as qmail-rspawn does at start:
@@ -608,5 +720,32 @@ mod tests {
                 assert_eq!((fatal.code(), fatal.to_string()), (code, text));
             }
         }
+    }
+
+    /// Issue 15, finding 7: status files are rewritten in the state
+    /// directory every second, so it must be this user's alone.
+    #[test]
+    fn a_state_dir_of_another_user_or_writable_by_others_is_refused() {
+        let judge = UnsafeDir::judge;
+        assert_eq!(judge(true, 7, 0o40750, 7), None);
+        assert_eq!(judge(true, 7, 0o40700, 7), None);
+        assert_eq!(judge(true, 7, 0o41755, 7), None);
+        assert_eq!(judge(true, 8, 0o40750, 7), Some(UnsafeDir::Owner(8)));
+        for mode in [0o1777, 0o777, 0o770, 0o702] {
+            let want = Some(UnsafeDir::Writable(mode));
+            assert_eq!(judge(true, 7, 0o40000 | mode, 7), want, "{mode:o}");
+        }
+        assert_eq!(
+            judge(false, 7, 0o100640, 7),
+            Some(UnsafeDir::NotADirectory)
+        );
+        let dir = PathBuf::from("/run/shardspawn");
+        let fatal = Fatal::StateDir { dir, why: UnsafeDir::Writable(0o1777) };
+        assert_eq!(fatal.code(), 100);
+        assert_eq!(
+            fatal.to_string(),
+            "unsafe state directory /run/shardspawn: mode 1777 lets others \
+             write in it; make it 0750"
+        );
     }
 }

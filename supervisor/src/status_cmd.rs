@@ -1,6 +1,8 @@
 //! `shardspawn status`: the `qmail-qstat` of shardspawn. It reads only
 //! what the supervisor and shards publish in the state directory, never
-//! touches their pipes, and says plainly when nothing is running or what
+//! touches their pipes, and says plainly which of these it is: nothing
+//! is running (no state directory, or no status in it), the status is
+//! not this user's to read, a process is down (and since when), or what
 //! it reads is stale.
 
 use std::borrow::Cow;
@@ -27,7 +29,8 @@ usage: shardspawn status [--json] [--keys N] [--state-dir DIR]
 Shows the running spawner, each shard, and the busiest limit keys, from
 the status files in the state directory (SHARDSPAWN_STATE_DIR under
 SHARDSPAWN_HOME, default /run/shardspawn). Exit 0: running; 1: not
-running, or its status is stale; 111: the state directory is unreadable.
+running, down, or its status is stale; 111: the status could not be read
+(no permission: run it as root or in the group of the state directory).
 
 Per key: the configured limit, the effective one in force (eff: lowered
 by adaptation or a response rule), the rate in force, how many seconds
@@ -47,7 +50,7 @@ pub enum State {
     Up,
     /// Alive, but its file has not been rewritten lately.
     Stale,
-    /// Its pid is gone.
+    /// It stopped (its last write says when), or its pid is gone.
     Down,
 }
 
@@ -61,14 +64,18 @@ impl State {
     }
 }
 
-fn state_of(pid: u32, updated: u64, now: u64) -> State {
-    let alive = i32::try_from(pid).is_ok_and(|p| {
-        p > 0
-            && matches!(
-                kill(Pid::from_raw(p), None),
-                Ok(()) | Err(Errno::EPERM)
-            )
-    });
+/// The state of a process from its file: `stopped` (non-zero once it
+/// wrote its last file as it exited) is believed before the pid, which
+/// another process may have taken since.
+fn state_of(pid: u32, updated: u64, stopped: u64, now: u64) -> State {
+    let alive = stopped == 0
+        && i32::try_from(pid).is_ok_and(|p| {
+            p > 0
+                && matches!(
+                    kill(Pid::from_raw(p), None),
+                    Ok(()) | Err(Errno::EPERM)
+                )
+        });
     if !alive {
         State::Down
     } else if now.saturating_sub(updated) > STALE_AFTER {
@@ -116,6 +123,24 @@ fn parse(mut p: Parser) -> Result<Option<Ask>, Usage> {
     Ok(Some(ask))
 }
 
+/// How long a process has been in `state`: up (or stale) since it
+/// started; down since it stopped, or, if it died without saying so,
+/// since its last update.
+fn seconds_in(
+    state: State,
+    started: u64,
+    updated: u64,
+    stopped: u64,
+    now: u64,
+) -> u64 {
+    let since = match state {
+        State::Up | State::Stale => started,
+        State::Down if stopped != 0 => stopped,
+        State::Down => updated,
+    };
+    now.saturating_sub(since)
+}
+
 /// Runs `status ...`; returns the exit code.
 pub fn main(p: Parser) -> i32 {
     let ask = match parse(p) {
@@ -143,20 +168,56 @@ pub fn main(p: Parser) -> i32 {
             let r = out.write_all(page.as_bytes());
             out.finish(r.map(|()| if up { 0 } else { 1 }))
         }
-        Err(e) => {
+        Err(Unreadable { path, error })
+            if error.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
             eprintln!(
-                "shardspawn status: unable to read {}: {e}",
-                dir.display()
+                "shardspawn status: no permission to read {}: run it as \
+                 root or as a member of {}",
+                path.display(),
+                group_of(&path)
+            );
+            111
+        }
+        Err(Unreadable { path, error }) => {
+            eprintln!(
+                "shardspawn status: unable to read {}: {error}",
+                path.display()
             );
             111
         }
     }
 }
 
+/// Who may read `path` besides root: its group, by name if it has one.
+fn group_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "its group".to_string();
+    };
+    let gid = nix::unistd::Gid::from_raw(meta.gid());
+    match nix::unistd::Group::from_gid(gid) {
+        Ok(Some(group)) => format!("group {}", group.name),
+        _ => format!("group {gid}"),
+    }
+}
+
+/// A status file or the state directory that could not be read.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// Which.
+    pub path: PathBuf,
+    /// Why.
+    pub error: std::io::Error,
+}
+
 /// Everything the state directory says.
 pub struct View {
     /// The directory read.
     pub dir: PathBuf,
+    /// It is there: no state directory says "not running" too, as
+    /// before the first start (or after a reboot emptied /run).
+    pub exists: bool,
     /// When it was read (Unix seconds).
     pub now: u64,
     /// The supervisor's status, if it has written one.
@@ -165,15 +226,27 @@ pub struct View {
     pub shards: Vec<(ShardStatus, State)>,
 }
 
-/// Reads the state directory.
-pub fn gather(dir: &Path) -> std::io::Result<View> {
+/// Reads the state directory. Not there: nothing runs. Not readable
+/// (the directory or a file in it): an error naming which, as a user
+/// the status is not readable for must not be told "not running".
+pub fn gather(dir: &Path) -> Result<View, Unreadable> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut shards = Vec::new();
     let mut supervisor = None;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+    let unreadable =
+        |path: &Path, error| Unreadable { path: path.to_path_buf(), error };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = dir.to_path_buf();
+            return Ok(View { dir, exists: false, now, supervisor, shards });
+        }
+        Err(e) => return Err(unreadable(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| unreadable(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let is_shard = name.strip_prefix("shard").is_some_and(|n| {
@@ -183,20 +256,28 @@ pub fn gather(dir: &Path) -> std::io::Result<View> {
             continue;
         }
         // A file replaced or removed between listing and reading is
-        // simply skipped: the next run sees the new one.
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        // simply skipped: the next run sees the new one. One this user
+        // may not read is said, not skipped.
+        let text = match std::fs::read_to_string(entry.path()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(unreadable(&entry.path(), e));
+            }
+            Err(_) => continue,
+        };
         if is_shard {
             if let Ok(s) = ShardStatus::parse(&text) {
-                let state = state_of(s.pid, s.updated, now);
+                let state = state_of(s.pid, s.updated, s.stopped, now);
                 shards.push((s, state));
             }
         } else if let Ok(s) = SupervisorStatus::parse(&text) {
-            let state = state_of(s.pid, s.updated, now);
+            let state = state_of(s.pid, s.updated, s.stopped, now);
             supervisor = Some((s, state));
         }
     }
     shards.sort_by_key(|(s, _)| s.shard);
-    Ok(View { dir: dir.to_path_buf(), now, supervisor, shards })
+    let dir = dir.to_path_buf();
+    Ok(View { dir, exists: true, now, supervisor, shards })
 }
 
 impl View {
@@ -222,6 +303,13 @@ impl View {
     pub fn text(&self, top: usize) -> String {
         let mut out = String::new();
         match &self.supervisor {
+            None if !self.exists => {
+                let _ = writeln!(
+                    out,
+                    "shardspawn: not running (no state directory {})",
+                    self.dir.display()
+                );
+            }
             None => {
                 let _ = writeln!(
                     out,
@@ -237,7 +325,9 @@ impl View {
                      restarts{}",
                     state.word(),
                     s.pid,
-                    self.now.saturating_sub(s.started),
+                    seconds_in(
+                        *state, s.started, s.updated, s.stopped, self.now
+                    ),
                     s.shards,
                     s.slots,
                     s.delnum_bytes,
@@ -261,7 +351,7 @@ impl View {
                 "shard",
                 "state",
                 "pid",
-                "up(s)",
+                "secs",
                 "running",
                 "held",
                 "received",
@@ -275,7 +365,9 @@ impl View {
                     s.shard,
                     state.word(),
                     s.pid,
-                    self.now.saturating_sub(s.started),
+                    seconds_in(
+                        *state, s.started, s.updated, s.stopped, self.now
+                    ),
                     s.running,
                     s.held,
                     s.received,
@@ -303,6 +395,7 @@ impl View {
                     pid: s.pid,
                     started: s.started,
                     updated: s.updated,
+                    stopped: s.stopped,
                     slots: s.slots,
                     delnum_bytes: s.delnum_bytes,
                     shards: s.shards,
@@ -320,6 +413,7 @@ impl View {
                     pid: s.pid,
                     started: s.started,
                     updated: s.updated,
+                    stopped: s.stopped,
                     running: s.running,
                     held: s.held,
                     received: s.received,
@@ -376,6 +470,7 @@ struct JsonSupervisor {
     pid: u32,
     started: u64,
     updated: u64,
+    stopped: u64,
     slots: u32,
     delnum_bytes: u8,
     shards: u16,
@@ -392,6 +487,7 @@ struct JsonShard {
     pid: u32,
     started: u64,
     updated: u64,
+    stopped: u64,
     running: u32,
     held: u32,
     received: u64,
@@ -520,10 +616,10 @@ mod tests {
     #[test]
     fn a_dead_pid_is_down_and_an_old_update_is_stale() {
         let me = std::process::id();
-        assert_eq!(state_of(me, 100, 100), State::Up);
-        assert_eq!(state_of(me, 100, 100 + STALE_AFTER + 1), State::Stale);
-        assert_eq!(state_of(0, 100, 100), State::Down);
-        assert_eq!(state_of(u32::MAX, 100, 100), State::Down);
+        assert_eq!(state_of(me, 100, 0, 100), State::Up);
+        assert_eq!(state_of(me, 100, 0, 100 + STALE_AFTER + 1), State::Stale);
+        assert_eq!(state_of(0, 100, 0, 100), State::Down);
+        assert_eq!(state_of(u32::MAX, 100, 0, 100), State::Down);
     }
 
     fn key(name: &str) -> KeyStatus {
@@ -545,6 +641,7 @@ mod tests {
         };
         View {
             dir: PathBuf::from("/nonexistent"),
+            exists: true,
             now,
             supervisor: None,
             shards: vec![(shard, State::Up)],
@@ -690,5 +787,38 @@ mod tests {
         assert!(view.text(10).contains("not running"));
         assert!(view.json(10).contains("\"supervisor\":null"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 15, finding 11: a process that wrote its last file as it
+    /// exited is down, since then, even if its pid lives (taken by
+    /// another process); one that died without it, since its last
+    /// update, not since it started.
+    #[test]
+    fn down_counts_from_the_stop_or_else_the_last_update() {
+        let me = std::process::id();
+        assert_eq!(state_of(me, 100, 99, 100), State::Down);
+        let now = 1_000_000;
+        let started = now - 86_400;
+        assert_eq!(seconds_in(State::Down, started, now - 5, now - 3, now), 3);
+        assert_eq!(seconds_in(State::Down, started, now - 5, 0, now), 5);
+        assert_eq!(seconds_in(State::Up, started, now, 0, now), 86_400);
+        assert_eq!(seconds_in(State::Stale, started, now - 9, 0, now), 86_400);
+    }
+
+    /// Issue 15, finding 11: no state directory is "not running", not a
+    /// failure to read it.
+    #[test]
+    fn no_state_directory_reads_as_not_running() {
+        let dir = std::env::temp_dir()
+            .join(format!("shardspawn-status-none-{}", std::process::id()))
+            .join("state");
+        let view = gather(&dir).unwrap();
+        assert!(view.supervisor.is_none() && view.shards.is_empty());
+        assert!(
+            view.text(10).starts_with("shardspawn: not running (no state"),
+            "{}",
+            view.text(10)
+        );
+        assert!(view.json(10).contains("\"supervisor\":null"));
     }
 }
