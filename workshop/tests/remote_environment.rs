@@ -199,13 +199,26 @@ fn the_environment_is_passed_unchanged() {
     assert!(finish(&mut emu).is_empty());
 }
 
+/// A program that runs, at `rel` in `home`, for a test to take away
+/// once shardspawn has started: startup refuses a QMAILREMOTE that
+/// cannot run (issue 15), so a program that goes away later is how a
+/// failed exec is reached now.
+fn vanishing_remote(home: &QmailHome, rel: &str) -> std::path::PathBuf {
+    let remote = home.write_file(rel, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o755))
+        .unwrap();
+    remote
+}
+
 #[test]
 fn a_missing_remote_program_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, ONE);
-    spawner.env("QMAILREMOTE", home.path().join("bin/no-such-remote"));
+    let remote = vanishing_remote(&home, "bin/no-such-remote");
+    spawner.env("QMAILREMOTE", &remote);
     let mut emu = start(spawner, ONE);
+    std::fs::remove_file(&remote).unwrap();
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
     assert!(finish(&mut emu).is_empty());
@@ -219,10 +232,10 @@ fn many_failed_execs_at_once_are_each_answered_once() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, DelnumWidth::Two);
-    spawner
-        .env("QMAILREMOTE", home.path().join("bin/no-such-remote"))
-        .env("SHARDSPAWN_SLOTS", "200");
+    let remote = vanishing_remote(&home, "bin/no-such-remote");
+    spawner.env("QMAILREMOTE", &remote).env("SHARDSPAWN_SLOTS", "200");
     let mut emu = start(spawner, DelnumWidth::Two);
+    std::fs::remove_file(&remote).unwrap();
     for d in 0..200 {
         send(&mut emu, &cmd(d, &m, b"", format!("u@d{d}.test").as_bytes()));
     }
@@ -241,8 +254,10 @@ fn a_missing_qmail_remote_in_path_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, ONE);
+    let remote = vanishing_remote(&home, "bin/qmail-remote");
     spawner.env_remove("QMAILREMOTE").env("PATH", home.path().join("bin"));
     let mut emu = start(spawner, ONE);
+    std::fs::remove_file(&remote).unwrap();
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
     assert!(finish(&mut emu).is_empty());
@@ -252,12 +267,12 @@ fn a_missing_qmail_remote_in_path_fails_permanently() {
 fn a_remote_that_is_not_executable_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
-    let remote = home.write_file("bin/qmail-remote", b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o644))
-        .unwrap();
+    let remote = vanishing_remote(&home, "bin/qmail-remote");
     let mut spawner = spawner(&home, ONE);
     spawner.env("QMAILREMOTE", &remote);
     let mut emu = start(spawner, ONE);
+    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o644))
+        .unwrap();
     // EACCES is not a temporary errno: exit 100 for stock, so D.
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
