@@ -22,6 +22,20 @@
 #
 # Users and groups, for other layouts (and tests): OWNER_USER (root),
 # QMAIL_GROUP (qmail), QMAILR_USER (qmailr); names or numbers.
+#
+# The framing: qmail-send's delnums are 1 byte (stock) or 2 (the
+# big-concurrency patch), fixed when it was built, and shardspawn must
+# be told which (SHARDSPAWN_DELNUM_BYTES). The qmail-rspawn being
+# replaced was built with it and says it in its first write, the
+# concurrency announcement: 1 byte or 2. So the kept original is run
+# once, with stdin at EOF (it then exits at once), as QMAILR_USER when
+# run as root, from a scratch directory, and the bytes it writes are
+# counted. (Like every start of qmail-rspawn, this zeroes
+# queue/lock/tcpto: remembered TCP timeouts are forgotten.) With ENVDIR
+# set to the qmail-send service's env directory (e.g.
+# /service/qmail-send/env) the answer is written there as the file
+# SHARDSPAWN_DELNUM_BYTES; without it, or if the original cannot be run
+# or says something else, it is only printed and nothing is changed.
 set -eu
 me=install.sh
 
@@ -50,6 +64,14 @@ case $logs in
   /*) ;;
   *) fatal "SHARDSPAWN_LOG_DIR=$logs: must be an absolute path" ;;
 esac
+
+envdir=${ENVDIR:-}
+if [ -n "$envdir" ]; then
+  [ -d "$envdir" ] ||
+    fatal "ENVDIR=$envdir is not a directory: name the qmail-send" \
+      "service's env directory, or leave ENVDIR unset"
+  envdir=$(cd "$envdir" && pwd)
+fi
 
 [ -f "$bin" ] ||
   fatal "no binary at $bin: run cargo build --release, or name it in" \
@@ -95,6 +117,70 @@ else
   mv -f qmail-rspawn.new qmail-rspawn
   echo "$me: $home/bin/qmail-rspawn is now shardspawn; the original is" \
     "qmail-rspawn.stock"
+fi
+
+# announcement PROGRAM: the number of bytes PROGRAM (a qmail-rspawn)
+# writes before it exits, given stdin at EOF; nothing if it cannot run.
+# Run as qmailr when we are root, as qmail-start runs it, never as root;
+# stdin /dev/null, which stock's select reads as EOF; at most 10 seconds.
+announcement() {
+  scratch=$(mktemp -d) || return 0
+  chmod 0755 "$scratch"
+  out=$scratch/announcement
+  if [ "$(id -u)" != 0 ]; then
+    : # as ourselves
+  elif command -v setpriv >/dev/null 2>&1 &&
+    uid=$(id -u "$qmailr" 2>/dev/null); then
+    set -- setpriv --reuid="$uid" --regid="$group" --clear-groups "$@"
+  elif command -v chpst >/dev/null 2>&1; then
+    set -- chpst -u "$qmailr:$group" "$@"
+  else
+    echo "$me: neither setpriv nor chpst is in PATH to run it as $qmailr" >&2
+    rm -rf "$scratch"
+    return 0
+  fi
+  if command -v timeout >/dev/null 2>&1; then
+    set -- timeout 10 "$@"
+  fi
+  (cd "$scratch" && "$@" </dev/null >"$out" 2>/dev/null) || :
+  if [ -s "$out" ]; then
+    od -An -tu1 -v "$out" | tr -s ' \n' '  '
+  fi
+  rm -rf "$scratch"
+}
+
+# What the original says of the framing, and the setting it asks for.
+original=$home/bin/qmail-rspawn.stock
+# shellcheck disable=SC2046 # the bytes, one word each
+set -- $(announcement "$original")
+case $# in
+  1) bytes=1 slots=$1 ;;
+  2) bytes=2 slots=$(($1 + 256 * $2)) ;;
+  *) bytes= ;;
+esac
+if [ -z "$bytes" ]; then
+  if [ $# = 0 ]; then
+    said="nothing (it could not run: no qmail home it can use, no user"
+    said="$said qmailq?)"
+  else
+    said="$# bytes, not 1 or 2"
+  fi
+  echo "$me: the original qmail-rspawn announced $said; set" \
+    "SHARDSPAWN_DELNUM_BYTES yourself: 1 for a stock qmail-send, 2 for" \
+    "a big-concurrency one"
+else
+  echo "$me: the original qmail-rspawn announces $slots slots in $bytes" \
+    "byte(s): qmail-send needs SHARDSPAWN_DELNUM_BYTES=$bytes"
+  if [ -n "$envdir" ]; then
+    printf '%s\n' "$bytes" >"$envdir/SHARDSPAWN_DELNUM_BYTES.new"
+    mv -f "$envdir/SHARDSPAWN_DELNUM_BYTES.new" \
+      "$envdir/SHARDSPAWN_DELNUM_BYTES"
+    echo "$me: wrote $bytes to $envdir/SHARDSPAWN_DELNUM_BYTES"
+  else
+    echo "$me: put it in the qmail-send service's env directory (echo" \
+      "$bytes > /service/qmail-send/env/SHARDSPAWN_DELNUM_BYTES), or run" \
+      "this with ENVDIR naming that directory"
+  fi
 fi
 
 for dir in "$state" "$logs"; do

@@ -647,8 +647,9 @@ impl Shard {
             // No delnum in the line: a run of the same failure is then
             // one line and a count.
             self.log.warn(format_args!(
-                "unable to {}: {e}; deferred",
-                failure.what
+                "unable to {}: {e}; {}",
+                failure.what,
+                failure.outcome()
             ));
         }
         self.core

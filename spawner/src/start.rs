@@ -30,6 +30,18 @@ pub struct StartError {
 }
 
 impl StartError {
+    /// What its body tells qmail-send, for the log line that explains
+    /// it: a failed exec is a `D` (stock's exit 100), and calling that
+    /// "deferred" hid that every remote delivery bounced (issue 15).
+    pub fn outcome(&self) -> &'static str {
+        match self.body.first() {
+            Some(b'K') => "K: delivered",
+            Some(b'Z') => "Z: deferred",
+            Some(b'D') => "D: failed (bounced)",
+            _ => "answered",
+        }
+    }
+
     fn refusal(
         refusal: Refusal,
         what: &'static str,
@@ -120,4 +132,22 @@ pub fn spawn_failure(e: io::Error) -> StartError {
         "run qmail-remote"
     };
     StartError { body: errno::start_failure_body(errno), what, error: Some(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcome_names_the_letter_qmail_send_gets() {
+        use nix::errno::Errno;
+        let of =
+            |e: Errno| spawn_failure(io::Error::from_raw_os_error(e as i32));
+        assert_eq!(of(Errno::ENOENT).outcome(), "D: failed (bounced)");
+        assert_eq!(of(Errno::EACCES).outcome(), "D: failed (bounced)");
+        assert_eq!(of(Errno::ETXTBSY).outcome(), "Z: deferred");
+        assert_eq!(of(Errno::EAGAIN).outcome(), "Z: deferred");
+        let open = StartError::refusal(Refusal::OpenMessage, "open", None);
+        assert_eq!(open.outcome(), "Z: deferred");
+    }
 }

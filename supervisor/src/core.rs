@@ -35,12 +35,14 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use shardspawn_common::command::Command;
+use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_common::domain;
 use shardspawn_common::frame::{DONE, Job, LIMITS, RESPONSES};
 use shardspawn_common::limits::Limits;
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::validate;
+
+use crate::framing::FramingWatch;
 
 /// How many bits of a [`ShardId::generation`] are used: the driver packs
 /// one into an epoll token beside the kind and the index, so the core
@@ -286,6 +288,8 @@ pub struct Core {
     exited: bool,
     results: u64,
     restarts: u64,
+    /// Set by [`Core::watch_framing`].
+    framing: Option<FramingWatch>,
 }
 
 impl Core {
@@ -322,7 +326,14 @@ impl Core {
             exited: false,
             results: 0,
             restarts: 0,
+            framing: None,
         }
+    }
+
+    /// Logs once if the commands cannot be qmail-send's in `width`
+    /// ([`FramingWatch`]); answers stay as they are.
+    pub fn watch_framing(&mut self, width: DelnumWidth) {
+        self.framing = Some(FramingWatch::new(width));
     }
 
     /// Handles one event, appending what must be done to `effects`.
@@ -407,6 +418,16 @@ impl Core {
         let checked = validate::check(&cmd, self.slots, |d| {
             owner[usize::from(d)] != Owner::Free
         });
+        let below = cmd.delnum.checked_sub(1).map(usize::from);
+        let below_busy = below
+            .and_then(|d| self.owner.get(d))
+            .is_some_and(|o| *o != Owner::Free);
+        if let Some(watch) = &mut self.framing
+            && let Some(line) =
+                watch.observe(&cmd, checked.as_ref().map(|_| ()), below_busy)
+        {
+            effects.push(Effect::Log(Level::Warn, line));
+        }
         if let Err(refusal) = checked {
             self.record(cmd.delnum, refusal.body(), effects);
             return;

@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod cmdline;
 pub mod core;
+pub mod framing;
 pub mod limits_cmd;
 pub mod mux;
 pub mod shards;

@@ -139,13 +139,14 @@ impl Mux {
         poller.add(stdin.as_fd(), Interest::Read, token(QMAIL, none))?;
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
         let mut starts = Vec::new();
-        let core = Core::new(
+        let mut core = Core::new(
             rt.slots,
             rt.shards,
             (Rc::from(&rt.limits.text[..]), rt.limits.parsed.clone()),
             Rc::from(&rt.responses.text[..]),
             &mut starts,
         );
+        core.watch_framing(rt.width);
         let mux = Mux {
             decoder: CommandDecoder::new(rt.width, FIELD_LIMIT),
             procs: (0..rt.shards).map(|_| None).collect(),

@@ -3,10 +3,11 @@
 //! Any failure here exits without announcing, which qmail-send logs as
 //! "hath the daemon spawn no fire?".
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -401,6 +402,23 @@ pub fn prepare(
     // made absolute first, as the working directory is queue/mess now.
     let limits_path =
         Settings { home: home.clone(), ..settings.clone() }.limits_path();
+    let responses_path =
+        Settings { home: home.clone(), ..settings.clone() }.responses_path();
+    // A file the admin named is one they meant: running on the built-in
+    // defaults instead would be silent (issue 15). Only the defaults may
+    // be absent.
+    for (named, path, setting) in [
+        (&settings.limits, &limits_path, ("SHARDSPAWN_LIMITS", "--limits")),
+        (
+            &settings.responses,
+            &responses_path,
+            ("SHARDSPAWN_RESPONSES", "--responses"),
+        ),
+    ] {
+        if let Some(named) = named {
+            named_file_exists(setting, named, path)?;
+        }
+    }
     let limits = LimitsSource::read(&limits_path, Limits::parse)
         .map_err(Fatal::Limits)?;
     log.info(format_args!(
@@ -410,8 +428,6 @@ pub fn prepare(
         limits.parsed.default_limit(),
         limits.parsed.rules().count()
     ));
-    let responses_path =
-        Settings { home: home.clone(), ..settings.clone() }.responses_path();
     let responses = ResponsesSource::read(&responses_path, Responses::parse)
         .map_err(Fatal::Responses)?;
     log.info(format_args!(
@@ -426,6 +442,8 @@ pub fn prepare(
             format!("keys start at {}", settings.initial_limit)
         }
     ));
+    // Checked here, in queue/mess, where the shards will run it.
+    remote_runs(settings)?;
     let state_dir = state_dir(&home.join(&settings.state_dir), log)?;
 
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
@@ -557,6 +575,101 @@ fn remove_earlier_status(dir: &Path, shards: u16, log: &Log) {
                 entry.path().display()
             ));
         }
+    }
+}
+
+/// Which of a setting's two spellings (variable, flag) gave `value`: the
+/// flag beats the variable, so the variable only if it says the same.
+fn spelling(setting: (&str, &str), value: &OsStr) -> String {
+    let (var, flag) = setting;
+    let from_env = std::env::var_os(var).is_some_and(|v| {
+        v.as_bytes().strip_suffix(b"\n").unwrap_or(v.as_bytes())
+            == value.as_bytes()
+    });
+    if from_env { var } else { flag }.to_owned()
+}
+
+/// A named control file must be there: `Fatal::Setting` (100) naming
+/// the setting if it is not. Any other failure to look at it is left to
+/// the read that follows, which tells a refusal from a machine's no.
+fn named_file_exists(
+    setting: (&str, &str),
+    named: &Path,
+    path: &Path,
+) -> Result<(), Fatal> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let why = if named == path {
+                "no such file".to_owned()
+            } else {
+                format!("no such file: {}", path.display())
+            };
+            Err(Fatal::Setting(SettingsError {
+                source: spelling(setting, named.as_os_str()),
+                value: named.to_string_lossy().into_owned(),
+                why,
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `QMAILREMOTE` (or its default, `qmail-remote` through PATH) must be a
+/// program this user can run: a path with a '/' as access(X_OK) says, a
+/// bare name as the shards' spawner looks it up (the first executable
+/// file of that name in PATH; `shardspawn_os::spawn`). A program that
+/// cannot run makes every delivery `DUnable to run qmail-remote.`: every
+/// remote recipient bounces. Not starting keeps the mail queued and says
+/// why; qmail-send logs "hath the daemon spawn no fire?".
+///
+/// The default is held to it too: under qmail-start it is found only
+/// through the PATH the run script gives, and if it is not there the
+/// bounces are the same.
+fn remote_runs(settings: &Settings) -> Result<(), Fatal> {
+    let (program, value) = match &settings.remote {
+        Some(remote) => (remote.clone(), remote.clone()),
+        None => (OsString::from(settings::DEFAULT_REMOTE), OsString::new()),
+    };
+    let why = if program.as_bytes().contains(&b'/') {
+        match runnable(Path::new(&program)) {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("unable to run it: {e}"),
+        }
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        if std::env::split_paths(&path)
+            .any(|dir| runnable(&dir.join(&program)).is_ok())
+        {
+            return Ok(());
+        }
+        format!(
+            "no executable {} in PATH={}",
+            program.to_string_lossy(),
+            path.to_string_lossy()
+        )
+    };
+    let source = match &settings.remote {
+        Some(remote) => spelling(("QMAILREMOTE", "--remote"), remote),
+        None => "QMAILREMOTE".to_owned(),
+    };
+    let why = match &settings.remote {
+        Some(_) => why,
+        None => format!("unset, and {why}"),
+    };
+    Err(Fatal::Setting(SettingsError {
+        source,
+        value: value.to_string_lossy().into_owned(),
+        why,
+    }))
+}
+
+/// Whether exec would run `path`: executable for this user, and not a
+/// directory (which access(X_OK) passes when it may be searched).
+fn runnable(path: &Path) -> Result<(), nix::errno::Errno> {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(nix::errno::Errno::EISDIR),
+        _ => Ok(()),
     }
 }
 

@@ -21,6 +21,7 @@
 mod chaos_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -403,9 +404,16 @@ fn missing_program() {
     let mut tally = Tally::new("missing_program");
     let mut rng = Rng::new(seed(tally.scenario));
     let rig = Rig::new(2);
-    let missing = rig.home.path().join("bin/no-such-qmail-remote");
-    let missing = missing.to_str().unwrap();
-    let mut emu = rig.start(&[("QMAILREMOTE", missing)]);
+    // Startup refuses a program that cannot run (issue 15): it goes
+    // away once shardspawn has started.
+    let missing = rig
+        .home
+        .write_file("bin/no-such-qmail-remote", b"#!/bin/sh\n")
+        .unwrap();
+    std::fs::set_permissions(&missing, PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let mut emu = rig.start(&[("QMAILREMOTE", missing.to_str().unwrap())]);
+    std::fs::remove_file(&missing).unwrap();
     let sup = emu.pid();
     let warm = load(&rig, &mut rng, 100, 20, (0, 0));
     let report = emu.run(&warm, 50, rig.deadline);

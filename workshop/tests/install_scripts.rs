@@ -6,7 +6,9 @@
 //! a second install keeps it still; uninstall puts it back byte for byte,
 //! with its mode and inode, and removes what install added. Where
 //! keeping the original is in doubt (a second original), both refuse
-//! and touch nothing.
+//! and touch nothing. Install runs the original once to learn
+//! qmail-send's framing from its announcement (1 byte or 2) and writes
+//! it to `ENVDIR/SHARDSPAWN_DELNUM_BYTES`, or only says it.
 //!
 //! The users and groups are the test's own choice (no qmail users on a
 //! build machine): as root, nobody's and nogroup's when they exist.
@@ -88,6 +90,16 @@ impl Scratch {
 
     /// Runs `init/SCRIPT args... HOME`: exit code and output.
     fn script(&self, script: &str, args: &[&str]) -> (Option<i32>, String) {
+        self.script_with(script, args, &[])
+    }
+
+    /// As [`Scratch::script`], with more variables in its environment.
+    fn script_with(
+        &self,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> (Option<i32>, String) {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../init").join(script);
         let mut cmd = Command::new(&path);
@@ -100,6 +112,7 @@ impl Scratch {
             .env("QMAILR_USER", self.users.qmailr.to_string())
             .env("SHARDSPAWN_STATE_DIR", self.state())
             .env("SHARDSPAWN_LOG_DIR", self.logs())
+            .envs(env.iter().copied())
             .stdin(Stdio::null());
         if let Some(owner) = &self.users.owner_name {
             cmd.env("OWNER_USER", owner);
@@ -247,4 +260,109 @@ fn no_qmail_no_install() {
     assert!(!s.bin("shardspawn").exists());
     assert!(!s.bin("qmail-rspawn").exists());
     assert!(!s.state().exists());
+}
+
+/// A stand-in for the qmail-rspawn being replaced: it notes who ran it,
+/// reads its stdin to the end (so a stdin not at EOF would hang it), and
+/// writes `announcement` (as printf(1) escapes) on stdout.
+fn original_announcing(s: &Scratch, announcement: &str) -> PathBuf {
+    let notes = s.home.path().join("notes");
+    fs::create_dir(&notes).expect("make notes");
+    fs::set_permissions(&notes, fs::Permissions::from_mode(0o777))
+        .expect("chmod notes");
+    let script = format!(
+        "#!/bin/sh\nid -u >{}/uid\ncat >/dev/null\nprintf '{announcement}'\n",
+        notes.display()
+    );
+    fs::write(s.bin("qmail-rspawn"), script).expect("write the original");
+    fs::set_permissions(
+        s.bin("qmail-rspawn"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod the original");
+    notes.join("uid")
+}
+
+/// The service's env directory, with SHARDSPAWN_DELNUM_BYTES `was`.
+fn envdir(s: &Scratch, was: &str) -> PathBuf {
+    let env = s.home.path().join("env");
+    fs::create_dir(&env).expect("make env");
+    fs::write(env.join("SHARDSPAWN_DELNUM_BYTES"), was).expect("write env");
+    env
+}
+
+/// Issue 15: a 2-byte shardspawn under a 1-byte qmail-send (or the
+/// reverse) was not detected at all. install.sh asks the qmail-rspawn
+/// it replaces, which was built with qmail-send's framing.
+#[test]
+fn install_writes_the_framing_the_original_announces() {
+    for (announcement, slots, bytes, was) in
+        [("\\170", 120, "1", "2\n"), ("\\375\\001", 509, "2", "1\n")]
+    {
+        let s = Scratch::new();
+        let uid = original_announcing(&s, announcement);
+        let env = envdir(&s, was);
+        let (code, text) =
+            s.script_with("install.sh", &[], &[("ENVDIR", &env)]);
+        assert_eq!(code, Some(0), "{text}");
+        let want = format!("announces {slots} slots in {bytes} byte(s)");
+        assert!(text.contains(&want), "want {want:?} in {text}");
+        assert_eq!(
+            fs::read_to_string(env.join("SHARDSPAWN_DELNUM_BYTES")).unwrap(),
+            format!("{bytes}\n"),
+            "{text}"
+        );
+        // As qmail-start runs it: as qmailr, never as root.
+        assert_eq!(
+            fs::read_to_string(&uid).expect("the original ran").trim(),
+            s.users.qmailr.to_string()
+        );
+        let left: Vec<_> = fs::read_dir(&env).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
+}
+
+#[test]
+fn without_an_envdir_install_only_says_the_framing() {
+    let s = Scratch::new();
+    original_announcing(&s, "\\375\\001");
+    let text = s.install();
+    assert!(text.contains("SHARDSPAWN_DELNUM_BYTES=2"), "{text}");
+    assert!(text.contains("run this with ENVDIR"), "{text}");
+}
+
+#[test]
+fn an_original_that_says_nothing_leaves_the_setting_alone() {
+    let s = Scratch::new();
+    original_announcing(&s, "");
+    let env = envdir(&s, "2\n");
+    let (code, text) = s.script_with("install.sh", &[], &[("ENVDIR", &env)]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("announced nothing"), "{text}");
+    assert!(text.contains("set SHARDSPAWN_DELNUM_BYTES yourself"), "{text}");
+    assert_eq!(
+        fs::read_to_string(env.join("SHARDSPAWN_DELNUM_BYTES")).unwrap(),
+        "2\n"
+    );
+    // Three bytes are no framing either.
+    let s = Scratch::new();
+    original_announcing(&s, "abc");
+    let env = envdir(&s, "1\n");
+    let (_, text) = s.script_with("install.sh", &[], &[("ENVDIR", &env)]);
+    assert!(text.contains("announced 3 bytes, not 1 or 2"), "{text}");
+    assert_eq!(
+        fs::read_to_string(env.join("SHARDSPAWN_DELNUM_BYTES")).unwrap(),
+        "1\n"
+    );
+}
+
+#[test]
+fn an_envdir_that_is_not_there_stops_the_install_first() {
+    let s = Scratch::new();
+    let missing = s.home.path().join("no-env");
+    let (code, text) =
+        s.script_with("install.sh", &[], &[("ENVDIR", &missing)]);
+    assert_eq!(code, Some(111), "{text}");
+    assert!(text.contains("ENVDIR="), "{text}");
+    assert!(!s.bin("shardspawn").exists(), "installed anyway");
 }

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 
 use shardspawn_common::command::DelnumWidth;
-use shardspawn_workshop::emulator::Emulator;
+use shardspawn_workshop::emulator::{Emulator, Options, Stderr};
 use shardspawn_workshop::home::{QmailHome, TCPTO_LEN};
 use shardspawn_workshop::recorder::Recording;
 use shardspawn_workshop::remote::{
@@ -25,7 +25,7 @@ use shardspawn_workshop::util::wait_for;
 
 use qmail_start::{
     cmd, expect, fake_remote, finish, next, rcpt, result_of, send, show, soon,
-    spawner, start,
+    spawner, start, start_with,
 };
 
 const ONE: DelnumWidth = DelnumWidth::One;
@@ -199,16 +199,59 @@ fn the_environment_is_passed_unchanged() {
     assert!(finish(&mut emu).is_empty());
 }
 
+/// A program that runs, at `rel` in `home`, for a test to take away
+/// once shardspawn has started: startup refuses a QMAILREMOTE that
+/// cannot run (issue 15), so a program that goes away later is how a
+/// failed exec is reached now.
+fn vanishing_remote(home: &QmailHome, rel: &str) -> std::path::PathBuf {
+    let remote = home.write_file(rel, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o755))
+        .unwrap();
+    remote
+}
+
 #[test]
 fn a_missing_remote_program_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, ONE);
-    spawner.env("QMAILREMOTE", home.path().join("bin/no-such-remote"));
+    let remote = vanishing_remote(&home, "bin/no-such-remote");
+    spawner.env("QMAILREMOTE", &remote);
     let mut emu = start(spawner, ONE);
+    std::fs::remove_file(&remote).unwrap();
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
     assert!(finish(&mut emu).is_empty());
+}
+
+/// Issue 15: the shard logged a failed exec as "deferred", while
+/// qmail-send got a `D` and bounced the mail. The line now says what the
+/// letter is.
+#[test]
+fn the_shard_logs_a_failed_exec_as_the_bounce_it_is() {
+    let home = QmailHome::new().unwrap();
+    let m = home.add_message(b"x\n");
+    let log = home.path().join("log");
+    let mut spawner = spawner(&home, ONE);
+    let remote = vanishing_remote(&home, "bin/no-such-remote");
+    spawner.env("QMAILREMOTE", &remote);
+    let opts =
+        Options { stderr: Stderr::File(log.clone()), ..Options::default() };
+    let mut emu = start_with(spawner, ONE, opts);
+    std::fs::remove_file(&remote).unwrap();
+    let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
+    assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
+    assert!(finish(&mut emu).is_empty());
+    // The shard wrote its line before it exited, and it before the
+    // supervisor: the file is complete.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("unable to run qmail-remote"))
+        .collect();
+    assert_eq!(lines.len(), 1, "log: {text}");
+    assert!(lines[0].contains("; D: failed (bounced)"), "log: {text}");
+    assert!(!lines[0].contains("deferred"), "log: {text}");
 }
 
 /// A shard does not wait for each child's exec, so a failed exec is
@@ -219,10 +262,10 @@ fn many_failed_execs_at_once_are_each_answered_once() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, DelnumWidth::Two);
-    spawner
-        .env("QMAILREMOTE", home.path().join("bin/no-such-remote"))
-        .env("SHARDSPAWN_SLOTS", "200");
+    let remote = vanishing_remote(&home, "bin/no-such-remote");
+    spawner.env("QMAILREMOTE", &remote).env("SHARDSPAWN_SLOTS", "200");
     let mut emu = start(spawner, DelnumWidth::Two);
+    std::fs::remove_file(&remote).unwrap();
     for d in 0..200 {
         send(&mut emu, &cmd(d, &m, b"", format!("u@d{d}.test").as_bytes()));
     }
@@ -241,8 +284,10 @@ fn a_missing_qmail_remote_in_path_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
     let mut spawner = spawner(&home, ONE);
+    let remote = vanishing_remote(&home, "bin/qmail-remote");
     spawner.env_remove("QMAILREMOTE").env("PATH", home.path().join("bin"));
     let mut emu = start(spawner, ONE);
+    std::fs::remove_file(&remote).unwrap();
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
     assert!(finish(&mut emu).is_empty());
@@ -252,12 +297,12 @@ fn a_missing_qmail_remote_in_path_fails_permanently() {
 fn a_remote_that_is_not_executable_fails_permanently() {
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
-    let remote = home.write_file("bin/qmail-remote", b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o644))
-        .unwrap();
+    let remote = vanishing_remote(&home, "bin/qmail-remote");
     let mut spawner = spawner(&home, ONE);
     spawner.env("QMAILREMOTE", &remote);
     let mut emu = start(spawner, ONE);
+    std::fs::set_permissions(&remote, PermissionsExt::from_mode(0o644))
+        .unwrap();
     // EACCES is not a temporary errno: exit 100 for stock, so D.
     let body = result_of(&mut emu, &cmd(0, &m, b"", b"u@d.test"));
     assert_eq!(show(&body), show(b"DUnable to run qmail-remote.\n"));
