@@ -99,8 +99,18 @@ pub fn encode_text(kind: u8, text: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(text);
 }
 
+/// The bytes [`encode_text`] puts before `text`, for a writer that sends
+/// the text from where it is rather than from a copy.
+pub fn text_header(kind: u8, text: &[u8]) -> [u8; HEADER] {
+    let mut out = Vec::with_capacity(HEADER);
+    put_header(kind, 0, text.len(), &mut out);
+    let mut header = [0; HEADER];
+    header.copy_from_slice(&out);
+    header
+}
+
 /// Bytes before a payload: kind (1), delnum (2), payload length (4).
-const HEADER: usize = 7;
+pub const HEADER: usize = 7;
 
 /// Appends kind, delnum and payload length, numbers little-endian.
 fn put_header(kind: u8, delnum: u16, len: usize, out: &mut Vec<u8>) {
@@ -260,6 +270,7 @@ mod tests {
         out.clear();
         encode_text(LIMITS, b":5\n", &mut out);
         assert_eq!(out, b"L\0\0\x03\0\0\0:5\n");
+        assert_eq!(text_header(LIMITS, b":5\n"), out[..HEADER]);
     }
 
     #[test]

@@ -21,7 +21,6 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
-use shardspawn_common::frame::encode_text;
 use shardspawn_common::limits::Limits;
 use shardspawn_common::record;
 use shardspawn_common::report::ChildEnd;
@@ -209,7 +208,7 @@ impl Mux {
             }
             Effect::Job { shard, job } => {
                 if let Some(p) = self.process(shard) {
-                    job.encode(&mut p.outbox);
+                    p.outbox.push_job(&job);
                 }
             }
             Effect::Text { shard, control, text } => {
@@ -217,7 +216,24 @@ impl Mux {
                 if let Some(p) = self.process(shard)
                     && p.jobs.is_some()
                 {
-                    encode_text(control.kind(), &text, &mut p.outbox);
+                    p.outbox.push_text(control, text);
+                }
+            }
+            Effect::Replace { shard, control, text } => {
+                if let Some(p) = self.process(shard)
+                    && p.jobs.is_some()
+                    && !p.outbox.replace_text(control, text.clone())
+                {
+                    // The core thought one was waiting: the newest text
+                    // must reach the shard all the same.
+                    self.log.warn(format_args!(
+                        "no {control:?} text was waiting for shard {}; \
+                         queueing the new one",
+                        shard.index
+                    ));
+                    if let Some(p) = self.process(shard) {
+                        p.outbox.push_text(control, text);
+                    }
                 }
             }
             Effect::Start(id) => {
@@ -535,16 +551,14 @@ impl Mux {
     fn flush_jobs(&mut self, i: usize) {
         let Some(p) = self.procs[i].as_mut() else { return };
         let Some(jobs) = p.jobs.as_ref() else { return };
-        let mut written = 0;
-        while written < p.outbox.len() {
-            match sys::write(jobs.as_fd(), &p.outbox[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                // EPIPE: it is dying; its result pipe will say so.
-                Err(_) => break,
-            }
+        let mut begun = Vec::new();
+        p.outbox.write(jobs.as_fd(), &mut begun);
+        let shard = p.id;
+        for control in begun {
+            self.feed(Event::TextBegun { shard, control });
         }
-        p.outbox.drain(..written);
+        let Some(p) = self.procs[i].as_mut() else { return };
+        let Some(jobs) = p.jobs.as_ref() else { return };
         let want = !p.outbox.is_empty();
         let t = token(JOBS, p.id);
         if want && !p.jobs_watched {
