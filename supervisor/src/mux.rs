@@ -109,6 +109,11 @@ struct Mux {
     stdout: io::Stdout,
     decoder: CommandDecoder,
     reading: bool,
+    /// fd 0 is in the epoll. Not when it is a regular file or /dev/null
+    /// (run by hand, `</dev/null` or `<commands`): epoll refuses those
+    /// (EPERM), and they are always ready, so each pass reads them, to
+    /// their end.
+    stdin_polled: bool,
     writing: bool,
     out: Vec<u8>,
     /// Per shard index: the running incarnation's process and pipes.
@@ -135,7 +140,24 @@ impl Mux {
         let stdin = io::stdin();
         sys::set_nonblocking(stdin.as_fd(), true)?;
         let none = ShardId { index: 0, generation: 0 };
-        poller.add(stdin.as_fd(), Interest::Read, token(QMAIL, none))?;
+        let stdin_polled = match poller.add(
+            stdin.as_fd(),
+            Interest::Read,
+            token(QMAIL, none),
+        ) {
+            Ok(()) => true,
+            Err(e)
+                if e.raw_os_error()
+                    == Some(nix::errno::Errno::EPERM as i32) =>
+            {
+                log.info(format_args!(
+                    "fd 0 is a file, not a pipe: reading its commands to \
+                     its end"
+                ));
+                false
+            }
+            Err(e) => return Err(e),
+        };
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
         let mut starts = Vec::new();
         let core = Core::new(
@@ -156,6 +178,7 @@ impl Mux {
             stdin,
             stdout: io::stdout(),
             reading: true,
+            stdin_polled,
             writing: true,
             out: Vec::new(),
             dying: Vec::new(),
@@ -312,11 +335,18 @@ impl Mux {
                 }
                 return Ok(());
             }
+            // A file on fd 0 always has more to read (or its EOF): look,
+            // but do not wait.
+            let file_on_stdin = self.reading && !self.stdin_polled;
             let deadline = [self.next_limits_check, self.next_status]
                 .into_iter()
                 .chain(self.core.next_deadline())
+                .chain(file_on_stdin.then(Instant::now))
                 .min();
             self.poller.wait(deadline)?;
+            if file_on_stdin {
+                self.read_commands();
+            }
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
             for t in tokens {
