@@ -11,6 +11,18 @@
 
 use std::fmt;
 
+/// Most bytes of a control file shardspawn reads, and so of the text it
+/// sends every shard in one frame ([`crate::frame::MAX_TEXT`] is this):
+/// whatever the supervisor accepts, every shard can take.
+///
+/// 8 MiB: the largest file seen in use, 60,000 rules in 1.7 MB, fits
+/// four times over, and a text this size is parsed in a fraction of a
+/// second; the supervisor holds at most two per shard on their way (one
+/// being written, one queued), shared between the shards. A file past it
+/// is refused by name, so `/dev/zero` or a runaway generator cannot eat
+/// the memory of the process that carries everyone's mail.
+pub const MAX_FILE: usize = 8 << 20;
+
 /// A line of a control file that did not parse, or (in the limits file)
 /// a group used and never defined. Displays as `line N: TEXT: why`.
 #[derive(Clone, Debug, PartialEq, Eq)]

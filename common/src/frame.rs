@@ -6,8 +6,12 @@
 //! sender, recipient and limit key, each followed by one NUL; a limits
 //! frame (kind [`LIMITS`], delnum 0) carries the text of the limits file
 //! the supervisor loaded, so that supervisor and shards never disagree
-//! on it. Shard → supervisor: a [`Done`] (kind [`DONE`]) payload is the
-//! result body.
+//! on it (a responses frame, kind [`RESPONSES`], likewise). Shard →
+//! supervisor: a [`Done`] (kind [`DONE`]) payload is the result body.
+//!
+//! A decoder caps each frame's length; a control text may be as long as
+//! the longest control file the supervisor reads ([`MAX_TEXT`]), which
+//! is far more than any job or result needs.
 
 /// Kind byte of a [`Job`] frame.
 pub const JOB: u8 = b'J';
@@ -17,6 +21,13 @@ pub const DONE: u8 = b'D';
 pub const LIMITS: u8 = b'L';
 /// Kind byte of a responses frame: the response rules file's text.
 pub const RESPONSES: u8 = b'R';
+
+/// Most bytes of a control text's payload: the longest control file the
+/// supervisor accepts, so a file it took never breaks a shard.
+pub const MAX_TEXT: u32 = crate::control::MAX_FILE as u32;
+
+// The cap is one number on both sides: it must survive the cast.
+const _: () = assert!(crate::control::MAX_FILE as u64 <= u32::MAX as u64);
 
 /// A delivery handed to a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,8 +99,18 @@ pub fn encode_text(kind: u8, text: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(text);
 }
 
+/// The bytes [`encode_text`] puts before `text`, for a writer that sends
+/// the text from where it is rather than from a copy.
+pub fn text_header(kind: u8, text: &[u8]) -> [u8; HEADER] {
+    let mut out = Vec::with_capacity(HEADER);
+    put_header(kind, 0, text.len(), &mut out);
+    let mut header = [0; HEADER];
+    header.copy_from_slice(&out);
+    header
+}
+
 /// Bytes before a payload: kind (1), delnum (2), payload length (4).
-const HEADER: usize = 7;
+pub const HEADER: usize = 7;
 
 /// Appends kind, delnum and payload length, numbers little-endian.
 fn put_header(kind: u8, delnum: u16, len: usize, out: &mut Vec<u8>) {
@@ -106,6 +127,8 @@ fn put_header(kind: u8, delnum: u16, len: usize, out: &mut Vec<u8>) {
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_payload: u32,
+    /// The cap of [`LIMITS`] and [`RESPONSES`] frames.
+    max_text: u32,
     stage: FrameStage,
 }
 
@@ -141,7 +164,15 @@ pub struct FrameTooLong {
 impl FrameDecoder {
     /// A decoder refusing payloads over `max_payload` bytes.
     pub fn new(max_payload: u32) -> FrameDecoder {
-        FrameDecoder { max_payload, stage: FrameStage::idle() }
+        let max_text = max_payload;
+        FrameDecoder { max_payload, max_text, stage: FrameStage::idle() }
+    }
+
+    /// The same, but taking control texts ([`LIMITS`], [`RESPONSES`]) of
+    /// up to `max_text` bytes: a shard's decoder, whose jobs are small
+    /// and whose texts are as long as the files they came from.
+    pub fn texts_up_to(self, max_text: u32) -> FrameDecoder {
+        FrameDecoder { max_text, ..self }
     }
     /// Consumes input up to the end of one frame, or all of it.
     ///
@@ -169,7 +200,11 @@ impl FrameDecoder {
                     let len = u32::from_le_bytes([
                         bytes[3], bytes[4], bytes[5], bytes[6],
                     ]);
-                    if len > self.max_payload {
+                    let max = match kind {
+                        LIMITS | RESPONSES => self.max_text,
+                        _ => self.max_payload,
+                    };
+                    if len > max {
                         self.stage = FrameStage::Broken { len };
                         return (used, Some(Err(FrameTooLong { len })));
                     }
@@ -235,6 +270,7 @@ mod tests {
         out.clear();
         encode_text(LIMITS, b":5\n", &mut out);
         assert_eq!(out, b"L\0\0\x03\0\0\0:5\n");
+        assert_eq!(text_header(LIMITS, b":5\n"), out[..HEADER]);
     }
 
     #[test]
@@ -295,6 +331,37 @@ mod tests {
         let rest = &bytes[used + used2..];
         let again = decoder.decode(rest);
         assert_eq!(again, (rest.len(), Some(Err(FrameTooLong { len: 11 }))));
+    }
+
+    #[test]
+    fn control_texts_have_their_own_cap_and_jobs_keep_theirs() {
+        let mut bytes = Vec::new();
+        encode_text(LIMITS, &[b'#'; 100], &mut bytes);
+        encode_text(RESPONSES, &[b'#'; 100], &mut bytes);
+        job(1, [b"7/1", b"", b"u@d", &[b'k'; 20]]).encode(&mut bytes);
+        let mut decoder = FrameDecoder::new(16).texts_up_to(100);
+        let mut kinds = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (used, frame) = decoder.decode(&bytes[at..]);
+            at += used;
+            match frame {
+                Some(Ok((kind, _, _))) => kinds.push(Ok(kind)),
+                Some(Err(e)) => {
+                    kinds.push(Err(e));
+                    break;
+                }
+                None => {}
+            }
+        }
+        // The job is 30 bytes: over the job cap, though under the texts'.
+        let too_long = FrameTooLong { len: 30 };
+        assert_eq!(kinds, [Ok(LIMITS), Ok(RESPONSES), Err(too_long)]);
+        let mut one_more = Vec::new();
+        encode_text(LIMITS, &[b'#'; 101], &mut one_more);
+        let (_, frame) =
+            FrameDecoder::new(16).texts_up_to(100).decode(&one_more);
+        assert_eq!(frame, Some(Err(FrameTooLong { len: 101 })));
     }
 
     fn field() -> impl Strategy<Value = Vec<u8>> {

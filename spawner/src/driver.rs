@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 
 use shardspawn_common::frame::{
-    Done, FrameDecoder, JOB, Job, LIMITS, RESPONSES,
+    Done, FrameDecoder, JOB, Job, LIMITS, MAX_TEXT, RESPONSES,
 };
 use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::report::ChildEnd;
@@ -47,7 +47,10 @@ const SIGNALS: u8 = 2;
 const OUTPUT: u8 = 3;
 
 /// Most bytes of one job frame (messid, sender, recipient, key): the
-/// supervisor never sends more than its field limit allows.
+/// supervisor never sends more than its field limit allows. A control
+/// text (limits, response rules) may be longer, up to [`MAX_TEXT`], the
+/// cap the supervisor reads its files with: any file it accepted, every
+/// shard takes.
 pub const MAX_JOB: u32 = 1 << 20;
 
 fn token(kind: u8, id: SlotId) -> u64 {
@@ -76,7 +79,8 @@ struct Child {
 /// the supervisor answers every delnum the shard held.
 #[derive(Debug)]
 enum Breach {
-    /// A frame longer than [`MAX_JOB`], of this many bytes.
+    /// A frame longer than [`MAX_JOB`] (a text: [`MAX_TEXT`]), of this
+    /// many bytes.
     OversizeFrame(u32),
     /// A job frame whose payload is not a job, for this delnum.
     BadJob(u16),
@@ -300,7 +304,7 @@ impl Shard {
             signals,
             jobs: Jobs {
                 stdin,
-                decoder: FrameDecoder::new(MAX_JOB),
+                decoder: FrameDecoder::new(MAX_JOB).texts_up_to(MAX_TEXT),
                 open: true,
             },
             results: Results {

@@ -3,7 +3,7 @@
 //! the order it must be done. The twin of the shard's core
 //! (`shardspawn_spawner::core`); `mux.rs` is its driver.
 //!
-//! It owns three things:
+//! It owns four things:
 //!
 //! - **The owner table**: for every delnum, who must answer it (nobody,
 //!   or shard i). It is the only record of what is in flight; every
@@ -20,6 +20,12 @@
 //!   owned by its shard, and goes to the shard right after its control
 //!   texts when it starts. A shard lost before it starts answers them
 //!   with the lost-shard `Z`, as it answers what it had been sent.
+//! - **Which control texts wait to be written**: per running shard and
+//!   control file, whether a text handed to the driver has not begun to
+//!   be written yet. A newer text takes its place rather than queueing
+//!   behind it, so reloads, however many, leave at most one text of each
+//!   file waiting per shard (besides the one being written): a SIGHUP
+//!   storm once queued the whole limits text per signal per shard.
 //!
 //! Each shard start has a generation; every event from a shard names the
 //! incarnation it came from, so a late event from a dead one is ignored
@@ -74,6 +80,14 @@ pub enum Control {
 }
 
 impl Control {
+    /// Its place in a per-control array.
+    fn index(self) -> usize {
+        match self {
+            Control::Limits => 0,
+            Control::Responses => 1,
+        }
+    }
+
     /// Its frame kind.
     pub fn kind(self) -> u8 {
         match self {
@@ -161,6 +175,14 @@ pub enum Event {
     },
     /// A changed response rules file (the shards parse it).
     Responses(Rc<[u8]>),
+    /// The driver wrote the first byte of the text of `control` queued
+    /// for `shard`: from now on it cannot be replaced.
+    TextBegun {
+        /// The incarnation whose job pipe it went to.
+        shard: ShardId,
+        /// Which file's text.
+        control: Control,
+    },
 }
 
 /// How much a log line matters.
@@ -190,13 +212,27 @@ pub enum Effect {
         /// The job.
         job: Job,
     },
-    /// Send a control file's text to the shard.
+    /// Queue a control file's text for the shard, after everything
+    /// queued for it so far; say [`Event::TextBegun`] when its first byte
+    /// is written.
     Text {
         /// To which incarnation.
         shard: ShardId,
         /// Which file.
         control: Control,
         /// Its text.
+        text: Rc<[u8]>,
+    },
+    /// Put this text in the place of the text of the same file queued
+    /// for the shard and not yet begun (so it reaches the shard no later
+    /// than that one would have), and say [`Event::TextBegun`] when its
+    /// first byte is written.
+    Replace {
+        /// To which incarnation.
+        shard: ShardId,
+        /// Which file.
+        control: Control,
+        /// The newer text.
         text: Rc<[u8]>,
     },
     /// Start this incarnation of a shard; answer with
@@ -232,6 +268,9 @@ struct Run {
     reaped: bool,
     /// The pause before the start that made it.
     backoff: Duration,
+    /// Per [`Control::index`]: a text of that file is queued for it and
+    /// has not begun to be written.
+    queued: [bool; 2],
 }
 
 /// A shard's state; see the module docs.
@@ -366,6 +405,9 @@ impl Core {
             Event::Responses(text) => {
                 self.responses_text = text;
                 self.push_text(Control::Responses, effects);
+            }
+            Event::TextBegun { shard, control } => {
+                self.text_begun(shard, control)
             }
         }
         if !self.reading
@@ -665,6 +707,8 @@ impl Core {
             started: now,
             reaped: false,
             backoff,
+            // Both texts, just below.
+            queued: [true; 2],
         };
         // A new shard learns the limits and the response rules before
         // any job.
@@ -813,18 +857,50 @@ impl Core {
     }
 
     /// Sends a new control text to every running shard; one not running
-    /// gets it when it starts.
+    /// gets it when it starts. A shard with an older text of the file
+    /// still waiting to be written gets the new one in its place: it
+    /// would only read the older one to replace it at once, and a storm
+    /// of reloads must not queue a text per reload.
     fn push_text(&mut self, control: Control, effects: &mut Vec<Effect>) {
         let text = self.text(control);
-        for (i, state) in self.shards.iter().enumerate() {
-            let generation = match *state {
-                State::Up(run) | State::Draining(run) => run.generation,
+        for (i, state) in self.shards.iter_mut().enumerate() {
+            let run = match state {
+                State::Up(run) | State::Draining(run) => run,
                 State::Starting { .. } | State::Down { .. } | State::Gone => {
                     continue;
                 }
             };
-            let shard = ShardId { index: i as u16, generation };
-            effects.push(Effect::Text { shard, control, text: text.clone() });
+            let shard =
+                ShardId { index: i as u16, generation: run.generation };
+            let text = text.clone();
+            let queued = &mut run.queued[control.index()];
+            effects.push(if *queued {
+                Effect::Replace { shard, control, text }
+            } else {
+                Effect::Text { shard, control, text }
+            });
+            *queued = true;
+        }
+    }
+
+    /// The queued text of `control` for `id` is being written: a newer
+    /// one must queue behind it.
+    fn text_begun(&mut self, id: ShardId, control: Control) {
+        match self.shards.get_mut(usize::from(id.index)) {
+            Some(State::Up(run) | State::Draining(run))
+                if run.generation == id.generation =>
+            {
+                run.queued[control.index()] = false;
+            }
+            // From an incarnation given up since: nothing of it is kept.
+            Some(
+                State::Up(_)
+                | State::Draining(_)
+                | State::Starting { .. }
+                | State::Down { .. }
+                | State::Gone,
+            )
+            | None => {}
         }
     }
 
@@ -1043,9 +1119,21 @@ mod tests {
             ShardId { index: i, generation }
         }
 
+        /// Starts `id`, whose driver writes the texts it is sent at
+        /// once (as it does when the job pipe has room).
         fn started(&mut self, id: ShardId) -> Vec<Effect> {
             let pid = pid(id.index, id.generation);
-            self.on(Event::Started { shard: id, pid, now: self.now })
+            let fx = self.on(Event::Started { shard: id, pid, now: self.now });
+            self.begun(id);
+            fx
+        }
+
+        /// The driver began writing both texts queued for `id`.
+        fn begun(&mut self, id: ShardId) {
+            for control in [Control::Limits, Control::Responses] {
+                let fx = self.on(Event::TextBegun { shard: id, control });
+                assert_eq!(fx, []);
+            }
         }
 
         fn send(&mut self, delnum: u16, recipient: &[u8]) -> Vec<Effect> {
@@ -1452,6 +1540,172 @@ mod tests {
                     text: Rc::from(&b"R2"[..])
                 },
             ]
+        );
+    }
+
+    /// What a driver holds for one shard's job pipe, as the effects
+    /// say: texts (which file, which version) and jobs (by delnum), in
+    /// order, and how many of them are begun (0 or 1, at the front).
+    #[derive(Debug, Default)]
+    struct Pipe {
+        queue: Vec<(Option<Control>, Rc<[u8]>, u16)>,
+        begun: usize,
+    }
+
+    impl Pipe {
+        fn apply(&mut self, fx: &[Effect], index: u16) {
+            for e in fx {
+                match e {
+                    Effect::Text { shard, control, text }
+                        if shard.index == index =>
+                    {
+                        self.queue.push((Some(*control), text.clone(), 0));
+                    }
+                    Effect::Replace { shard, control, text }
+                        if shard.index == index =>
+                    {
+                        let queued = self.queue[self.begun..]
+                            .iter_mut()
+                            .rev()
+                            .find(|(c, ..)| *c == Some(*control))
+                            .expect("a Replace with no text waiting");
+                        queued.1 = text.clone();
+                    }
+                    Effect::Job { shard, job } if shard.index == index => {
+                        self.queue.push((None, Rc::from(&[][..]), job.delnum));
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// Texts of `control` queued and not begun.
+        fn waiting(&self, control: Control) -> Vec<Rc<[u8]>> {
+            self.queue[self.begun..]
+                .iter()
+                .filter(|(c, ..)| *c == Some(control))
+                .map(|(_, t, _)| t.clone())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_storm_of_reloads_leaves_one_text_of_each_file_waiting_per_shard() {
+        // Shards just started: their first texts are not written yet.
+        let mut fx = Vec::new();
+        let mut core = Core::new(
+            SLOTS,
+            SHARDS,
+            limits(b":5\n"),
+            Rc::from(&b"R0"[..]),
+            &mut fx,
+        );
+        let now = Instant::now();
+        let mut pipes: Vec<Pipe> =
+            (0..SHARDS).map(|_| Pipe::default()).collect();
+        for e in fx {
+            let Effect::Start(id) = e else { unreachable!() };
+            let pid = pid(id.index, id.generation);
+            let mut fx = Vec::new();
+            core.handle(Event::Started { shard: id, pid, now }, &mut fx);
+            pipes[usize::from(id.index)].apply(&fx, id.index);
+        }
+        // A job between the first texts and the storm stays behind them.
+        let mut fx = Vec::new();
+        core.handle(Event::Command(cmd(5, b"7/1", &rcpt_on(2, 0))), &mut fx);
+        pipes[2].apply(&fx, 2);
+        let mut last = (Rc::from(&b""[..]), Rc::from(&b""[..]));
+        for n in 0..2000 {
+            let text = format!(":{}\n", 1 + n % 1000);
+            let (text, parsed) = limits(text.as_bytes());
+            let rules: Rc<[u8]> = Rc::from(format!("R{n}").as_bytes());
+            let mut fx = Vec::new();
+            core.handle(Event::Limits { text: text.clone(), parsed }, &mut fx);
+            core.handle(Event::Responses(rules.clone()), &mut fx);
+            assert!(
+                fx.iter().all(|e| matches!(e, Effect::Replace { .. })),
+                "{fx:?}"
+            );
+            for (i, pipe) in pipes.iter_mut().enumerate() {
+                pipe.apply(&fx, i as u16);
+            }
+            last = (text, rules);
+        }
+        for (i, pipe) in pipes.iter().enumerate() {
+            assert_eq!(pipe.waiting(Control::Limits), [last.0.clone()], "{i}");
+            assert_eq!(pipe.waiting(Control::Responses), [last.1.clone()]);
+            let jobs = usize::from(i == 2);
+            assert_eq!(pipe.queue.len(), 2 + jobs, "shard {i}: {pipe:?}");
+            assert_eq!(
+                pipe.queue.last().unwrap().2,
+                if jobs == 1 { 5 } else { 0 }
+            );
+        }
+    }
+
+    #[test]
+    fn a_text_begun_is_kept_and_the_newest_waits_behind_it() {
+        let mut rig = Rig::new();
+        // Every text the shards were sent is written: a reload queues.
+        let (text, parsed) = limits(b":7\n");
+        let fx = rig.on(Event::Limits { text: text.clone(), parsed });
+        let mut pipe = Pipe::default();
+        pipe.apply(&fx, 1);
+        assert!(fx.iter().all(|e| matches!(e, Effect::Text { .. })));
+        // Shard 1 begins it; shard 0 has not.
+        rig.on(Event::TextBegun {
+            shard: rig.id(1),
+            control: Control::Limits,
+        });
+        pipe.begun = 1;
+        let (newer, parsed) = limits(b":8\n");
+        let fx = rig.on(Event::Limits { text: newer.clone(), parsed });
+        pipe.apply(&fx, 1);
+        let to = |index: u16| {
+            fx.iter()
+                .find(|e| match e {
+                    Effect::Text { shard, .. }
+                    | Effect::Replace { shard, .. } => shard.index == index,
+                    _ => false,
+                })
+                .unwrap()
+        };
+        assert!(matches!(to(0), Effect::Replace { .. }), "{fx:?}");
+        assert!(matches!(to(1), Effect::Text { .. }), "{fx:?}");
+        // Further reloads replace only the one behind.
+        for t in [&b":9\n"[..], b":10\n"] {
+            let (t, parsed) = limits(t);
+            let fx = rig.on(Event::Limits { text: t, parsed });
+            pipe.apply(&fx, 1);
+        }
+        assert_eq!(pipe.queue.len(), 2);
+        assert_eq!(pipe.queue[0].1, text);
+        assert_eq!(&pipe.waiting(Control::Limits)[0][..], b":10\n");
+    }
+
+    #[test]
+    fn a_text_begun_by_a_dead_incarnation_changes_nothing() {
+        let mut rig = Rig::new();
+        let old = rig.id(0);
+        let _ = rig.lose(old);
+        let [Effect::Start(id)] = rig.tick(Duration::from_millis(100))[..]
+        else {
+            panic!()
+        };
+        let pid = pid(id.index, id.generation);
+        let _ = rig.on(Event::Started { shard: id, pid, now: rig.now });
+        // The old incarnation's news is not the new one's.
+        let fx =
+            rig.on(Event::TextBegun { shard: old, control: Control::Limits });
+        assert_eq!(fx, []);
+        let (text, parsed) = limits(b":7\n");
+        let fx = rig.on(Event::Limits { text, parsed });
+        assert!(
+            fx.iter().any(|e| matches!(
+                e,
+                Effect::Replace { shard, .. } if *shard == id
+            )),
+            "{fx:?}"
         );
     }
 

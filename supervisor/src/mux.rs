@@ -21,7 +21,6 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
-use shardspawn_common::frame::encode_text;
 use shardspawn_common::limits::Limits;
 use shardspawn_common::record;
 use shardspawn_common::report::ChildEnd;
@@ -110,6 +109,11 @@ struct Mux {
     stdout: io::Stdout,
     decoder: CommandDecoder,
     reading: bool,
+    /// fd 0 is in the epoll. Not when it is a regular file or /dev/null
+    /// (run by hand, `</dev/null` or `<commands`): epoll refuses those
+    /// (EPERM), and they are always ready, so each pass reads them, to
+    /// their end.
+    stdin_polled: bool,
     writing: bool,
     out: Vec<u8>,
     /// Per shard index: the running incarnation's process and pipes.
@@ -136,7 +140,24 @@ impl Mux {
         let stdin = io::stdin();
         sys::set_nonblocking(stdin.as_fd(), true)?;
         let none = ShardId { index: 0, generation: 0 };
-        poller.add(stdin.as_fd(), Interest::Read, token(QMAIL, none))?;
+        let stdin_polled = match poller.add(
+            stdin.as_fd(),
+            Interest::Read,
+            token(QMAIL, none),
+        ) {
+            Ok(()) => true,
+            Err(e)
+                if e.raw_os_error()
+                    == Some(nix::errno::Errno::EPERM as i32) =>
+            {
+                log.info(format_args!(
+                    "fd 0 is a file, not a pipe: reading its commands to \
+                     its end"
+                ));
+                false
+            }
+            Err(e) => return Err(e),
+        };
         poller.add(signals.as_fd(), Interest::Read, token(SIGNALS, none))?;
         let mut starts = Vec::new();
         let mut core = Core::new(
@@ -158,6 +179,7 @@ impl Mux {
             stdin,
             stdout: io::stdout(),
             reading: true,
+            stdin_polled,
             writing: true,
             out: Vec::new(),
             dying: Vec::new(),
@@ -210,7 +232,7 @@ impl Mux {
             }
             Effect::Job { shard, job } => {
                 if let Some(p) = self.process(shard) {
-                    job.encode(&mut p.outbox);
+                    p.outbox.push_job(&job);
                 }
             }
             Effect::Text { shard, control, text } => {
@@ -218,7 +240,24 @@ impl Mux {
                 if let Some(p) = self.process(shard)
                     && p.jobs.is_some()
                 {
-                    encode_text(control.kind(), &text, &mut p.outbox);
+                    p.outbox.push_text(control, text);
+                }
+            }
+            Effect::Replace { shard, control, text } => {
+                if let Some(p) = self.process(shard)
+                    && p.jobs.is_some()
+                    && !p.outbox.replace_text(control, text.clone())
+                {
+                    // The core thought one was waiting: the newest text
+                    // must reach the shard all the same.
+                    self.log.warn(format_args!(
+                        "no {control:?} text was waiting for shard {}; \
+                         queueing the new one",
+                        shard.index
+                    ));
+                    if let Some(p) = self.process(shard) {
+                        p.outbox.push_text(control, text);
+                    }
                 }
             }
             Effect::Start(id) => {
@@ -301,11 +340,18 @@ impl Mux {
                 self.publish(Some(SystemTime::now()));
                 return Ok(());
             }
+            // A file on fd 0 always has more to read (or its EOF): look,
+            // but do not wait.
+            let file_on_stdin = self.reading && !self.stdin_polled;
             let deadline = [self.next_limits_check, self.next_status]
                 .into_iter()
                 .chain(self.core.next_deadline())
+                .chain(file_on_stdin.then(Instant::now))
                 .min();
             self.poller.wait(deadline)?;
+            if file_on_stdin {
+                self.read_commands();
+            }
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
             for t in tokens {
@@ -541,16 +587,14 @@ impl Mux {
     fn flush_jobs(&mut self, i: usize) {
         let Some(p) = self.procs[i].as_mut() else { return };
         let Some(jobs) = p.jobs.as_ref() else { return };
-        let mut written = 0;
-        while written < p.outbox.len() {
-            match sys::write(jobs.as_fd(), &p.outbox[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                // EPIPE: it is dying; its result pipe will say so.
-                Err(_) => break,
-            }
+        let mut begun = Vec::new();
+        p.outbox.write(jobs.as_fd(), &mut begun);
+        let shard = p.id;
+        for control in begun {
+            self.feed(Event::TextBegun { shard, control });
         }
-        p.outbox.drain(..written);
+        let Some(p) = self.procs[i].as_mut() else { return };
+        let Some(jobs) = p.jobs.as_ref() else { return };
         let want = !p.outbox.is_empty();
         let t = token(JOBS, p.id);
         if want && !p.jobs_watched {

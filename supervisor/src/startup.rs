@@ -5,17 +5,17 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::fs::{FileType, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Uid, User};
 
 use shardspawn_common::command::DelnumWidth;
-use shardspawn_common::control::ControlError;
+use shardspawn_common::control::{self, ControlError};
 use shardspawn_common::limits::Limits;
 use shardspawn_common::response::Responses;
 use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
@@ -53,6 +53,21 @@ pub enum ControlFileError {
         /// The file.
         path: PathBuf,
     },
+    /// It is not a regular file (nor a link to one): a FIFO would hang
+    /// its reader and a device never ends, so it is not read at all.
+    /// The admin's to fix, so 100.
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead, as a noun: "a FIFO".
+        what: &'static str,
+    },
+    /// It holds more than [`control::MAX_FILE`] bytes, the most a shard
+    /// takes in one frame: 100.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
     /// A line does not parse: the admin's to fix, so 100.
     Parse {
         /// The file.
@@ -68,7 +83,9 @@ impl ControlFileError {
         match self {
             ControlFileError::Read { .. }
             | ControlFileError::Missing { .. } => 111,
-            ControlFileError::Parse { .. } => 100,
+            ControlFileError::NotRegular { .. }
+            | ControlFileError::TooLarge { .. }
+            | ControlFileError::Parse { .. } => 100,
         }
     }
 }
@@ -82,6 +99,17 @@ impl fmt::Display for ControlFileError {
             ControlFileError::Missing { path } => {
                 write!(f, "{}: no such file", path.display())
             }
+            ControlFileError::NotRegular { path, what } => {
+                write!(f, "{}: is {what}, not a regular file", path.display())
+            }
+            ControlFileError::TooLarge { path } => write!(
+                f,
+                "{}: over {} bytes ({} MiB), the most a control file may \
+                 hold",
+                path.display(),
+                control::MAX_FILE,
+                control::MAX_FILE >> 20
+            ),
             ControlFileError::Parse { path, error } => {
                 write!(f, "{}: {error}", path.display())
             }
@@ -91,14 +119,73 @@ impl fmt::Display for ControlFileError {
 
 impl std::error::Error for ControlFileError {}
 
-/// Reads a control file: its bytes, or `None` when it is absent.
+/// Reads a control file: its bytes, or `None` when it is absent. The one
+/// way every control file is read (at startup, on reload, and by the
+/// `limits` commands), so that what `limits check` passes the
+/// supervisor takes, and what the supervisor takes every shard takes.
+///
+/// Only a regular file is read (through a symlink, as qmail admins
+/// like), and at most [`control::MAX_FILE`] bytes of it: the supervisor
+/// reads it inside its event loop, where a FIFO with no writer would
+/// stop every delivery and `/dev/zero` would take all memory.
 pub fn read_control(path: &Path) -> Result<Option<Vec<u8>>, ControlFileError> {
-    match std::fs::read(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(error) => {
-            Err(ControlFileError::Read { path: path.to_path_buf(), error })
-        }
+    let failed =
+        |error| ControlFileError::Read { path: path.to_path_buf(), error };
+    // O_NONBLOCK, so that opening a FIFO does not wait for a writer (it
+    // changes nothing for a regular file); O_NOCTTY, so that a terminal
+    // named by mistake is not made ours.
+    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(failed(error)),
+    };
+    let meta = file.metadata().map_err(failed)?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        // As reading one always said: EISDIR, 111, as a directory in
+        // the file's place may be a file again next time.
+        let error =
+            io::Error::from_raw_os_error(nix::errno::Errno::EISDIR as i32);
+        return Err(failed(error));
+    }
+    if !kind.is_file() {
+        let what = not_regular(kind);
+        return Err(ControlFileError::NotRegular {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    let too_large = || ControlFileError::TooLarge { path: path.to_path_buf() };
+    let cap = control::MAX_FILE as u64;
+    if meta.len() > cap {
+        return Err(too_large());
+    }
+    // A file that grows while it is read is held to the cap as well.
+    let mut text = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut text).map_err(failed)?;
+    if text.len() as u64 > cap {
+        return Err(too_large());
+    }
+    Ok(Some(text))
+}
+
+/// What a file that is not a regular file (nor a directory) is.
+fn not_regular(kind: FileType) -> &'static str {
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
     }
 }
 
@@ -764,6 +851,76 @@ mod tests {
             texts(100),
             ["/q/control/f: line 3: :0: a limit must be at least 1"]
         );
+    }
+
+    #[test]
+    fn a_control_file_that_is_no_regular_file_or_too_large_is_bad() {
+        let path = PathBuf::from("/q/control/f");
+        let fifo = ControlFileError::NotRegular {
+            path: path.clone(),
+            what: "a FIFO",
+        };
+        let large = ControlFileError::TooLarge { path };
+        assert_eq!(
+            (fifo.code(), fifo.to_string()),
+            (100, "/q/control/f: is a FIFO, not a regular file".to_owned())
+        );
+        assert_eq!(
+            (large.code(), large.to_string()),
+            (
+                100,
+                "/q/control/f: over 8388608 bytes (8 MiB), the most a \
+                 control file may hold"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn only_a_regular_file_within_the_cap_is_read() {
+        let dir = std::env::temp_dir()
+            .join(format!("shardspawn-read-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("limits");
+        std::fs::write(&file, b":5\n").unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let exact = dir.join("exact");
+        std::fs::write(&exact, vec![b'#'; control::MAX_FILE]).unwrap();
+        let over = dir.join("over");
+        std::fs::write(&over, vec![b'#'; control::MAX_FILE + 1]).unwrap();
+
+        let read = |p: &Path| read_control(p).map_err(|e| e.to_string());
+        assert_eq!(read(&file), Ok(Some(b":5\n".to_vec())));
+        assert_eq!(read(&link), Ok(Some(b":5\n".to_vec())));
+        assert_eq!(read(&dir.join("absent")), Ok(None));
+        assert_eq!(
+            read(&exact).map(|t| t.map(|t| t.len())),
+            Ok(Some(control::MAX_FILE))
+        );
+        let refused = |p: &Path| {
+            let e = read_control(p).unwrap_err();
+            (e.code(), e.to_string().replace(&*p.to_string_lossy(), "F"))
+        };
+        // No writer: a blocking open would never return.
+        assert_eq!(
+            refused(&fifo),
+            (100, "F: is a FIFO, not a regular file".to_owned())
+        );
+        assert_eq!(
+            refused(Path::new("/dev/zero")),
+            (100, "F: is a character device, not a regular file".to_owned())
+        );
+        assert_eq!(refused(&over).0, 100);
+        assert_eq!(
+            refused(&dir),
+            (111, "unable to read F: Is a directory (os error 21)".to_owned())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
