@@ -175,6 +175,46 @@ pub fn spawn(
     Ok(Pid::from_raw(pid))
 }
 
+/// Makes the child that `cmd` starts die by SIGKILL when this process
+/// does: the supervisor's shards (issue 15).
+///
+/// A shard whose supervisor is gone can send no result anywhere, and
+/// qmail-send (which exits when its spawner goes) runs again, after its
+/// restart, every delivery it heard nothing of: a delivery the shard
+/// started or finished from then on would be made twice. The kernel
+/// kills the shard at the supervisor's exit, before the shard's loop can
+/// start one more child, and its qmail-remotes die with it ([`Spawner`]).
+/// Watching for the death instead (an EPOLLERR on the result pipe, a
+/// pidfd) is seen only at the loop's next wait, after a batch of starts,
+/// and letting running deliveries finish would keep the duplicates.
+///
+/// The signal follows the *thread* that started the child: shards must
+/// be started by a thread that lives as long as the process, as the
+/// supervisor's one thread does. The code runs between fork and exec:
+/// two system calls, no allocation.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec and is
+    // async-signal-safe: prctl and getppid are plain system calls, and
+    // an `io::Error` from an errno allocates nothing. It touches no
+    // lock and no memory but its captured pid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A parent that died before the prctl sends no signal: we
+            // were given to another. Checked after it, so that no death
+            // falls between the two.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How [`Spawner::spawn`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
