@@ -429,6 +429,10 @@ impl Pad {
 /// collects the pad ([`Spawner::collect`], or at the latest when the
 /// child is reaped).
 ///
+/// A child dies by SIGKILL when the thread that started it ends (see the
+/// module docs): a shard's one thread, which ends with the shard. Use a
+/// spawner from a thread that lives as long as its children may.
+///
 /// Fds `STAGE` to `ABOVE_STAGE - 1` are ours for this: [`Spawner::new`]
 /// takes them (over whatever was there) and must run before the shard
 /// opens anything else.
