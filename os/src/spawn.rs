@@ -17,9 +17,10 @@
 //!
 //! Who dies with whom (issue 15): a qmail-remote dies with its shard, and
 //! a shard with its supervisor ([`die_with_parent`]), both by SIGKILL
-//! from the kernel (`PR_SET_PDEATHSIG`), so a delivery whose result can
-//! no longer reach qmail-send neither starts nor goes on; qmail-send runs
-//! it again. A logger does not: it reads its pipe to EOF, which comes
+//! from the kernel (`PR_SET_PDEATHSIG`), so a delivery whose true result
+//! can no longer reach qmail-send (the shard's was answered `Z`, or the
+//! supervisor is gone) neither starts nor goes on; qmail-send runs it
+//! again. A logger does not: it reads its pipe to EOF, which comes
 //! when the last writer is gone, so the last lines of a process that
 //! died, the ones that say why, are written; killed with its parent it
 //! would lose them, and it delivers nothing twice.
@@ -484,7 +485,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         // output pipe to outlive the shard, held by the supervisor: every
         // running delivery's descriptor in one process, which is what
         // the shards exist to avoid, for an event that is rare.
-        // SIGKILL: nothing may delay it, and qmail-remote catches none.
+        // SIGKILL: whatever runs as qmail-remote can neither catch nor
+        // delay it.
         let r = raw::call(
             libc::SYS_prctl,
             libc::PR_SET_PDEATHSIG as usize,
