@@ -12,7 +12,18 @@
 //!
 //! Two ways: [`Spawner`], the shard's (a clone that shares memory and
 //! descriptors until the child execs, without waiting for the exec), and
-//! [`spawn`], glibc's `posix_spawn`, kept for the benchmark's comparison.
+//! [`spawn`], glibc's `posix_spawn`, kept for the benchmark's comparison
+//! and used for the loggers.
+//!
+//! Who dies with whom (issue 15): a qmail-remote dies with its shard, and
+//! a shard with its supervisor ([`die_with_parent`]), both by SIGKILL
+//! from the kernel (`PR_SET_PDEATHSIG`), so a delivery whose true result
+//! can no longer reach qmail-send (the shard's was answered `Z`, or the
+//! supervisor is gone) neither starts nor goes on; qmail-send runs it
+//! again. A logger does not: it reads its pipe to EOF, which comes
+//! when the last writer is gone, so the last lines of a process that
+//! died, the ones that say why, are written; killed with its parent it
+//! would lose them, and it delivers nothing twice.
 
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
@@ -165,6 +176,46 @@ pub fn spawn(
     Ok(Pid::from_raw(pid))
 }
 
+/// Makes the child that `cmd` starts die by SIGKILL when this process
+/// does: the supervisor's shards (issue 15).
+///
+/// A shard whose supervisor is gone can send no result anywhere, and
+/// qmail-send (which exits when its spawner goes) runs again, after its
+/// restart, every delivery it heard nothing of: a delivery the shard
+/// started or finished from then on would be made twice. The kernel
+/// kills the shard at the supervisor's exit, before the shard's loop can
+/// start one more child, and its qmail-remotes die with it ([`Spawner`]).
+/// Watching for the death instead (an EPOLLERR on the result pipe, a
+/// pidfd) is seen only at the loop's next wait, after a batch of starts,
+/// and letting running deliveries finish would keep the duplicates.
+///
+/// The signal follows the *thread* that started the child: shards must
+/// be started by a thread that lives as long as the process, as the
+/// supervisor's one thread does. The code runs between fork and exec:
+/// two system calls, no allocation.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec and is
+    // async-signal-safe: prctl and getppid are plain system calls, and
+    // an `io::Error` from an errno allocates nothing. It touches no
+    // lock and no memory but its captured pid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A parent that died before the prctl sends no signal: we
+            // were given to another. Checked after it, so that no death
+            // falls between the two.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How [`Spawner::spawn`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -307,6 +358,8 @@ struct ChildArgs {
     /// Where its fd 0 and its fds 1 and 2 are staged.
     stdin: libc::c_int,
     out: libc::c_int,
+    /// The shard's pid: the child's parent, unless the shard has died.
+    parent: libc::pid_t,
 }
 
 /// The part of a pad the child touches. Reached only through a raw
@@ -361,7 +414,8 @@ impl Pad {
 /// open, 197 µs with 10,000 descriptors and 417 µs with 18,000. Here the
 /// child shares the table for an instant instead (`CLONE_FILES`): the
 /// shard stages the message and the pipe at a pad's two descriptors,
-/// below [`ABOVE_STAGE`], and the child's first act is
+/// below [`ABOVE_STAGE`]. The child asks to be killed when the shard
+/// dies (and exits if it already has), then calls
 /// `close_range(ABOVE_STAGE, ~0, CLOSE_RANGE_UNSHARE)`, which gives it a
 /// private table holding only fds 0 to `ABOVE_STAGE - 1`, copied in
 /// constant time. It moves its pad's two onto 0, 1, 2, closes the rest,
@@ -375,6 +429,10 @@ impl Pad {
 /// shard keeps the staged descriptors, and releases them when it
 /// collects the pad ([`Spawner::collect`], or at the latest when the
 /// child is reaped).
+///
+/// A child dies by SIGKILL when the thread that started it ends (see the
+/// module docs): a shard's one thread, which ends with the shard. Use a
+/// spawner from a thread that lives as long as its children may.
 ///
 /// Fds `STAGE` to `ABOVE_STAGE - 1` are ours for this: [`Spawner::new`]
 /// takes them (over whatever was there) and must run before the shard
@@ -402,7 +460,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // not write until `busy` is zeroed by the kernel at our exec or exit;
     // the pointers in it are valid until then for the same reason
     // (`environ` is never changed by a shard). Each system call gets
-    // valid arguments: descriptor numbers, a zeroed `sigaction` (SIG_DFL)
+    // valid arguments: plain numbers (prctl, getppid: no pointer, no
+    // errno written), descriptor numbers, a zeroed `sigaction` (SIG_DFL)
     // and an empty mask of the kernel's size (8 bytes), NUL-terminated
     // strings and NULL-terminated arrays.
     unsafe {
@@ -416,6 +475,34 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             raw::call(libc::SYS_exit, 127, 0, 0, 0);
             unreachable_exit()
         };
+        // Die with the shard (issue 15). When a shard dies the supervisor
+        // answers each of its deliveries with a `Z`, and qmail-send runs
+        // each again: a qmail-remote that went on would deliver twice.
+        // Killed at once it drops its SMTP connection, and a receiver
+        // that has not answered the final '.' delivers nothing; only one
+        // past the receiver's 250, in its last moment, can still
+        // duplicate. Relaying its real result instead would need its
+        // output pipe to outlive the shard, held by the supervisor: every
+        // running delivery's descriptor in one process, which is what
+        // the shards exist to avoid, for an event that is rare.
+        // SIGKILL: whatever runs as qmail-remote can neither catch nor
+        // delay it.
+        let r = raw::call(
+            libc::SYS_prctl,
+            libc::PR_SET_PDEATHSIG as usize,
+            libc::SIGKILL as usize,
+            0,
+            0,
+        );
+        if r < 0 {
+            fail(r);
+        }
+        // A shard that died before that call sends no signal: we were
+        // given to another parent. Checked after it, so that no death
+        // falls between the two.
+        if raw::call(libc::SYS_getppid, 0, 0, 0, 0) != a.parent as isize {
+            fail(-(libc::ESRCH as isize));
+        }
         let r = raw::call(
             libc::SYS_close_range,
             ABOVE_STAGE as usize,
@@ -503,6 +590,9 @@ impl Spawner {
             Mode::WaitForExec => 1,
             Mode::Overlap => PADS,
         };
+        // The process that clones, and so its children's parent: the
+        // spawner is used where it is made (a shard never forks).
+        let parent = nix::unistd::getpid().as_raw();
         let mut spawner = Spawner {
             mode,
             devnull,
@@ -522,6 +612,7 @@ impl Spawner {
                     envp: ptr::null(),
                     stdin: STAGE + 2 * i,
                     out: STAGE + 2 * i + 1,
+                    parent,
                 }),
             });
             spawner.pads.push(Pad {

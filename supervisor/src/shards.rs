@@ -5,7 +5,10 @@
 //!
 //! A shard's wiring: fd 0 = read end of its job pipe, fd 1 = write end of
 //! its result pipe, fd 2 = the supervisor's fd 2 (the log). Everything
-//! else the supervisor holds is close-on-exec.
+//! else the supervisor holds is close-on-exec. A shard is killed by the
+//! kernel when the supervisor dies ([`spawn::die_with_parent`]); in a
+//! normal shutdown the supervisor reaps every shard before it exits, so
+//! that never fires.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,6 +22,7 @@ use nix::unistd::Pid;
 
 use shardspawn_common::frame::{FrameDecoder, HEADER, Job, text_header};
 use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_os::spawn;
 use shardspawn_os::sys::{self, io_err, set_nonblocking};
 
 use crate::core::{Control, ShardId};
@@ -62,14 +66,17 @@ pub fn start(id: ShardId, cfg: &ShardConfig) -> io::Result<Process> {
     // /proc/self/exe is this very program even if the file was replaced
     // since (an upgrade in progress): shards always match their
     // supervisor.
-    let child = Command::new("/proc/self/exe")
-        .arg0("shardspawn")
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("shardspawn")
         .arg("shard")
         .args(cfg.to_args())
         .stdin(Stdio::from(job_read))
         .stdout(Stdio::from(res_write))
-        .stderr(Stdio::inherit())
-        .spawn()?;
+        .stderr(Stdio::inherit());
+    // With us gone its results reach no one: it dies with us, and its
+    // qmail-remotes with it (issue 15).
+    spawn::die_with_parent(&mut cmd);
+    let child = cmd.spawn()?;
     Ok(Process {
         id,
         pid: Pid::from_raw(child.id() as i32),

@@ -852,21 +852,23 @@ fn peak(spans: &[(u64, Option<u64>)]) -> usize {
 /// Scenario 6, limits under the shard killer: no key ever runs above its
 /// limit.
 ///
-/// When a shard dies, its running stand-ins are orphaned and run on
-/// while its replacement starts new ones for the same keys. The design
-/// accepts that: the dead shard's deliveries were answered `Z`, and
-/// qmail-send tries them again later. So the invariant is per shard
-/// incarnation: the stand-ins started by one shard process (their
+/// When a shard dies, its running stand-ins die with it (issue 15), but
+/// only as its exit completes, a moment after its result pipe closed;
+/// by then its replacement may be starting new ones for the same keys.
+/// The design accepts that: the dead shard's deliveries were answered
+/// `Z`, and qmail-send tries them again later. So the invariant is per
+/// shard incarnation: the stand-ins started by one shard process (their
 /// parent, recorded on each start line) never exceed a key's limit.
 ///
 /// A recorded interval runs from the stand-in's first instruction to
 /// just before its exit, inside the span its shard counts it (spawn to
 /// reap and EOF), so a recorded overlap above a limit is a real breach.
-/// A stand-in whose shard died before its first instruction was adopted
-/// by then and records its adopter (a live process that is no shard):
-/// it is counted apart, as it belongs to some dead incarnation that can
-/// start nothing more. Any other parent must be a shard process the
-/// killer saw (the first ones, the killed ones, the last ones).
+/// A stand-in whose shard died before its first instruction would have
+/// been adopted by then and record its adopter (a live process that is
+/// no shard); since issue 15 it is killed first, but one would still be
+/// counted apart, as it belongs to some dead incarnation that can start
+/// nothing more. Any other parent must be a shard process the killer saw
+/// (the first ones, the killed ones, the last ones).
 #[test]
 fn limits_under_shard_killer() {
     const LIMITS: &str = "# chaos.rs\n:3\ng1.test:=g\ng2.test:=g\n=g:4\n";

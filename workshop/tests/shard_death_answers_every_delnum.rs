@@ -9,8 +9,8 @@
 //! once: the dead shard's with exactly `Zshardspawn: spawner shard N
 //! died; will try again. (#4.3.0)\n`, every other with the stand-in's
 //! `K`. Its domains are then served by a replacement (a new pid), the
-//! supervisor stays up, and when the orphaned stand-ins finish later,
-//! nothing more arrives.
+//! supervisor stays up, and nothing more arrives: the dead shard's
+//! stand-ins died with it (issue 15), so none finishes behind its `Z`.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -302,8 +302,8 @@ fn a_shard_killed_at_the_gate_answers_z_and_its_orphans_add_nothing() {
     }
     assert!(emu.violations().is_empty(), "{:?}", emu.violations());
 
-    // The others pass the gate and succeed; so do the orphans, whose
-    // output goes nowhere.
+    // The others pass the gate and succeed. The victim's stand-ins died
+    // with it (issue 15): none passes the gate to deliver behind its Z.
     s.gate.open();
     for _ in held.len()..work.len() {
         let r = emu.recv(deadline).expect("a K for each other delivery");
@@ -313,9 +313,18 @@ fn a_shard_killed_at_the_gate_answers_z_and_its_orphans_add_nothing() {
         assert_eq!(text(&r.body), text(&success(&work[i])));
     }
     assert!(wait_for(
-        || s.recording().ended() == work.len(),
+        || s.recording().ended() == work.len() - held.len(),
         deadline_in(Duration::from_secs(20))
     ));
+    let victims = s
+        .recording()
+        .intervals()
+        .iter()
+        .filter(|i| shard_of(format!("x@{}", i.host).as_bytes()) == victim)
+        .map(|i| i.end)
+        .collect::<Vec<_>>();
+    assert_eq!(victims.len(), held.len());
+    assert!(victims.iter().all(Option::is_none), "{victims:?}");
 
     // The replacement serves the victim's domains.
     let d = &work[held[0]];
