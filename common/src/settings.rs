@@ -218,6 +218,62 @@ pub fn default_slots(width: DelnumWidth) -> u32 {
     }
 }
 
+/// Each setting's raw value: the environment's (a trailing newline of
+/// an envdir file dropped), then the flags' over it.
+fn gather(
+    env: &dyn Fn(&str) -> Option<OsString>,
+    flags: &[(String, OsString)],
+) -> Result<[Option<Raw>; TABLE.len()], SettingsError> {
+    let mut raw: [Option<Raw>; TABLE.len()] = Default::default();
+    for (slot, (_, var, _)) in raw.iter_mut().zip(TABLE) {
+        *slot = env(var).map(|value| Raw {
+            source: var.to_owned(),
+            value: strip_newlines(value),
+        });
+    }
+    for (flag, value) in flags {
+        let Some(row) = TABLE.iter().position(|&(_, _, f)| f == flag) else {
+            return Err(SettingsError {
+                source: flag.clone(),
+                value: value.to_string_lossy().into_owned(),
+                why: "unknown flag".to_owned(),
+            });
+        };
+        raw[row] = Some(Raw { source: flag.clone(), value: value.clone() });
+    }
+    Ok(raw)
+}
+
+/// The framing and the slots. They may come from different sources
+/// (one a variable, one a flag), so the slots are bounded only once the
+/// width is known.
+fn width_and_slots(
+    width: Option<&Raw>,
+    slots: Option<&Raw>,
+) -> Result<(DelnumWidth, Option<u32>), SettingsError> {
+    let width = match width {
+        None => DEFAULT_DELNUM_WIDTH,
+        Some(r) => match r.number(0, u64::MAX)? {
+            1 => DelnumWidth::One,
+            2 => DelnumWidth::Two,
+            _ => return Err(r.error("must be 1 or 2")),
+        },
+    };
+    let Some(r) = slots else { return Ok((width, None)) };
+    let n = r.count()?;
+    let max = match width {
+        DelnumWidth::One => 255,
+        DelnumWidth::Two => 65535,
+    };
+    if n > max {
+        let bytes = width.bytes();
+        return Err(r.error(format!(
+            "must be at most {max} with {bytes} delnum byte(s)"
+        )));
+    }
+    Ok((width, Some(n)))
+}
+
 /// A value as given, and where it came from.
 #[derive(Debug)]
 struct Raw {
@@ -350,58 +406,13 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<OsString>,
         flags: &[(String, OsString)],
     ) -> Result<Settings, SettingsError> {
-        let mut raw: [Option<Raw>; TABLE.len()] = Default::default();
-        for (slot, (_, var, _)) in raw.iter_mut().zip(TABLE) {
-            *slot = env(var).map(|value| Raw {
-                source: var.to_owned(),
-                value: strip_newlines(value),
-            });
-        }
-        for (flag, value) in flags {
-            let Some(row) = TABLE.iter().position(|&(_, _, f)| f == flag)
-            else {
-                return Err(SettingsError {
-                    source: flag.clone(),
-                    value: value.to_string_lossy().into_owned(),
-                    why: "unknown flag".to_owned(),
-                });
-            };
-            raw[row] =
-                Some(Raw { source: flag.clone(), value: value.clone() });
-        }
+        let raw = gather(env, flags)?;
         let get = |name: Name| {
             let row = TABLE.iter().position(|&(n, _, _)| n == name);
             raw[row.expect("every name has a row")].as_ref()
         };
-
-        let delnum_width = match get(Name::DelnumBytes) {
-            None => DEFAULT_DELNUM_WIDTH,
-            Some(r) => match r.number(0, u64::MAX) {
-                Ok(1) => DelnumWidth::One,
-                Ok(2) => DelnumWidth::Two,
-                Ok(_) => return Err(r.error("must be 1 or 2")),
-                Err(e) => return Err(e),
-            },
-        };
-        // The width and the slots may come from different sources, so
-        // the slots are bounded only once both are known.
-        let slots = match get(Name::Slots) {
-            None => None,
-            Some(r) => {
-                let n = r.count()?;
-                let max = match delnum_width {
-                    DelnumWidth::One => 255,
-                    DelnumWidth::Two => 65535,
-                };
-                if n > max {
-                    let bytes = delnum_width.bytes();
-                    return Err(r.error(format!(
-                        "must be at most {max} with {bytes} delnum byte(s)"
-                    )));
-                }
-                Some(n)
-            }
-        };
+        let (delnum_width, slots) =
+            width_and_slots(get(Name::DelnumBytes), get(Name::Slots))?;
         let shards = match get(Name::Shards) {
             None => None,
             Some(r) => Some(

@@ -466,31 +466,84 @@ pub fn prepare(
     logs: &LogSetup,
     log: &Log,
 ) -> Result<Runtime, Fatal> {
-    let home = std::path::absolute(&settings.home)
-        .map_err(|error| Fatal::Home { home: settings.home.clone(), error })?;
-    let home = &home;
-    std::env::set_current_dir(home)
+    let home = enter_queue(&settings.home)?;
+    let owner_uid = queue_owner_uid(&settings.queue_owner)?;
+    clean_tcpto(Path::new("../lock/tcpto"));
+    let (limits, responses) = read_controls(settings, &home, log)?;
+    // Checked here, in queue/mess, where the shards will run it.
+    remote_runs(settings)?;
+    let state_dir = state_dir(&home.join(&settings.state_dir), log)?;
+    let shards = settings.shards.unwrap_or_else(default_shards);
+    if let Some(dir) = &state_dir {
+        remove_earlier_status(dir, shards, log);
+    }
+    let (slots, max_running) = capacity(settings, shards, log);
+    let remote = settings
+        .remote
+        .clone()
+        .unwrap_or_else(|| OsString::from(settings::DEFAULT_REMOTE));
+    Ok(Runtime {
+        width: settings.delnum_width,
+        slots,
+        shards,
+        shard: ShardConfig {
+            index: 0,
+            remote,
+            owner_uid,
+            max_running,
+            hold: settings.hold,
+            hold_max: settings.hold_max,
+            state_dir: state_dir.clone(),
+            log_dir: logs.dir.clone(),
+            logger: logs.logger.clone(),
+            initial_limit: settings.initial_limit,
+            suspend_after: settings.suspend_after,
+            suspend: settings.suspend,
+        },
+        limits,
+        responses,
+        state_dir,
+    })
+}
+
+/// qmail-rspawn's first duty: work in `HOME/queue/mess`, where a
+/// messid opens as the message. Returns the home made absolute, as the
+/// working directory no longer says where it is.
+fn enter_queue(home: &Path) -> Result<PathBuf, Fatal> {
+    let home = std::path::absolute(home)
+        .map_err(|error| Fatal::Home { home: home.to_path_buf(), error })?;
+    std::env::set_current_dir(&home)
         .and_then(|()| std::env::set_current_dir("queue/mess"))
         .map_err(|error| Fatal::Queue { home: home.clone(), error })?;
-    let owner_uid = match &settings.queue_owner {
-        QueueOwner::Uid(uid) => *uid,
+    Ok(home)
+}
+
+/// The uid every message file must have.
+fn queue_owner_uid(owner: &QueueOwner) -> Result<u32, Fatal> {
+    match owner {
+        QueueOwner::Uid(uid) => Ok(*uid),
         QueueOwner::Name(name) => match User::from_name(name) {
-            Ok(Some(user)) => user.uid.as_raw(),
-            Ok(None) => return Err(Fatal::NoQueueOwner(name.clone())),
+            Ok(Some(user)) => Ok(user.uid.as_raw()),
+            Ok(None) => Err(Fatal::NoQueueOwner(name.clone())),
             Err(error) => {
                 let name = name.clone();
-                return Err(Fatal::QueueOwnerLookup { name, error });
+                Err(Fatal::QueueOwnerLookup { name, error })
             }
         },
-    };
-    clean_tcpto(Path::new("../lock/tcpto"));
+    }
+}
 
+/// Reads the limits and the response rules, and logs what is in force.
+fn read_controls(
+    settings: &Settings,
+    home: &Path,
+    log: &Log,
+) -> Result<(LimitsSource, ResponsesSource), Fatal> {
     // Relative to the home, like every qmail control file; the home is
     // made absolute first, as the working directory is queue/mess now.
-    let limits_path =
-        Settings { home: home.clone(), ..settings.clone() }.limits_path();
-    let responses_path =
-        Settings { home: home.clone(), ..settings.clone() }.responses_path();
+    let at_home = Settings { home: home.to_path_buf(), ..settings.clone() };
+    let limits_path = at_home.limits_path();
+    let responses_path = at_home.responses_path();
     // A file the admin named is one they meant: running on the built-in
     // defaults instead would be silent (issue 15). Only the defaults may
     // be absent.
@@ -529,19 +582,15 @@ pub fn prepare(
             format!("keys start at {}", settings.initial_limit)
         }
     ));
-    // Checked here, in queue/mess, where the shards will run it.
-    remote_runs(settings)?;
-    let state_dir = state_dir(&home.join(&settings.state_dir), log)?;
+    Ok((limits, responses))
+}
 
+/// Raises the descriptor and process limits, and returns the slots to
+/// announce (the request, lowered to what those limits allow, and
+/// logged when lowered) and the most deliveries one shard may run.
+fn capacity(settings: &Settings, shards: u16, log: &Log) -> (u32, u32) {
     let nofile = raise(Resource::RLIMIT_NOFILE, "open files", log);
     let nproc = raise(Resource::RLIMIT_NPROC, "processes", log);
-
-    let shards = settings.shards.unwrap_or_else(default_shards);
-    if let Some(dir) = &state_dir {
-        remove_earlier_status(dir, shards, log);
-    }
-    let requested = settings.requested_slots();
-
     // Each running delivery holds one descriptor in its shard (the read
     // end of its output pipe); a shard never runs more than its
     // descriptors allow, and deliveries past that wait in the shard.
@@ -554,7 +603,7 @@ pub fn prepare(
         nproc.saturating_sub(used + u64::from(shards) + PROC_RESERVE).max(1)
     };
     let by_fds = per_shard_fds.saturating_mul(u64::from(shards));
-    let mut slots = u64::from(requested);
+    let mut slots = u64::from(settings.requested_slots());
     for (bound, why) in [
         (by_fds, "the open-files limit of the shards"),
         (procs, "the process limit of this user"),
@@ -579,33 +628,7 @@ pub fn prepare(
     .max(1)
     .min(u32::try_from(per_shard_fds).unwrap_or(u32::MAX))
     .min(u32::try_from(procs).unwrap_or(u32::MAX));
-
-    let remote = settings
-        .remote
-        .clone()
-        .unwrap_or_else(|| OsString::from(settings::DEFAULT_REMOTE));
-    Ok(Runtime {
-        width: settings.delnum_width,
-        slots,
-        shards,
-        shard: ShardConfig {
-            index: 0,
-            remote,
-            owner_uid,
-            max_running,
-            hold: settings.hold,
-            hold_max: settings.hold_max,
-            state_dir: state_dir.clone(),
-            log_dir: logs.dir.clone(),
-            logger: logs.logger.clone(),
-            initial_limit: settings.initial_limit,
-            suspend_after: settings.suspend_after,
-            suspend: settings.suspend,
-        },
-        limits,
-        responses,
-        state_dir,
-    })
+    (slots, max_running)
 }
 
 /// Makes the state directory if it is missing, and checks that it is
