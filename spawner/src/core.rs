@@ -210,9 +210,9 @@ impl KeyState {
 
 /// Idle keys are remembered (with their counters, for the status page)
 /// until there are this many keys; past it, an idle key with nothing
-/// timed (no rule, no suspension) is forgotten, so keys from outside
-/// cannot grow the map without bound. A forgotten key starts again from
-/// the initial limit.
+/// timed (no rule, no suspension) is forgotten, and a timed one as soon
+/// as its time ends, so keys from outside cannot grow the map without
+/// bound. A forgotten key starts again from the initial limit.
 const KEY_MEMORY: usize = 4096;
 
 /// The per-destination limits a shard obeys: a key's limit and rate
@@ -680,6 +680,11 @@ impl Core {
             let Reverse((_, key)) = self.wakeups.pop().expect("peeked");
             self.refresh(&key, now);
             self.kick(&key, now);
+            // A suspension or a rule that ends on a key with nothing
+            // running or held is that key's last event: release and
+            // expiry, the other places keys are let go, will not come
+            // (issue 15: such keys used to stay for good).
+            self.forget_if_unused(&key);
         }
         self.schedule(effects);
     }
@@ -756,7 +761,12 @@ impl Core {
     }
 
     /// Drops a key with nothing running, held or timed once more than
-    /// [`KEY_MEMORY`] keys are known.
+    /// [`KEY_MEMORY`] keys are known. Every way a key stops being used
+    /// ends here: its last delivery reported ([`Core::release`]), its
+    /// last hold expired ([`Core::expire`]), its suspension or rule
+    /// over ([`Core::wake`]). So the keys known are at most
+    /// [`KEY_MEMORY`] plus those that run, wait or are timed, whatever
+    /// number of domains came by.
     fn forget_if_unused(&mut self, key: &Key) {
         if self.keys.len() > KEY_MEMORY
             && let Some(state) = self.keys.get(key)
@@ -765,6 +775,15 @@ impl Core {
             && !state.adapt.is_timed()
         {
             self.keys.remove(key);
+            // A map never gives back the room a burst made it take (a
+            // KeyState is a few hundred bytes a bucket): once it is a
+            // quarter full, and larger than the idle keys need, shrink
+            // it to half full. The rehash is paid for by the removals
+            // since it grew: a constant per delivery, amortised.
+            let len = self.keys.len().max(KEY_MEMORY);
+            if self.keys.capacity() > 4 * len {
+                self.keys.shrink_to(2 * len);
+            }
         }
     }
 
@@ -1394,6 +1413,127 @@ mod tests {
         assert_eq!(s.effective, 9);
         assert!(s.why.starts_with("the rule's limit ended"), "{}", s.why);
         c.check_invariants();
+    }
+
+    const DEAD: &[u8] = b"ZSorry, I wasn't able to establish an SMTP \
+        connection. (#4.4.1)\n\0";
+
+    /// A core whose keys are suspended by their first site-level
+    /// failure, for `suspend_for`; every key configured at 20.
+    fn suspending(now: Instant, suspend_for: Duration) -> Core {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(120),
+            Some(10_000),
+            Box::new(|_| 20.into()),
+            Policy { initial: 5, suspend_after: 1, suspend_for },
+            now,
+        );
+        c.set_clock(now, 1_764_336_000);
+        c
+    }
+
+    /// Delivers one job for `key` at `now` and ends it with `output`.
+    fn deliver(
+        c: &mut Core,
+        delnum: u16,
+        key: &str,
+        now: Instant,
+        output: &[u8],
+    ) {
+        let mut fx = Vec::new();
+        c.handle(Event::Job { job: job(delnum, key), now }, &mut fx);
+        for (id, _) in starts(&fx) {
+            end(c, id, output, &mut fx);
+        }
+    }
+
+    /// Issue 15, finding 5: a key that was suspended, or capped by a
+    /// response rule, was kept for good once that ended, though nothing
+    /// ran or waited for it. Now it is forgotten like any idle key (past
+    /// the idle keys remembered), and not a moment before its time ends.
+    #[test]
+    fn a_key_is_forgotten_once_its_suspension_or_rule_ends() {
+        let now = Instant::now();
+        let mut c = suspending(now, Duration::from_secs(60));
+        c.set_responses(
+            shardspawn_common::response::Responses::parse(
+                b"limit=1:30s:slow down\n",
+            )
+            .unwrap(),
+        );
+        for i in 0..KEY_MEMORY {
+            deliver(&mut c, 0, &format!("d{i}.test"), now, OK);
+        }
+        assert_eq!(c.keys.len(), KEY_MEMORY);
+        deliver(&mut c, 1, "s.test", now, DEAD);
+        deliver(&mut c, 2, "r.test", now, b"Z1.2.3.4 said: 451 slow down\n\0");
+        let shown = |c: &Core, key: &str| {
+            c.key_status(usize::MAX).into_iter().find(|k| k.key == key)
+        };
+        assert!(shown(&c, "s.test").is_some_and(|k| k.suspended_until > 0));
+        assert!(shown(&c, "r.test").is_some_and(|k| k.effective == 1));
+        assert_eq!(c.keys.len(), KEY_MEMORY + 2, "kept while timed");
+        let mut fx = Vec::new();
+        // The rule ends: r.test goes. s.test is still suspended, kept,
+        // and still answers for itself.
+        c.handle(Event::Tick(now + Duration::from_secs(30)), &mut fx);
+        assert!(shown(&c, "r.test").is_none());
+        assert_eq!(c.keys.len(), KEY_MEMORY + 1);
+        let later = now + Duration::from_secs(30);
+        c.handle(Event::Job { job: job(3, "s.test"), now: later }, &mut fx);
+        assert!(reports(&fx)[0].1.starts_with(
+            b"Zshardspawn: s.test is \
+            suspended"
+        ));
+        // The suspension ends: s.test goes too.
+        c.handle(Event::Tick(now + Duration::from_secs(60)), &mut fx);
+        assert!(shown(&c, "s.test").is_none());
+        assert_eq!(c.keys.len(), KEY_MEMORY);
+        c.check_invariants();
+    }
+
+    /// One domain's life in the issue's measure: a delivery that fails
+    /// at site level (`fail`: the key is suspended for a second) or not,
+    /// then a second for the suspension to end. (A delivery after the
+    /// end let the key go even before issue 15; a domain that sends no
+    /// more did not.) Runs `domains` such domains through a core, a
+    /// thousand at a time, and returns how many keys it knows at the end
+    /// and its map's capacity.
+    fn domains_through(domains: usize, fail: bool) -> (usize, usize) {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut c = suspending(now, second);
+        let mut fx = Vec::new();
+        let mut t = now;
+        let output = if fail { DEAD } else { OK };
+        for batch in (0..domains).collect::<Vec<_>>().chunks(1000) {
+            for &i in batch {
+                deliver(&mut c, i as u16, &format!("d{i}.test"), t, output);
+            }
+            t += second;
+            c.handle(Event::Tick(t), &mut fx);
+            assert_eq!((c.running(), c.held()), (0, 0));
+        }
+        c.check_invariants();
+        (c.keys.len(), c.keys.capacity())
+    }
+
+    /// Issue 15's measure at the core: domains that were each suspended
+    /// once and recovered leave the shard knowing as many keys, in as
+    /// large a map, as healthy ones: the idle keys it remembers, not
+    /// every domain it saw. (The real binary's RSS is compared in
+    /// workshop/tests/memory_after_suspensions.rs.)
+    #[test]
+    fn keys_known_do_not_grow_with_domains_suspended_once() {
+        let healthy = domains_through(20_000, false);
+        let suspended = domains_through(20_000, true);
+        assert_eq!(healthy.0, KEY_MEMORY);
+        assert_eq!(suspended.0, healthy.0);
+        // The map's room depends on its history (a batch of suspended
+        // keys is known at once, and removals leave tombstones), but not
+        // on the number of domains.
+        assert!(suspended.1 <= 2 * healthy.1, "{suspended:?} {healthy:?}");
     }
 
     #[test]
