@@ -21,7 +21,7 @@
 //! suspension; this module owns the deliveries and carries out what
 //! adaptation asks.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -811,9 +811,11 @@ impl Core {
     /// The `top` busiest keys (running plus held, then most started),
     /// for the status page; a key that changed lately or is suspended
     /// comes before idle ones.
+    ///
+    /// It runs each second over every known key, so it selects the `top`
+    /// (see [`first`]) rather than sorting them all.
     pub fn key_status(&self, top: usize) -> Vec<KeyStatus> {
-        let mut keys: Vec<&KeyState> = self.keys.values().collect();
-        keys.sort_by(|a, b| {
+        first(self.keys.values(), top, |a, b| {
             let busy = |k: &KeyState| k.running as usize + k.held.len();
             busy(b)
                 .cmp(&busy(a))
@@ -821,37 +823,33 @@ impl Core {
                 .then(b.held_total.cmp(&a.held_total))
                 .then(b.started.cmp(&a.started))
                 .then(a.key.cmp(&b.key))
-        });
-        keys.into_iter()
-            .take(top)
-            .map(|k| KeyStatus {
-                key: printable(&k.key),
-                running: k.running,
-                held: k.held.len() as u32,
-                limit: k.adapt.configured().limit,
-                effective: k.limit(),
-                rate: k.rate().map_or_else(String::new, |r| r.to_string()),
-                suspended_until: k
-                    .adapt
-                    .suspension()
-                    .map_or(0, |s| s.until_unix),
-                failures: k.adapt.failures(),
-                peak: k.peak,
-                started: k.started,
-                held_total: k.held_total,
-                deferred: k.deferred,
-                changed: k.changed.as_ref().map_or(0, |c| c.0),
-                why: match k.changed.as_ref().map(|c| &c.1) {
-                    None => String::new(),
-                    Some(Why::SlowStart) => format!(
-                        "raised to {} in slow start: good deliveries at \
+        })
+        .into_iter()
+        .map(|k| KeyStatus {
+            key: printable(&k.key),
+            running: k.running,
+            held: k.held.len() as u32,
+            limit: k.adapt.configured().limit,
+            effective: k.limit(),
+            rate: k.rate().map_or_else(String::new, |r| r.to_string()),
+            suspended_until: k.adapt.suspension().map_or(0, |s| s.until_unix),
+            failures: k.adapt.failures(),
+            peak: k.peak,
+            started: k.started,
+            held_total: k.held_total,
+            deferred: k.deferred,
+            changed: k.changed.as_ref().map_or(0, |c| c.0),
+            why: match k.changed.as_ref().map(|c| &c.1) {
+                None => String::new(),
+                Some(Why::SlowStart) => format!(
+                    "raised to {} in slow start: good deliveries at \
                          the limit",
-                        k.adapt.adaptive()
-                    ),
-                    Some(Why::Said(line)) => line.clone(),
-                },
-            })
-            .collect()
+                    k.adapt.adaptive()
+                ),
+                Some(Why::Said(line)) => line.clone(),
+            },
+        })
+        .collect()
     }
 
     fn running_mut(&mut self, id: SlotId) -> Option<&mut Running> {
@@ -893,6 +891,32 @@ impl Core {
         let held: usize = self.keys.values().map(|k| k.held.len()).sum();
         assert_eq!(held as u32, self.held, "held count drifted");
     }
+}
+
+/// The `n` first of `items` by `order`, in that order: what sorting
+/// them all and taking `n` gives, for a total order, but holding at
+/// most `2n` of them. When the buffer is full, the `n` first of it are
+/// selected (`select_nth_unstable_by`, linear) and the rest dropped, so
+/// the whole costs O(items + n log n) time and O(n) room.
+fn first<T>(
+    items: impl IntoIterator<Item = T>,
+    n: usize,
+    order: impl Fn(&T, &T) -> Ordering,
+) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut kept = Vec::new();
+    for item in items {
+        if kept.len() == n.saturating_mul(2) {
+            kept.select_nth_unstable_by(n - 1, &order);
+            kept.truncate(n);
+        }
+        kept.push(item);
+    }
+    kept.sort_by(&order);
+    kept.truncate(n);
+    kept
 }
 
 #[cfg(test)]
@@ -1534,6 +1558,29 @@ mod tests {
         // keys is known at once, and removals leave tombstones), but not
         // on the number of domains.
         assert!(suspended.1 <= 2 * healthy.1, "{suspended:?} {healthy:?}");
+    }
+
+    /// [`first`] gives what sorting everything and taking `n` gives.
+    #[test]
+    fn first_is_sorting_then_taking() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..60 {
+            let items: Vec<u64> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % 25
+                })
+                .collect();
+            let mut sorted = items.clone();
+            sorted.sort_by(|a, b| b.cmp(a));
+            for n in 0..len + 3 {
+                let want: Vec<u64> = sorted.iter().copied().take(n).collect();
+                let got = first(items.iter().copied(), n, |a, b| b.cmp(a));
+                assert_eq!(got, want, "{len} items, first {n}");
+            }
+        }
     }
 
     #[test]
