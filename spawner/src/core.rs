@@ -254,15 +254,24 @@ pub struct Core {
     notes: Notes,
 }
 
+/// Most changes of keys kept for the log between two
+/// [`Core::take_notes`]: the log takes this many a second, a line each,
+/// and a count of the rest, so the rest need not be kept (many keys
+/// suspended or let go at once would each hold a line till then).
+pub const CHANGES_NOTED: usize = 50;
+
 /// What happened since the driver last asked, for the log: keys that
-/// began holding deliveries (with their limits), and every change of a
-/// key's limit, rate or suspension. Deferrals are in [`Counters`].
+/// began holding deliveries (with their limits), and the changes of
+/// keys' limits, rates or suspensions. Deferrals are in [`Counters`].
 #[derive(Debug, Default)]
 pub struct Notes {
     /// Keys that went from running freely to holding, with their limit.
     pub saturated: Vec<(Rc<[u8]>, u32)>,
-    /// A key and what changed, as a log line says it.
+    /// A key and what changed, as a log line says it: the first
+    /// [`CHANGES_NOTED`].
     pub changes: Vec<(Rc<[u8]>, String)>,
+    /// Changes after those, counted.
+    pub more_changes: usize,
 }
 
 impl Core {
@@ -626,7 +635,11 @@ impl Core {
         if let Some(state) = self.keys.get_mut(key) {
             state.changed = Some((unix, Why::Said(line.clone())));
         }
-        self.notes.changes.push((key.clone(), line));
+        if self.notes.changes.len() < CHANGES_NOTED {
+            self.notes.changes.push((key.clone(), line));
+        } else {
+            self.notes.more_changes += 1;
+        }
     }
 
     /// Suspends a key until `until`: every delivery held for it is
@@ -1515,6 +1528,25 @@ mod tests {
         assert!(shown(&c, "s.test").is_none());
         assert_eq!(c.keys.len(), KEY_MEMORY);
         c.check_invariants();
+    }
+
+    /// The log takes [`CHANGES_NOTED`] changes a second and counts the
+    /// rest, so only those are kept: a burst of suspensions holds no
+    /// line per key till the log asks.
+    #[test]
+    fn changes_past_those_logged_are_counted_not_kept() {
+        let now = Instant::now();
+        let mut c = suspending(now, Duration::from_secs(60));
+        for i in 0..CHANGES_NOTED + 10 {
+            deliver(&mut c, 0, &format!("d{i}.test"), now, DEAD);
+        }
+        let notes = c.take_notes();
+        // Each key's failure lowers its limit, then suspends it: two.
+        assert_eq!(notes.changes.len(), CHANGES_NOTED);
+        assert_eq!(notes.more_changes, 2 * (CHANGES_NOTED + 10) - 50);
+        assert!(notes.changes[1].1.starts_with("suspended until"));
+        let notes = c.take_notes();
+        assert_eq!((notes.changes.len(), notes.more_changes), (0, 0));
     }
 
     /// One domain's life in the measure: a delivery that fails
