@@ -614,31 +614,32 @@ impl Core {
         if let Some(at) = wake {
             self.wakeups.push(Reverse((at, key.clone())));
         }
-        match change {
-            None => {}
-            Some(Why::SlowStart) => {
-                let unix = self.unix(now);
-                if let Some(state) = self.keys.get_mut(key) {
-                    state.changed = Some((unix, Why::SlowStart));
-                }
-            }
-            Some(Why::Said(line)) => self.note(key, line),
+        if let Some(why) = change {
+            self.note(key, why);
         }
         if let Some((until, why)) = suspend {
             self.suspend(key, until, why, effects);
         }
     }
 
-    /// Records a change for the status page and the log.
-    fn note(&mut self, key: &Key, line: String) {
+    /// Records a change for the status page and, but for a raise in
+    /// slow start, the log: its line, or past [`CHANGES_NOTED`] a count
+    /// (then no line is made).
+    fn note(&mut self, key: &Key, why: Why) {
         let unix = self.unix(self.now);
+        let room = self.notes.changes.len() < CHANGES_NOTED;
+        let line = match &why {
+            Why::SlowStart => None,
+            Why::Ended(ended) => Some(room.then(|| ended.to_string())),
+            Why::Said(line) => Some(room.then(|| line.clone())),
+        };
         if let Some(state) = self.keys.get_mut(key) {
-            state.changed = Some((unix, Why::Said(line.clone())));
+            state.changed = Some((unix, why));
         }
-        if self.notes.changes.len() < CHANGES_NOTED {
-            self.notes.changes.push((key.clone(), line));
-        } else {
-            self.notes.more_changes += 1;
+        match line {
+            None => {}
+            Some(Some(line)) => self.notes.changes.push((key.clone(), line)),
+            Some(None) => self.notes.more_changes += 1,
         }
     }
 
@@ -670,7 +671,8 @@ impl Core {
             self.report(h.job.delnum, body.clone(), effects);
         }
         self.wakeups.push(Reverse((until, key.clone())));
-        self.note(key, format!("suspended until {}: {why}", utc(until_unix)));
+        let line = format!("suspended until {}: {why}", utc(until_unix));
+        self.note(key, Why::Said(line));
     }
 
     /// Ends what has ended for a key at `now`: a rule's cap, a
@@ -678,9 +680,10 @@ impl Core {
     /// slow start.
     fn refresh(&mut self, key: &Key, now: Instant) {
         let Some(state) = self.keys.get_mut(key) else { return };
-        if let Some(line) = state.adapt.refresh(now, &self.policy) {
-            self.note(key, line);
-        }
+        let Some(ended) = state.adapt.refresh(now, &self.policy) else {
+            return;
+        };
+        self.note(key, Why::Ended(ended));
     }
 
     /// Keys whose wake-up has come: end what ended, and let held
@@ -859,6 +862,7 @@ impl Core {
                          the limit",
                     k.adapt.adaptive()
                 ),
+                Some(Why::Ended(ended)) => ended.to_string(),
                 Some(Why::Said(line)) => line.clone(),
             },
         })
