@@ -10,6 +10,8 @@
 //! to map the 64-bit hash onto `0..shards` without a division's bias
 //! toward low shards.
 
+use std::fmt::Write as _;
+
 /// The part of `recipient` after its last '@' (possibly empty), as
 /// qmail-rspawn passes it to qmail-remote; `None` if there is no '@'.
 pub fn host(recipient: &[u8]) -> Option<&[u8]> {
@@ -174,16 +176,50 @@ fn fmix64(mut k: u64) -> u64 {
     k
 }
 
-/// Writes `key` with every byte outside printable ASCII as `?`: keys
-/// come from recipients, and a status line or log line must stay one
-/// line of text.
-pub fn printable(key: &[u8]) -> String {
-    key.iter()
-        .map(|&b| match b {
-            0x21..=0x7e => b as char,
-            _ => '?',
-        })
-        .collect()
+/// Writes `bytes` (a key, or a host as given) as one line of printable
+/// ASCII that tells every input apart: keys come from recipients, a
+/// status line, a log line or a `Z` text must stay one line, and two
+/// destinations must never look the same there (issue 15).
+///
+/// Bytes in `0x21..=0x7e` are themselves; every other byte is `\DDD`,
+/// three decimal digits, as the resolver and [`normalise`] read them,
+/// so the printed form of a key with 8-bit bytes (`h\233.test`)
+/// normalises back to that key. A backslash is itself too, so the
+/// escapes a key already holds (`a\046b`) print as they are, unless the
+/// three digits after it would read as one of our escapes (a byte we
+/// escape, or 92): then it is `\092`. That exception is what keeps the
+/// mapping one-to-one for any bytes, not only for keys, where it never
+/// arises but for a control byte or a backslash written as `\DDD`.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let own = b == b'\\' && escape_at(&bytes[i..]).is_some();
+        if own || escaped(b) {
+            let _ = write!(out, "\\{b:03}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// Whether [`printable`] writes `b` as `\DDD`.
+fn escaped(b: u8) -> bool {
+    !matches!(b, 0x21..=0x7e)
+}
+
+/// The byte that `\DDD` at the start of `bytes` stands for, if the
+/// three digits are one of our escapes: a byte we escape, or 92.
+fn escape_at(bytes: &[u8]) -> Option<u8> {
+    let [b'\\', x, y, z, ..] = *bytes else { return None };
+    if ![x, y, z].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = u32::from(x - b'0') * 100
+        + u32::from(y - b'0') * 10
+        + u32::from(z - b'0');
+    let b = u8::try_from(n).ok()?;
+    (b == b'\\' || escaped(b)).then_some(b)
 }
 
 #[cfg(test)]
@@ -332,21 +368,100 @@ mod tests {
             assert!(n.iter().all(|&b| b > b' ' && b != 0x7f), "{n:?}");
             assert_ne!(n.first(), Some(&b'='));
             assert_eq!(normalise(&n), n);
-            assert_eq!(printable(&n).len(), n.len());
+            let line = printable(&n);
+            assert!(line.bytes().all(|b| b.is_ascii_graphic()), "{line}");
+            assert_eq!(unprintable(&line), n);
         }
     }
 
+    /// The inverse of [`printable`], which proves it one-to-one: it
+    /// reads back what was written.
+    fn unprintable(line: &str) -> Vec<u8> {
+        let bytes = line.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match escape_at(&bytes[i..]) {
+                Some(b) => {
+                    out.push(b);
+                    i += 4;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Issue 15: every byte outside printable ASCII was `?`, so
+    /// `h\xe9.test` and `h\xe8.test` printed the same in status, logs
+    /// and `Z` texts. Now each is `\DDD`, decimal, as the resolver reads
+    /// it, and no two inputs print the same.
     #[test]
     fn printable_keeps_a_key_one_line() {
+        assert_eq!(printable(b"h\xe9.test"), "h\\233.test");
+        assert_eq!(printable(b"h\xe8.test"), "h\\232.test");
+        assert_eq!(
+            printable(b"a b\n\r\0\xff.test"),
+            "a\\032b\\010\\013\\000\\255.test"
+        );
+        // A key's own escapes print as they are, and read back through
+        // the resolver's rules as the same key.
+        for key in [&b"ex\\046ample.com"[..], b"\\061google", b"h\xe9.test"] {
+            assert_eq!(normalise(printable(key).as_bytes()), key);
+        }
+        assert_eq!(printable(b"ex\\046ample.com"), "ex\\046ample.com");
+        // A backslash before digits that would read as an escape of
+        // ours is itself escaped: else `\233` and 0xe9 would meet.
+        assert_eq!(printable(b"\\233"), "\\092233");
+        assert_eq!(printable(b"\\092"), "\\092092");
+        assert_eq!(printable(b"\\256\\12x\\"), "\\256\\12x\\");
         let all: Vec<u8> = (0..=255).collect();
         let line = printable(&all);
-        assert_eq!(line.len(), 256);
         assert!(line.bytes().all(|b| b.is_ascii_graphic()), "{line}");
-        assert_eq!(
-            &line[0x21..0x7f],
-            &String::from_utf8_lossy(&all[0x21..0x7f])
-        );
-        assert_eq!(printable(b"a b\n\r\0\xff.test"), "a?b????.test");
+        assert_eq!(unprintable(&line), all);
+    }
+
+    /// One-to-one over every byte alone and every pair, and over every
+    /// string up to five bytes from the bytes that make escapes (a
+    /// backslash, digits, bytes that are escaped): each prints as one
+    /// line and reads back as itself, so no two print the same.
+    #[test]
+    fn printable_is_one_to_one() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for a in 0..=255u8 {
+            inputs.push(vec![a]);
+            for b in 0..=255u8 {
+                inputs.push(vec![a, b]);
+            }
+        }
+        let alphabet = b"\\01259a\xe9\x01 \n";
+        let mut short: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..5 {
+            short = short
+                .iter()
+                .flat_map(|s| {
+                    alphabet.iter().map(move |&b| {
+                        let mut t = s.clone();
+                        t.push(b);
+                        t
+                    })
+                })
+                .collect();
+            inputs.extend(short.iter().cloned());
+        }
+        // The short strings repeat some pairs.
+        inputs.sort();
+        inputs.dedup();
+        let mut seen = std::collections::HashSet::new();
+        for input in &inputs {
+            let line = printable(input);
+            assert!(line.bytes().all(|b| b.is_ascii_graphic()), "{line}");
+            assert_eq!(unprintable(&line), *input, "{line}");
+            assert!(seen.insert(line), "{input:?} printed twice");
+        }
     }
 
     /// The FNV specification's own test vectors.

@@ -242,10 +242,11 @@ impl Refusal {
     }
 }
 
-/// Appends a limit key for a body: byte for byte, except that anything
-/// outside printable ASCII (`0x21..=0x7e`) becomes `?`. A body must never
-/// hold a NUL (it would end the record early and shift every record after
-/// it), and a newline would split qmail-send's log line.
+/// Appends a limit key for a body as [`crate::domain::printable`] writes
+/// it: anything outside printable ASCII (`0x21..=0x7e`) as `\DDD`. A body
+/// must never hold a NUL (it would end the record early and shift every
+/// record after it), a newline would split qmail-send's log line, and
+/// two keys must never read the same there.
 fn put_key(key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(crate::domain::printable(key).as_bytes());
 }
@@ -458,8 +459,8 @@ mod tests {
         };
         assert_eq!(
             refusal.body(),
-            b"Zshardspawn: a?b?c?d?e?~! is at its limit of 2; 8 deliveries \
-              already wait for it. (#4.4.5)\n"
+            b"Zshardspawn: a\\000b\\010c\\032d\\255e\\127~! is at its limit of \
+              2; 8 deliveries already wait for it. (#4.4.5)\n"
         );
         let refusal = Refusal::HoldExpired {
             key: vec![0, b'\n'],
@@ -467,7 +468,7 @@ mod tests {
             waited: Duration::ZERO,
         };
         let body = refusal.body();
-        assert!(body.starts_with(b"Zshardspawn: ?? is at"));
+        assert!(body.starts_with(b"Zshardspawn: \\000\\010 is at"));
         assert!(!body.contains(&0));
         assert_eq!(body.iter().filter(|&&b| b == b'\n').count(), 1);
         let refusal = Refusal::Suspended {

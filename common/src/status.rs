@@ -26,7 +26,8 @@
 //! reader that finds it 0 and the pid gone knows the process died
 //! without its last write). `key` lines list the busiest keys (running
 //! plus held), a key written with every byte outside `0x21..=0x7e` as
-//! `?`. In a key line, `limit` is the configured limit, `effective` the
+//! `\DDD` (see [`printable`]), so it is one word and no two keys read
+//! the same. In a key line, `limit` is the configured limit, `effective` the
 //! one in force (adaptation and response rules lower it), `rate` the
 //! rate in force (`-`: none), `suspended_until` 0 unless the key is
 //! suspended, `failures` its site-level failures in a row, and `changed`
@@ -468,7 +469,10 @@ mod tests {
 
     #[test]
     fn keys_are_printable() {
-        assert_eq!(printable(b"a b\n\0\xff.test"), "a?b???.test");
+        assert_eq!(
+            printable(b"a b\n\0\xff.test"),
+            "a\\032b\\010\\000\\255.test"
+        );
     }
 
     #[test]

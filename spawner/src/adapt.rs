@@ -26,6 +26,7 @@
 //!   adaptation learned meanwhile.
 //! - Anything else (a recipient's 4xx, a DNS failure) is neutral.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use shardspawn_common::limits::{Allowance, Rate};
@@ -63,13 +64,55 @@ pub const PROBES_MAX: u32 = 6;
 
 /// Why a key's limit last changed. A raise in slow start happens on
 /// every good delivery at the limit, so it is recorded without a string
-/// and without a log line; every other change is rare and says itself.
+/// and without a log line; so is the end of a rule or suspension, the
+/// last change of every key that recovered, which the idle keys a shard
+/// remembers would each otherwise hold as a line (issue 15); every
+/// other change is rare and says itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Why {
     /// Raised by one in slow start.
     SlowStart,
+    /// A rule's cap or a suspension ended.
+    Ended(Ended),
     /// A change as a log line says it.
     Said(String),
+}
+
+/// What ended at [`Adaptation::refresh`], and the limit and rate it
+/// left: the numbers of its log line, which `Display` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    limit: bool,
+    rate: bool,
+    suspension: bool,
+    before: u32,
+    after: u32,
+    rate_after: Option<Rate>,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ended = [
+            (self.limit, "the rule's limit ended"),
+            (self.rate, "the rule's rate ended"),
+            (self.suspension, "the suspension ended"),
+        ];
+        let mut first = true;
+        for (_, what) in ended.iter().filter(|(yes, _)| *yes) {
+            f.write_str(if first { "" } else { ", " })?;
+            f.write_str(what)?;
+            first = false;
+        }
+        write!(
+            f,
+            "; effective limit {} -> {}, rate ",
+            self.before, self.after
+        )?;
+        match self.rate_after {
+            Some(rate) => write!(f, "{rate}"),
+            None => f.write_str("none"),
+        }
+    }
 }
 
 /// What one result taught, for the core to carry out.
@@ -357,24 +400,21 @@ impl Adaptation {
     }
 
     /// Ends what has ended at `now`: a rule's cap, a suspension. A key
-    /// back from suspension starts again at 1, in slow start. The log
-    /// line, if anything ended.
-    pub fn refresh(
-        &mut self,
-        now: Instant,
-        policy: &Policy,
-    ) -> Option<String> {
+    /// back from suspension starts again at 1, in slow start. What
+    /// ended, if anything did.
+    pub fn refresh(&mut self, now: Instant, policy: &Policy) -> Option<Ended> {
         let before = self.limit();
-        let mut ended = Vec::new();
-        if self.rule_limit.is_some_and(|t| t.until <= now) {
+        let limit = self.rule_limit.is_some_and(|t| t.until <= now);
+        if limit {
             self.rule_limit = None;
-            ended.push("the rule's limit ended");
         }
-        if self.rule_rate.is_some_and(|t| t.until <= now) {
+        let rate = self.rule_rate.is_some_and(|t| t.until <= now);
+        if rate {
             self.rule_rate = None;
-            ended.push("the rule's rate ended");
         }
-        if self.suspended.as_ref().is_some_and(|s| s.until <= now) {
+        let suspension =
+            self.suspended.as_ref().is_some_and(|s| s.until <= now);
+        if suspension {
             self.suspended = None;
             self.failures = 0;
             if policy.adapts() {
@@ -385,17 +425,15 @@ impl Adaptation {
                 self.last_was_raise = false;
                 self.epoch = self.epoch.wrapping_add(1);
             }
-            ended.push("the suspension ended");
         }
-        if ended.is_empty() {
-            return None;
-        }
-        let after = self.limit();
-        let rate = self.rate().map_or("none".to_owned(), |r| r.to_string());
-        Some(format!(
-            "{}; effective limit {before} -> {after}, rate {rate}",
-            ended.join(", ")
-        ))
+        (limit || rate || suspension).then(|| Ended {
+            limit,
+            rate,
+            suspension,
+            before,
+            after: self.limit(),
+            rate_after: self.rate(),
+        })
     }
 }
 
@@ -543,7 +581,7 @@ mod tests {
         assert_eq!(push(&mut a, now).suspend, None);
         assert_eq!(a.refresh(now, &POLICY), None);
         // At its end: 1, in slow start, no failures.
-        let line = a.refresh(until, &POLICY).unwrap();
+        let line = a.refresh(until, &POLICY).unwrap().to_string();
         assert_eq!(
             line,
             "the suspension ended; effective limit 1 -> 1, rate none"
@@ -574,6 +612,30 @@ mod tests {
         assert_eq!(fixed.limit(), 30);
     }
 
+    /// An end kept as numbers says what the line it replaced said.
+    #[test]
+    fn an_end_is_written_as_its_line() {
+        use shardspawn_common::limits::Per;
+        let all = Ended {
+            limit: true,
+            rate: true,
+            suspension: true,
+            before: 1,
+            after: 5,
+            rate_after: Some(Rate { count: 30, per: Per::Minute }),
+        };
+        assert_eq!(
+            all.to_string(),
+            "the rule's limit ended, the rule's rate ended, the suspension \
+             ended; effective limit 1 -> 5, rate 30/m"
+        );
+        let rate = Ended { limit: false, suspension: false, ..all };
+        assert_eq!(
+            rate.to_string(),
+            "the rule's rate ended; effective limit 1 -> 5, rate 30/m"
+        );
+    }
+
     #[test]
     fn a_rules_cap_ends_back_at_what_adaptation_learned() {
         let now = Instant::now();
@@ -599,7 +661,7 @@ mod tests {
         }
         assert_eq!((a.limit(), a.adaptive()), (1, 8));
         assert_eq!(a.refresh(until - Duration::from_millis(1), &POLICY), None);
-        let line = a.refresh(until, &POLICY).unwrap();
+        let line = a.refresh(until, &POLICY).unwrap().to_string();
         assert_eq!(
             line,
             "the rule's limit ended; effective limit 1 -> 8, rate none"

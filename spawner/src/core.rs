@@ -21,7 +21,7 @@
 //! suspension; this module owns the deliveries and carries out what
 //! adaptation asks.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -210,9 +210,9 @@ impl KeyState {
 
 /// Idle keys are remembered (with their counters, for the status page)
 /// until there are this many keys; past it, an idle key with nothing
-/// timed (no rule, no suspension) is forgotten, so keys from outside
-/// cannot grow the map without bound. A forgotten key starts again from
-/// the initial limit.
+/// timed (no rule, no suspension) is forgotten, and a timed one as soon
+/// as its time ends, so keys from outside cannot grow the map without
+/// bound. A forgotten key starts again from the initial limit.
 const KEY_MEMORY: usize = 4096;
 
 /// The per-destination limits a shard obeys: a key's limit and rate
@@ -254,15 +254,24 @@ pub struct Core {
     notes: Notes,
 }
 
+/// Most changes of keys kept for the log between two
+/// [`Core::take_notes`]: the log takes this many a second, a line each,
+/// and a count of the rest, so the rest need not be kept (many keys
+/// suspended or let go at once would each hold a line till then).
+pub const CHANGES_NOTED: usize = 50;
+
 /// What happened since the driver last asked, for the log: keys that
-/// began holding deliveries (with their limits), and every change of a
-/// key's limit, rate or suspension. Deferrals are in [`Counters`].
+/// began holding deliveries (with their limits), and the changes of
+/// keys' limits, rates or suspensions. Deferrals are in [`Counters`].
 #[derive(Debug, Default)]
 pub struct Notes {
     /// Keys that went from running freely to holding, with their limit.
     pub saturated: Vec<(Rc<[u8]>, u32)>,
-    /// A key and what changed, as a log line says it.
+    /// A key and what changed, as a log line says it: the first
+    /// [`CHANGES_NOTED`].
     pub changes: Vec<(Rc<[u8]>, String)>,
+    /// Changes after those, counted.
+    pub more_changes: usize,
 }
 
 impl Core {
@@ -605,28 +614,33 @@ impl Core {
         if let Some(at) = wake {
             self.wakeups.push(Reverse((at, key.clone())));
         }
-        match change {
-            None => {}
-            Some(Why::SlowStart) => {
-                let unix = self.unix(now);
-                if let Some(state) = self.keys.get_mut(key) {
-                    state.changed = Some((unix, Why::SlowStart));
-                }
-            }
-            Some(Why::Said(line)) => self.note(key, line),
+        if let Some(why) = change {
+            self.note(key, why);
         }
         if let Some((until, why)) = suspend {
             self.suspend(key, until, why, effects);
         }
     }
 
-    /// Records a change for the status page and the log.
-    fn note(&mut self, key: &Key, line: String) {
+    /// Records a change for the status page and, but for a raise in
+    /// slow start, the log: its line, or past [`CHANGES_NOTED`] a count
+    /// (then no line is made).
+    fn note(&mut self, key: &Key, why: Why) {
         let unix = self.unix(self.now);
+        let room = self.notes.changes.len() < CHANGES_NOTED;
+        let line = match &why {
+            Why::SlowStart => None,
+            Why::Ended(ended) => Some(room.then(|| ended.to_string())),
+            Why::Said(line) => Some(room.then(|| line.clone())),
+        };
         if let Some(state) = self.keys.get_mut(key) {
-            state.changed = Some((unix, Why::Said(line.clone())));
+            state.changed = Some((unix, why));
         }
-        self.notes.changes.push((key.clone(), line));
+        match line {
+            None => {}
+            Some(Some(line)) => self.notes.changes.push((key.clone(), line)),
+            Some(None) => self.notes.more_changes += 1,
+        }
     }
 
     /// Suspends a key until `until`: every delivery held for it is
@@ -657,7 +671,8 @@ impl Core {
             self.report(h.job.delnum, body.clone(), effects);
         }
         self.wakeups.push(Reverse((until, key.clone())));
-        self.note(key, format!("suspended until {}: {why}", utc(until_unix)));
+        let line = format!("suspended until {}: {why}", utc(until_unix));
+        self.note(key, Why::Said(line));
     }
 
     /// Ends what has ended for a key at `now`: a rule's cap, a
@@ -665,9 +680,10 @@ impl Core {
     /// slow start.
     fn refresh(&mut self, key: &Key, now: Instant) {
         let Some(state) = self.keys.get_mut(key) else { return };
-        if let Some(line) = state.adapt.refresh(now, &self.policy) {
-            self.note(key, line);
-        }
+        let Some(ended) = state.adapt.refresh(now, &self.policy) else {
+            return;
+        };
+        self.note(key, Why::Ended(ended));
     }
 
     /// Keys whose wake-up has come: end what ended, and let held
@@ -680,6 +696,11 @@ impl Core {
             let Reverse((_, key)) = self.wakeups.pop().expect("peeked");
             self.refresh(&key, now);
             self.kick(&key, now);
+            // A suspension or a rule that ends on a key with nothing
+            // running or held is that key's last event: release and
+            // expiry, the other places keys are let go, will not come
+            // (issue 15: such keys used to stay for good).
+            self.forget_if_unused(&key);
         }
         self.schedule(effects);
     }
@@ -756,7 +777,12 @@ impl Core {
     }
 
     /// Drops a key with nothing running, held or timed once more than
-    /// [`KEY_MEMORY`] keys are known.
+    /// [`KEY_MEMORY`] keys are known. Every way a key stops being used
+    /// ends here: its last delivery reported ([`Core::release`]), its
+    /// last hold expired ([`Core::expire`]), its suspension or rule
+    /// over ([`Core::wake`]). So the keys known are at most
+    /// [`KEY_MEMORY`] plus those that run, wait or are timed, whatever
+    /// number of domains came by.
     fn forget_if_unused(&mut self, key: &Key) {
         if self.keys.len() > KEY_MEMORY
             && let Some(state) = self.keys.get(key)
@@ -765,6 +791,15 @@ impl Core {
             && !state.adapt.is_timed()
         {
             self.keys.remove(key);
+            // A map never gives back the room a burst made it take (a
+            // KeyState is a few hundred bytes a bucket): once it is a
+            // quarter full, and larger than the idle keys need, shrink
+            // it to half full. The rehash is paid for by the removals
+            // since it grew: a constant per delivery, amortised.
+            let len = self.keys.len().max(KEY_MEMORY);
+            if self.keys.capacity() > 4 * len {
+                self.keys.shrink_to(2 * len);
+            }
         }
     }
 
@@ -792,9 +827,11 @@ impl Core {
     /// The `top` busiest keys (running plus held, then most started),
     /// for the status page; a key that changed lately or is suspended
     /// comes before idle ones.
+    ///
+    /// It runs each second over every known key, so it selects the `top`
+    /// (see [`first`]) rather than sorting them all.
     pub fn key_status(&self, top: usize) -> Vec<KeyStatus> {
-        let mut keys: Vec<&KeyState> = self.keys.values().collect();
-        keys.sort_by(|a, b| {
+        first(self.keys.values(), top, |a, b| {
             let busy = |k: &KeyState| k.running as usize + k.held.len();
             busy(b)
                 .cmp(&busy(a))
@@ -802,37 +839,34 @@ impl Core {
                 .then(b.held_total.cmp(&a.held_total))
                 .then(b.started.cmp(&a.started))
                 .then(a.key.cmp(&b.key))
-        });
-        keys.into_iter()
-            .take(top)
-            .map(|k| KeyStatus {
-                key: printable(&k.key),
-                running: k.running,
-                held: k.held.len() as u32,
-                limit: k.adapt.configured().limit,
-                effective: k.limit(),
-                rate: k.rate().map_or_else(String::new, |r| r.to_string()),
-                suspended_until: k
-                    .adapt
-                    .suspension()
-                    .map_or(0, |s| s.until_unix),
-                failures: k.adapt.failures(),
-                peak: k.peak,
-                started: k.started,
-                held_total: k.held_total,
-                deferred: k.deferred,
-                changed: k.changed.as_ref().map_or(0, |c| c.0),
-                why: match k.changed.as_ref().map(|c| &c.1) {
-                    None => String::new(),
-                    Some(Why::SlowStart) => format!(
-                        "raised to {} in slow start: good deliveries at \
+        })
+        .into_iter()
+        .map(|k| KeyStatus {
+            key: printable(&k.key),
+            running: k.running,
+            held: k.held.len() as u32,
+            limit: k.adapt.configured().limit,
+            effective: k.limit(),
+            rate: k.rate().map_or_else(String::new, |r| r.to_string()),
+            suspended_until: k.adapt.suspension().map_or(0, |s| s.until_unix),
+            failures: k.adapt.failures(),
+            peak: k.peak,
+            started: k.started,
+            held_total: k.held_total,
+            deferred: k.deferred,
+            changed: k.changed.as_ref().map_or(0, |c| c.0),
+            why: match k.changed.as_ref().map(|c| &c.1) {
+                None => String::new(),
+                Some(Why::SlowStart) => format!(
+                    "raised to {} in slow start: good deliveries at \
                          the limit",
-                        k.adapt.adaptive()
-                    ),
-                    Some(Why::Said(line)) => line.clone(),
-                },
-            })
-            .collect()
+                    k.adapt.adaptive()
+                ),
+                Some(Why::Ended(ended)) => ended.to_string(),
+                Some(Why::Said(line)) => line.clone(),
+            },
+        })
+        .collect()
     }
 
     fn running_mut(&mut self, id: SlotId) -> Option<&mut Running> {
@@ -874,6 +908,32 @@ impl Core {
         let held: usize = self.keys.values().map(|k| k.held.len()).sum();
         assert_eq!(held as u32, self.held, "held count drifted");
     }
+}
+
+/// The `n` first of `items` by `order`, in that order: what sorting
+/// them all and taking `n` gives, for a total order, but holding at
+/// most `2n` of them. When the buffer is full, the `n` first of it are
+/// selected (`select_nth_unstable_by`, linear) and the rest dropped, so
+/// the whole costs O(items + n log n) time and O(n) room.
+fn first<T>(
+    items: impl IntoIterator<Item = T>,
+    n: usize,
+    order: impl Fn(&T, &T) -> Ordering,
+) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut kept = Vec::new();
+    for item in items {
+        if kept.len() == n.saturating_mul(2) {
+            kept.select_nth_unstable_by(n - 1, &order);
+            kept.truncate(n);
+        }
+        kept.push(item);
+    }
+    kept.sort_by(&order);
+    kept.truncate(n);
+    kept
 }
 
 #[cfg(test)]
@@ -1394,6 +1454,169 @@ mod tests {
         assert_eq!(s.effective, 9);
         assert!(s.why.starts_with("the rule's limit ended"), "{}", s.why);
         c.check_invariants();
+    }
+
+    const DEAD: &[u8] = b"ZSorry, I wasn't able to establish an SMTP \
+        connection. (#4.4.1)\n\0";
+
+    /// A core whose keys are suspended by their first site-level
+    /// failure, for `suspend_for`; every key configured at 20.
+    fn suspending(now: Instant, suspend_for: Duration) -> Core {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(120),
+            Some(10_000),
+            Box::new(|_| 20.into()),
+            Policy { initial: 5, suspend_after: 1, suspend_for },
+            now,
+        );
+        c.set_clock(now, 1_764_336_000);
+        c
+    }
+
+    /// Delivers one job for `key` at `now` and ends it with `output`.
+    fn deliver(
+        c: &mut Core,
+        delnum: u16,
+        key: &str,
+        now: Instant,
+        output: &[u8],
+    ) {
+        let mut fx = Vec::new();
+        c.handle(Event::Job { job: job(delnum, key), now }, &mut fx);
+        for (id, _) in starts(&fx) {
+            end(c, id, output, &mut fx);
+        }
+    }
+
+    /// Issue 15, finding 5: a key that was suspended, or capped by a
+    /// response rule, was kept for good once that ended, though nothing
+    /// ran or waited for it. Now it is forgotten like any idle key (past
+    /// the idle keys remembered), and not a moment before its time ends.
+    #[test]
+    fn a_key_is_forgotten_once_its_suspension_or_rule_ends() {
+        let now = Instant::now();
+        let mut c = suspending(now, Duration::from_secs(60));
+        c.set_responses(
+            shardspawn_common::response::Responses::parse(
+                b"limit=1:30s:slow down\n",
+            )
+            .unwrap(),
+        );
+        for i in 0..KEY_MEMORY {
+            deliver(&mut c, 0, &format!("d{i}.test"), now, OK);
+        }
+        assert_eq!(c.keys.len(), KEY_MEMORY);
+        deliver(&mut c, 1, "s.test", now, DEAD);
+        deliver(&mut c, 2, "r.test", now, b"Z1.2.3.4 said: 451 slow down\n\0");
+        let shown = |c: &Core, key: &str| {
+            c.key_status(usize::MAX).into_iter().find(|k| k.key == key)
+        };
+        assert!(shown(&c, "s.test").is_some_and(|k| k.suspended_until > 0));
+        assert!(shown(&c, "r.test").is_some_and(|k| k.effective == 1));
+        assert_eq!(c.keys.len(), KEY_MEMORY + 2, "kept while timed");
+        let mut fx = Vec::new();
+        // The rule ends: r.test goes. s.test is still suspended, kept,
+        // and still answers for itself.
+        c.handle(Event::Tick(now + Duration::from_secs(30)), &mut fx);
+        assert!(shown(&c, "r.test").is_none());
+        assert_eq!(c.keys.len(), KEY_MEMORY + 1);
+        let later = now + Duration::from_secs(30);
+        c.handle(Event::Job { job: job(3, "s.test"), now: later }, &mut fx);
+        assert!(reports(&fx)[0].1.starts_with(
+            b"Zshardspawn: s.test is \
+            suspended"
+        ));
+        // The suspension ends: s.test goes too.
+        c.handle(Event::Tick(now + Duration::from_secs(60)), &mut fx);
+        assert!(shown(&c, "s.test").is_none());
+        assert_eq!(c.keys.len(), KEY_MEMORY);
+        c.check_invariants();
+    }
+
+    /// The log takes [`CHANGES_NOTED`] changes a second and counts the
+    /// rest, so only those are kept: a burst of suspensions holds no
+    /// line per key till the log asks.
+    #[test]
+    fn changes_past_those_logged_are_counted_not_kept() {
+        let now = Instant::now();
+        let mut c = suspending(now, Duration::from_secs(60));
+        for i in 0..CHANGES_NOTED + 10 {
+            deliver(&mut c, 0, &format!("d{i}.test"), now, DEAD);
+        }
+        let notes = c.take_notes();
+        // Each key's failure lowers its limit, then suspends it: two.
+        assert_eq!(notes.changes.len(), CHANGES_NOTED);
+        assert_eq!(notes.more_changes, 2 * (CHANGES_NOTED + 10) - 50);
+        assert!(notes.changes[1].1.starts_with("suspended until"));
+        let notes = c.take_notes();
+        assert_eq!((notes.changes.len(), notes.more_changes), (0, 0));
+    }
+
+    /// One domain's life in the issue's measure: a delivery that fails
+    /// at site level (`fail`: the key is suspended for a second) or not,
+    /// then a second for the suspension to end. (A delivery after the
+    /// end let the key go even before issue 15; a domain that sends no
+    /// more did not.) Runs `domains` such domains through a core, a
+    /// thousand at a time, and returns how many keys it knows at the end
+    /// and its map's capacity.
+    fn domains_through(domains: usize, fail: bool) -> (usize, usize) {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut c = suspending(now, second);
+        let mut fx = Vec::new();
+        let mut t = now;
+        let output = if fail { DEAD } else { OK };
+        for batch in (0..domains).collect::<Vec<_>>().chunks(1000) {
+            for &i in batch {
+                deliver(&mut c, i as u16, &format!("d{i}.test"), t, output);
+            }
+            t += second;
+            c.handle(Event::Tick(t), &mut fx);
+            assert_eq!((c.running(), c.held()), (0, 0));
+        }
+        c.check_invariants();
+        (c.keys.len(), c.keys.capacity())
+    }
+
+    /// Issue 15's measure at the core: domains that were each suspended
+    /// once and recovered leave the shard knowing as many keys, in as
+    /// large a map, as healthy ones: the idle keys it remembers, not
+    /// every domain it saw. (The real binary's RSS is compared in
+    /// workshop/tests/memory_after_suspensions.rs.)
+    #[test]
+    fn keys_known_do_not_grow_with_domains_suspended_once() {
+        let healthy = domains_through(20_000, false);
+        let suspended = domains_through(20_000, true);
+        assert_eq!(healthy.0, KEY_MEMORY);
+        assert_eq!(suspended.0, healthy.0);
+        // The map's room depends on its history (a batch of suspended
+        // keys is known at once, and removals leave tombstones), but not
+        // on the number of domains.
+        assert!(suspended.1 <= 2 * healthy.1, "{suspended:?} {healthy:?}");
+    }
+
+    /// [`first`] gives what sorting everything and taking `n` gives.
+    #[test]
+    fn first_is_sorting_then_taking() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..60 {
+            let items: Vec<u64> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % 25
+                })
+                .collect();
+            let mut sorted = items.clone();
+            sorted.sort_by(|a, b| b.cmp(a));
+            for n in 0..len + 3 {
+                let want: Vec<u64> = sorted.iter().copied().take(n).collect();
+                let got = first(items.iter().copied(), n, |a, b| b.cmp(a));
+                assert_eq!(got, want, "{len} items, first {n}");
+            }
+        }
     }
 
     #[test]

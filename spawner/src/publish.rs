@@ -21,9 +21,6 @@ use crate::core::Core;
 /// How often a shard publishes its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
-/// Most changes of keys logged a second, one line each.
-const CHANGES_LOGGED: usize = 50;
-
 /// How many keys the status page lists.
 const STATUS_KEYS: usize = 20;
 
@@ -161,15 +158,14 @@ impl Publisher {
         }
         // Each change of a key's limit, rate or suspension is a line of
         // its own: they are what an admin looks for when a domain slows
-        // down. At most CHANGES_LOGGED a second, the rest counted.
-        let total = notes.changes.len();
-        for (key, what) in notes.changes.iter().take(CHANGES_LOGGED) {
+        // down. At most core::CHANGES_NOTED a second, the rest counted.
+        for (key, what) in &notes.changes {
             self.log.info(format_args!("{}: {what}", printable(key)));
         }
-        if total > CHANGES_LOGGED {
+        if notes.more_changes > 0 {
             self.log.info(format_args!(
                 "and {} more changes of limits this second",
-                total - CHANGES_LOGGED
+                notes.more_changes
             ));
         }
         let deferred = core.counters().deferred_by_limit;
