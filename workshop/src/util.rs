@@ -57,6 +57,27 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A memory figure of `/proc/PID/status` in KiB (`field` is `VmRSS`,
+/// `VmHWM`, ...): `None` when the process is gone or has no such line.
+pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, field)
+}
+
+/// The `field` line of a `/proc/PID/status` text, in KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Taken by every test that forks or reaps children in a way another
 /// test in the same process could disturb (`waitpid(-1)`, process-wide
 /// signal masks, fd counting). Survives a panicking holder.

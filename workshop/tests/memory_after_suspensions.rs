@@ -90,19 +90,7 @@ fn shard_rss_after(domains: usize, fail: bool) -> u64 {
 
 /// Resident memory of `pid` in KiB (0 if gone).
 fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
+    shardspawn_workshop::util::memory_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 fn compare(domains: usize) {

@@ -81,20 +81,7 @@ pub(super) fn parse_stat_cpu(stat: &str) -> Option<(u64, u64)> {
 
 /// VmHWM of `pid`, KiB.
 pub(super) fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_hwm(&status)
-}
-
-pub(super) fn parse_hwm(status: &str) -> Option<u64> {
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmHWM:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    crate::util::memory_kib(pid, "VmHWM")
 }
 
 #[cfg(test)]
@@ -108,8 +95,9 @@ mod tests {
         assert_eq!(parse_stat_cpu(stat), Some((300, 10)));
         assert_eq!(parse_stat_cpu("garbage"), None);
         let status = "Name:\tx\nVmPeak:\t  9 kB\nVmHWM:\t    2048 kB\n";
-        assert_eq!(parse_hwm(status), Some(2048));
-        assert_eq!(parse_hwm("Name: x\n"), None);
+        assert_eq!(crate::util::status_kib(status, "VmHWM"), Some(2048));
+        assert_eq!(crate::util::status_kib(status, "VmPeak"), Some(9));
+        assert_eq!(crate::util::status_kib("Name: x\n", "VmHWM"), None);
         let (own, _) = proc_cpu(std::process::id()).unwrap();
         assert!(own < u64::MAX);
         assert!(vm_hwm_kib(std::process::id()).unwrap() > 0);

@@ -546,19 +546,7 @@ impl Baseline {
 
 /// Resident memory of `pid` in KiB (0 if gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
+    shardspawn_workshop::util::memory_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// The process is there and not a zombie.
