@@ -499,6 +499,30 @@ impl Emulator {
         self.commands = None;
     }
 
+    /// qmail-send goes away: closes the command pipe, takes every record
+    /// still to come up to the end of the result stream, and checks what
+    /// every such end must show: fd 1 closed, the spawner exited 0, and
+    /// no record that broke the books (a second result, one for an idle
+    /// delnum, a cut one). Returns the records taken. Each wait (for a
+    /// record, for the exit) gives up after `within`.
+    ///
+    /// Panics, as a test assertion, when a check fails.
+    pub fn finish(&mut self, within: Duration) -> Vec<Record> {
+        self.close_commands();
+        let mut rest = Vec::new();
+        while let Some(r) = self.recv(Instant::now() + within) {
+            rest.push(r);
+        }
+        assert!(self.results_closed(), "fd 1 still open after EOF on fd 0");
+        let status = self.wait_exit(Instant::now() + within);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "shardspawn did not exit 0 after EOF: {status:?}"
+        );
+        assert!(self.violations().is_empty(), "{:?}", self.violations());
+        rest
+    }
+
     /// Closes the read end of the result pipe, as if qmail-send had gone
     /// away from it: the spawner's next write to fd 1 fails with EPIPE.
     /// Records that arrived before are taken and booked as usual; returns

@@ -240,22 +240,10 @@ pub fn assert_no_record_yet(emu: &mut Emulator) {
     }
 }
 
-/// qmail-send goes away: closes the command pipe, takes what is still to
-/// come, and checks the spawner exits 0 with every delnum answered
-/// exactly once. Returns the records taken.
+/// qmail-send goes away ([`Emulator::finish`]), and every delnum is
+/// answered exactly once. Returns the records taken.
 pub fn finish(emu: &mut Emulator) -> Vec<Record> {
-    emu.close_commands();
-    let mut rest = Vec::new();
-    while let Some(r) = emu.recv(soon()) {
-        rest.push(r);
-    }
-    assert!(emu.results_closed(), "fd 1 still open after EOF on fd 0");
-    let status = emu.wait_exit(soon());
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "shardspawn did not exit 0 after EOF: {status:?}"
-    );
-    assert!(emu.violations().is_empty(), "{:?}", emu.violations());
+    let rest = emu.finish(Duration::from_secs(20));
     assert_eq!(emu.in_flight(), 0, "unanswered: {:?}", emu.busy_delnums());
     rest
 }

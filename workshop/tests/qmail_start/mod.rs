@@ -119,24 +119,10 @@ pub fn result_of(emu: &mut Emulator, c: &Cmd) -> Vec<u8> {
     r.body
 }
 
-/// qmail-send goes away: closes the command pipe, takes every record
-/// still to come up to the end of the result stream, checks the spawner
-/// exited 0 and that no record broke the books (a second result, one for
-/// an idle delnum, a cut one). Returns the records taken.
+/// qmail-send goes away ([`Emulator::finish`]). Returns the records
+/// taken.
 pub fn finish(emu: &mut Emulator) -> Vec<Record> {
-    emu.close_commands();
-    let mut rest = Vec::new();
-    while let Some(r) = emu.recv(soon()) {
-        rest.push(r);
-    }
-    assert!(emu.results_closed(), "fd 1 still open after EOF on fd 0");
-    let status = emu.wait_exit(soon());
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "shardspawn did not exit 0 after EOF: {status:?}"
-    );
-    assert!(emu.violations().is_empty(), "{:?}", emu.violations());
-    rest
+    emu.finish(Duration::from_secs(10))
 }
 
 /// A recipient for the stand-in: `u+DIRECTIVES@host`.
