@@ -145,6 +145,41 @@ fn emit(state: &mut State, line: &str) {
     }
 }
 
+/// Writes a process's status files ([`sys::write_atomically`]) into
+/// its state directory, once a second, and says so once when that
+/// fails: again only after a write has worked in between, so a full
+/// disk is one line, not one a second.
+#[derive(Debug, Default)]
+pub struct StatusWriter {
+    failing: bool,
+}
+
+impl StatusWriter {
+    /// Writes each `(name, bytes)` into `dir`, stopping at the first
+    /// failure, which is logged unless the last write failed too.
+    pub fn write<'a>(
+        &mut self,
+        log: &Log,
+        dir: &Path,
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        let result = files.into_iter().try_for_each(|(name, bytes)| {
+            sys::write_atomically(dir, name, bytes)
+        });
+        match result {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                log.warn(format_args!(
+                    "unable to write status in {}: {e}",
+                    dir.display()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 impl Log {
     /// A logger whose lines say `shardspawn: ROLE: ...`.
     pub fn new(role: impl Into<String>) -> Log {

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shardspawn_common::status::{ShardStatus, printable};
-use shardspawn_os::log::Log;
-use shardspawn_os::sys::write_atomically;
+use shardspawn_os::log::{Log, StatusWriter};
 
 use crate::core::Core;
 
@@ -34,8 +33,8 @@ pub struct Publisher {
     started: u64,
     /// When to publish next.
     next: Instant,
-    /// A status write failed and was logged; do not log it again.
-    failed: bool,
+    /// Writes the files, and says once when that fails.
+    writer: StatusWriter,
     /// Deferrals by limit already reported in the log.
     deferred_logged: u64,
 }
@@ -87,7 +86,7 @@ impl Publisher {
             dir,
             started: unix(SystemTime::now()),
             next: Instant::now(),
-            failed: false,
+            writer: StatusWriter::default(),
             deferred_logged: 0,
         }
     }
@@ -114,20 +113,10 @@ impl Publisher {
     pub fn publish(&mut self, core: &Core, stopped: Option<SystemTime>) {
         let Some(dir) = &self.dir else { return };
         let status = snapshot(core, self.shard, self.started, stopped);
-        let result = files(&status).iter().try_for_each(|(name, text)| {
-            write_atomically(dir, name, text.as_bytes())
-        });
-        match result {
-            Ok(()) => self.failed = false,
-            Err(e) if !self.failed => {
-                self.failed = true;
-                self.log.warn(format_args!(
-                    "unable to write status in {}: {e}",
-                    dir.display()
-                ));
-            }
-            Err(_) => {}
-        }
+        let files = files(&status);
+        let files =
+            files.iter().map(|(name, text)| (&name[..], text.as_bytes()));
+        self.writer.write(&self.log, dir, files);
     }
 
     /// Once a second at most: which keys began holding, and how many

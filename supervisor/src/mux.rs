@@ -26,8 +26,8 @@ use shardspawn_common::record;
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 use shardspawn_common::status::SupervisorStatus;
-use shardspawn_os::log::Log;
-use shardspawn_os::sys::{self, Interest, Poller, Token, write_atomically};
+use shardspawn_os::log::{Log, StatusWriter};
+use shardspawn_os::sys::{self, Interest, Poller, Token};
 
 use crate::core::{
     Core, Effect, Event, GENERATION_BITS, Level, Loss, ShardId,
@@ -126,7 +126,7 @@ struct Mux {
     next_limits_check: Instant,
     next_status: Instant,
     started: SystemTime,
-    status_failed: bool,
+    status: StatusWriter,
     buf: Vec<u8>,
     /// Kept between events to reuse its allocation.
     effects: Vec<Effect>,
@@ -187,7 +187,7 @@ impl Mux {
             next_limits_check: Instant::now() + LIMITS_EVERY,
             next_status: Instant::now(),
             started: SystemTime::now(),
-            status_failed: false,
+            status: StatusWriter::default(),
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
         };
@@ -525,17 +525,8 @@ impl Mux {
             results: self.core.results(),
             restarts: self.core.restarts(),
         };
-        match write_atomically(dir, "supervisor", status.render().as_bytes()) {
-            Ok(()) => self.status_failed = false,
-            Err(e) if !self.status_failed => {
-                self.status_failed = true;
-                self.log.warn(format_args!(
-                    "unable to write status in {}: {e}",
-                    dir.display()
-                ));
-            }
-            Err(_) => {}
-        }
+        let text = status.render();
+        self.status.write(&self.log, dir, [("supervisor", text.as_bytes())]);
     }
 
     /// Reads what shard `id`'s result pipe holds and gives the core each
