@@ -78,6 +78,13 @@ pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// The uid and gid of `nobody` (65534 where there is no such user): an
+/// unprivileged user for the tests that run something as one, as root.
+pub fn nobody() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("nobody").ok().flatten();
+    user.map_or((65534, 65534), |u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
 /// Taken by every test that forks or reaps children in a way another
 /// test in the same process could disturb (`waitpid(-1)`, process-wide
 /// signal masks, fd counting). Survives a panicking holder.

@@ -573,15 +573,14 @@ fn out_of_fds() {
 /// deferral; then the limit goes back.
 #[test]
 fn out_of_processes() {
-    use nix::unistd::{User, geteuid};
+    use nix::unistd::geteuid;
+    use shardspawn_workshop::util::nobody;
     let _lock = fork_lock();
     if !geteuid().is_root() {
         println!("chaos: out_of_processes: skipped: needs root");
         return;
     }
-    let nobody = User::from_name("nobody").ok().flatten();
-    let user =
-        nobody.map_or((65534, 65534), |u| (u.uid.as_raw(), u.gid.as_raw()));
+    let user = nobody();
     let mut rig = Rig::new(2);
     rig.user = Some(user);
     // What nobody must write: the recording and the status files.

@@ -18,7 +18,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::unistd::{User, geteuid};
+use nix::unistd::geteuid;
+use shardspawn_workshop::util::nobody;
 
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_workshop::spawner::{Spawner, status_names_pid};
@@ -129,8 +130,7 @@ fn a_state_dir_of_another_user_or_writable_by_others_is_refused() {
         println!("status_files_are_safe: refused: skipped: needs root");
         return;
     }
-    let nobody = User::from_name("nobody").ok().flatten();
-    let nobody = nobody.map_or(65534, |u| u.uid.as_raw());
+    let (nobody, _) = nobody();
     let cases: [(Option<u32>, u32, &str); 4] = [
         (Some(nobody), 0o750, &format!("owned by uid {nobody}, not by uid 0")),
         (None, 0o1777, "mode 1777 lets others write in it"),

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::unistd::{User, geteuid};
+use nix::unistd::geteuid;
+use shardspawn_workshop::util::nobody;
 
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_workshop::spawner::{Spawner, status_names_pid};
@@ -96,9 +97,7 @@ fn status_for_a_user_who_may_not_read_it_says_no_permission() {
         println!("status_says_why: no permission: skipped: needs root");
         return;
     }
-    let nobody = User::from_name("nobody").ok().flatten();
-    let (uid, gid) =
-        nobody.map_or((65534, 65534), |u| (u.uid.as_raw(), u.gid.as_raw()));
+    let (uid, gid) = nobody();
     let reuid = format!("--reuid={uid}");
     let regid = format!("--regid={gid}");
     let as_nobody = ["setpriv", &reuid, &regid, "--clear-groups"];

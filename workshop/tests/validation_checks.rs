@@ -21,13 +21,14 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use nix::unistd::{User, geteuid};
+use nix::unistd::geteuid;
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_workshop::home::QmailHome;
 use shardspawn_workshop::recorder::Recording;
 use shardspawn_workshop::remote::{
     ENV_GATE, ENV_RECORD, Gate, default_result,
 };
+use shardspawn_workshop::util::nobody;
 use shardspawn_workshop::util::{children, wait_for};
 
 use qmail_start::{
@@ -339,9 +340,7 @@ fn a_failed_fork_is_unable_to_fork_and_the_shard_lives_on() {
         eprintln!("skipped: switching to an unprivileged user takes root");
         return;
     }
-    let nobody = User::from_name("nobody").ok().flatten();
-    let (uid, gid) =
-        nobody.map_or((65534, 65534), |u| (u.uid.as_raw(), u.gid.as_raw()));
+    let (uid, gid) = nobody();
     let width = DelnumWidth::One;
     let home = QmailHome::new().unwrap();
     let m = home.add_message(b"x\n");
