@@ -22,6 +22,8 @@
 //!   error that names one.
 //! - [`limits`]: the per-destination limits file, and which key and
 //!   limit a domain is counted under.
+//! - [`lookup`]: what the supervisor and its resolver process say:
+//!   a domain to look up, and its mail exchangers.
 //! - [`settings`]: the settings table, parsed from flags and environment.
 //! - [`response`]: the response rules, and what a result says about its
 //!   destination (site-level pushback or not).
@@ -38,6 +40,7 @@ pub mod domain;
 pub mod errno;
 pub mod frame;
 pub mod limits;
+pub mod lookup;
 pub mod record;
 pub mod refusal;
 pub mod report;
