@@ -26,6 +26,9 @@
 //! | `SHARDSPAWN_SUSPEND_AFTER` | `--suspend-after` |
 //! | `SHARDSPAWN_SUSPEND_SECONDS` | `--suspend-seconds` |
 //! | `SHARDSPAWN_RESPONSES` | `--responses` |
+//! | `SHARDSPAWN_SITES` | `--sites` |
+//! | `SHARDSPAWN_DNS` | `--dns` |
+//! | `SHARDSPAWN_DNS_SECONDS` | `--dns-seconds` |
 //!
 //! Values from the environment lose any trailing newlines (a file in an
 //! envdir usually ends in one). Numbers and the queue owner also lose
@@ -35,6 +38,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,6 +100,16 @@ pub struct Settings {
     pub suspend: Duration,
     /// Response rules file; `None`: [`DEFAULT_RESPONSES`] under the home.
     pub responses: Option<PathBuf>,
+    /// Count domains that share their MX hosts (a site) or a provider
+    /// rule under one key; `false`: every domain its own key (as before
+    /// issue 16). Default `true`.
+    pub sites: bool,
+    /// Name servers for MX lookups; empty: those of `/etc/resolv.conf`.
+    pub dns: Vec<SocketAddr>,
+    /// Longest a delivery waits for its domain's MX lookup before it
+    /// goes under its domain key. Default [`DEFAULT_DNS_WAIT`]; at least
+    /// 1 s.
+    pub dns_wait: Duration,
 }
 
 // Each default is named once, here: the settings, the arguments a shard
@@ -135,6 +149,14 @@ pub const DEFAULT_SUSPEND: Duration = Duration::from_secs(300);
 
 /// `SHARDSPAWN_RESPONSES`, under the home.
 pub const DEFAULT_RESPONSES: &str = "control/responserules";
+
+/// `SHARDSPAWN_DNS_SECONDS`: longest a delivery waits for DNS. A
+/// resolver tries a silent server about twice in this time.
+pub const DEFAULT_DNS_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest `SHARDSPAWN_DNS_SECONDS`: a delivery waiting longer for DNS
+/// than qmail-remote would itself is worse than its domain key.
+const DNS_SECONDS_MAX: u64 = 300;
 
 /// Most shard processes (the default, the number of CPUs, is capped at
 /// this too).
@@ -181,10 +203,13 @@ enum Name {
     SuspendAfter,
     SuspendSeconds,
     Responses,
+    Sites,
+    Dns,
+    DnsSeconds,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 17] = [
+const TABLE: [(Name, &str, &str); 20] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -202,6 +227,9 @@ const TABLE: [(Name, &str, &str); 17] = [
     (Name::SuspendAfter, "SHARDSPAWN_SUSPEND_AFTER", "--suspend-after"),
     (Name::SuspendSeconds, "SHARDSPAWN_SUSPEND_SECONDS", "--suspend-seconds"),
     (Name::Responses, "SHARDSPAWN_RESPONSES", "--responses"),
+    (Name::Sites, "SHARDSPAWN_SITES", "--sites"),
+    (Name::Dns, "SHARDSPAWN_DNS", "--dns"),
+    (Name::DnsSeconds, "SHARDSPAWN_DNS_SECONDS", "--dns-seconds"),
 ];
 
 /// Longest hold we accept, in seconds. Far beyond any sane setting, and
@@ -367,6 +395,43 @@ impl Raw {
         }
     }
 
+    /// `0` or `1`.
+    fn switch(&self) -> Result<bool, SettingsError> {
+        match self.trimmed()? {
+            b"0" => Ok(false),
+            b"1" => Ok(true),
+            _ => Err(self.error("must be 0 or 1")),
+        }
+    }
+
+    /// Name servers: `IP` or `IP:PORT` (`[IPv6]:PORT`), split on commas
+    /// or blanks; port 53 when not given.
+    fn servers(&self) -> Result<Vec<SocketAddr>, SettingsError> {
+        let text = self.trimmed()?;
+        let text = std::str::from_utf8(text)
+            .map_err(|_| self.error("not a list of name servers"))?;
+        let words = text.split([',', ' ', '\t']).filter(|w| !w.is_empty());
+        let mut servers = Vec::new();
+        for word in words {
+            let server = match word.parse::<SocketAddr>() {
+                Ok(server) => server,
+                Err(_) => match word.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, 53),
+                    Err(_) => {
+                        return Err(
+                            self.error(format!("{word} is not IP or IP:PORT"))
+                        );
+                    }
+                },
+            };
+            servers.push(server);
+        }
+        if servers.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(servers)
+    }
+
     /// A uid: any `u32`, 0 included.
     fn uid(&self) -> Result<u32, SettingsError> {
         let n = self.number(0, u64::from(u32::MAX))?;
@@ -470,6 +535,18 @@ impl Settings {
             suspend_after,
             suspend,
             responses: get(Name::Responses).map(Raw::path).transpose()?,
+            sites: get(Name::Sites)
+                .map(Raw::switch)
+                .transpose()?
+                .unwrap_or(true),
+            dns: get(Name::Dns)
+                .map(Raw::servers)
+                .transpose()?
+                .unwrap_or_default(),
+            dns_wait: match get(Name::DnsSeconds) {
+                None => DEFAULT_DNS_WAIT,
+                Some(r) => Duration::from_secs(r.number(1, DNS_SECONDS_MAX)?),
+            },
         })
     }
 
@@ -548,6 +625,9 @@ mod tests {
             suspend_after: 10,
             suspend: Duration::from_secs(300),
             responses: None,
+            sites: true,
+            dns: Vec::new(),
+            dns_wait: Duration::from_secs(5),
         };
         assert_eq!(s, want);
         assert_eq!(
@@ -581,6 +661,9 @@ mod tests {
             ("SHARDSPAWN_SUSPEND_AFTER", "0"),
             ("SHARDSPAWN_SUSPEND_SECONDS", "60"),
             ("SHARDSPAWN_RESPONSES", "rules"),
+            ("SHARDSPAWN_SITES", "0"),
+            ("SHARDSPAWN_DNS", "127.0.0.1:5353, ::1"),
+            ("SHARDSPAWN_DNS_SECONDS", "2"),
         ];
         let want = Settings {
             home: PathBuf::from("/q"),
@@ -602,6 +685,12 @@ mod tests {
             suspend_after: 0,
             suspend: Duration::from_secs(60),
             responses: Some(PathBuf::from("rules")),
+            sites: false,
+            dns: vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+            ],
+            dns_wait: Duration::from_secs(2),
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
         let mut flags = Vec::new();
@@ -651,6 +740,29 @@ mod tests {
             .unwrap();
         assert_eq!(s.hold, Duration::from_secs(7));
         assert_eq!(s.home, PathBuf::from(" /a b "));
+    }
+
+    #[test]
+    fn sites_and_name_servers_are_checked() {
+        let sites = |v: &str| parse(&[("SHARDSPAWN_SITES", v)], &[]);
+        assert!(sites("1\n").unwrap().sites);
+        assert_eq!(sites("yes").unwrap_err().why, "must be 0 or 1");
+        let dns = |v: &str| parse(&[("SHARDSPAWN_DNS", v)], &[]);
+        assert_eq!(
+            dns("10.0.0.1,[::1]:5300").unwrap().dns,
+            vec![
+                "10.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:5300".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            dns("ns1.example.com").unwrap_err().why,
+            "ns1.example.com is not IP or IP:PORT"
+        );
+        assert_eq!(dns(" , ").unwrap_err().why, "must not be empty");
+        let wait = |v: &str| parse(&[("SHARDSPAWN_DNS_SECONDS", v)], &[]);
+        assert_eq!(wait("0").unwrap_err().why, "must be at least 1");
+        assert_eq!(wait("301").unwrap_err().why, "must be at most 300");
     }
 
     #[test]

@@ -129,6 +129,12 @@ pub struct SupervisorStatus {
     pub results: u64,
     /// Shard restarts since start.
     pub restarts: u64,
+    /// Domains are keyed by site (1) or by domain (0).
+    pub sites: u8,
+    /// Deliveries waiting for an MX lookup now.
+    pub dns_waiting: u32,
+    /// Domains whose MX answers are kept.
+    pub dns_cached: u32,
 }
 
 /// Unix seconds as `2026-11-28 16:05:12 UTC`, for texts an admin reads
@@ -336,6 +342,9 @@ impl SupervisorStatus {
         let _ = writeln!(out, "in_flight {}", self.in_flight);
         let _ = writeln!(out, "results {}", self.results);
         let _ = writeln!(out, "restarts {}", self.restarts);
+        let _ = writeln!(out, "sites {}", self.sites);
+        let _ = writeln!(out, "dns_waiting {}", self.dns_waiting);
+        let _ = writeln!(out, "dns_cached {}", self.dns_cached);
         out
     }
 
@@ -354,6 +363,9 @@ impl SupervisorStatus {
                 "in_flight" => s.in_flight = num(name, v)?,
                 "results" => s.results = num(name, v)?,
                 "restarts" => s.restarts = num(name, v)?,
+                "sites" => s.sites = num(name, v)?,
+                "dns_waiting" => s.dns_waiting = num(name, v)?,
+                "dns_cached" => s.dns_cached = num(name, v)?,
                 _ => {}
             }
         }
@@ -423,6 +435,9 @@ mod tests {
             in_flight: 5,
             results: 6,
             restarts: 7,
+            sites: 1,
+            dns_waiting: 8,
+            dns_cached: 9,
         };
         assert_eq!(SupervisorStatus::parse(&s.render()), Ok(s));
     }
