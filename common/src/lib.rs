@@ -22,6 +22,8 @@
 //!   error that names one.
 //! - [`limits`]: the per-destination limits file, and which key and
 //!   limit a domain is counted under.
+//! - [`routes`]: qmail's `control/smtproutes`, and which relay a
+//!   domain's mail goes to.
 //! - [`lookup`]: what the supervisor and its resolver process say:
 //!   a domain to look up, and its mail exchangers.
 //! - [`settings`]: the settings table, parsed from flags and environment.
@@ -45,6 +47,7 @@ pub mod record;
 pub mod refusal;
 pub mod report;
 pub mod response;
+pub mod routes;
 pub mod settings;
 pub mod shard_config;
 pub mod status;
