@@ -1,6 +1,6 @@
 //! The per-destination limits file (`HOME/control/concurrencydomains`):
 //! its syntax, its rules, and which rule, key and limit apply to a
-//! recipient's domain.
+//! recipient's domain, or to the receiving site its mail goes to.
 //!
 //! The file follows qmail's control-file habits (like `smtproutes`): one
 //! rule a line, `KEY:VALUE`, split at the *first* ':'. Blank lines and
@@ -9,44 +9,109 @@
 //! trimmed.
 //!
 //! ```text
-//! :20                  the default for every domain not named
-//! example.com:5        one domain
-//! .example.com:3       every subdomain of example.com, not example.com
-//! gmail.com:=google    gmail.com belongs to group "google" ...
-//! .google.com:=google  ... and so does every subdomain of google.com
-//! =google:10           ... and the whole group shares one limit of 10
+//! :20                      the default for every domain not named
+//! example.com:5            one domain
+//! .example.com:3           every subdomain of example.com, not example.com
+//! gmail.com:=google        gmail.com belongs to group "google" ...
+//! .google.com:=google      ... and so does every subdomain of google.com
+//! =google:10               ... and the whole group shares one limit of 10
+//! @.google.com:=google     ... and so does every site whose MX host ends
+//!                          in .google.com (Google Workspace domains)
+//! @.protection.outlook.com:50,600/m
+//!                          every site whose MX host ends in
+//!                          .protection.outlook.com: one key, one limit
+//! @smarthost.example.net:200
+//!                          the site whose MX host (or smtproutes relay)
+//!                          is smarthost.example.net
+//! @:10                     every other site (absent: the `:` default)
 //! ```
 //!
 //! A value is a limit (1 to 65535) or `=NAME`, membership of a group
-//! (for domain and subdomain keys only). A limit may carry a rate after
-//! a comma, `N/s`, `N/m` or `N/h` (N 1 to 65535): `gmail.com:20,600/m`
-//! lets at most 600 deliveries a minute start for the key, one every
-//! 100 ms, and `:20,60/m` gives every domain such a rate of its own. Domains are stored as
-//! [`domain::normalise`] leaves a recipient's host (escapes decoded,
-//! ASCII lowercased, trailing dots removed, IP literals as `[a.b.c.d]`),
-//! suffixes likewise (as names: `.1.2.3.4` is no literal), group names
-//! lowercased; so a rule matches every spelling of its domain, and
-//! printing a parsed file ([`Limits`]'s `Display`) gives its rules
-//! normalised, which parse back to the same rules. A domain that a
-//! rule cannot spell plainly (one with a ':' or a space, or starting
-//! with '=' or '#') is written with `\DDD` escapes, as the resolver
-//! reads them: `\061google:5` names the domain `=google`.
+//! (for domain, subdomain and `@HOST`/`@.SUFFIX` keys only: `:` and `@:`
+//! take a limit). A limit may carry a rate after a comma, `N/s`, `N/m`
+//! or `N/h` (N 1 to 65535): `gmail.com:20,600/m` lets at most 600
+//! deliveries a minute start for the key, one every 100 ms, and
+//! `:20,60/m` gives every domain such a rate of its own.
 //!
-//! Matching, most specific first: the exact domain; else the longest
-//! subdomain rule (qmail's `smtproutes` order); else the default (20
-//! when the file is absent or has no default line). An IP literal
-//! matches exact rules only; a name in brackets that is no literal
+//! Domains are stored as [`domain::normalise`] leaves a recipient's host
+//! (escapes decoded, ASCII lowercased, trailing dots removed, IP literals
+//! as `[a.b.c.d]`), suffixes likewise (as names: `.1.2.3.4` is no
+//! literal), group names lowercased; so a rule matches every spelling of
+//! its domain, and printing a parsed file ([`Limits`]'s `Display`) gives
+//! its rules normalised, which parse back to the same rules. A domain
+//! that a rule cannot spell plainly (one with a ':' or a space, or
+//! starting with '=' or '#') is written with `\DDD` escapes, as the
+//! resolver reads them: `\061google:5` names the domain `=google`. The
+//! hosts and suffixes of `@` lines are normalised the same way, and may
+//! not hold a ',' (the separator of a site's key).
+//!
+//! # Sites and providers
+//!
+//! A **site** is where a domain's mail goes: its MX hosts; for a domain
+//! with no MX but an address, the domain itself; for a domain that
+//! `control/smtproutes` routes to a relay, the relay
+//! ([`crate::routes`]). Domains with equal MX host sets are one site.
+//! The `@` lines name sites by their **most preferred** hosts (those of
+//! the lowest preference value), as qmail-remote connects to those
+//! first: backup hosts never decide.
+//!
+//! - `@HOST:VALUE` matches a site whose most preferred host is HOST.
+//! - `@.SUFFIX:VALUE` matches one whose most preferred host ends in
+//!   `.SUFFIX` (not the host SUFFIX itself), the longest suffix first;
+//!   so one line covers a provider's many MX hosts, and two (say
+//!   `.google.com` and `.googlemail.com`) can share a group.
+//! - `@:LIMIT` is the limit of every site no `@` line matches.
+//!
+//! Of several most preferred hosts, the first by name that an `@` line
+//! matches decides, an exact `@HOST` line before a suffix. An IP literal
+//! host matches `@HOST` lines only.
+//!
+//! # Which rule applies
+//!
+//! For a domain, first: the exact domain line; else the longest
+//! subdomain line (qmail's `smtproutes` order) ([`Limits::lookup`]). A
+//! domain line is the admin's word on that domain, so no site is looked
+//! up ([`Match::is_domain_rule`]). Otherwise the domain's site decides
+//! ([`Limits::site`]): an `@` line matching it; else the site itself,
+//! with the `@:` limit, else the `:` default, else 20. A site gets the
+//! `:` default because that number was always meant per receiver, a
+//! domain being the receiver the spawner could see; now that it sees the
+//! receiver, the number applies there, and `@:` lets an admin give sites
+//! another. When the site is unknown (sites turned off, DNS failed or
+//! timed out, no such domain or no host, an IP literal), `lookup`'s own
+//! answer stands: the domain, with the `:` default (20 when the file is
+//! absent or has no default line). An IP literal matches exact domain
+//! lines only; a name in brackets that is no literal
 //! (`[x].example.com`) is a name like any other.
 //!
-//! A delivery is counted under a **key**: `=NAME` for a group, otherwise
-//! the domain itself, so a subdomain rule or the default gives each
-//! domain its own limit, not a shared one. Recipient domains come from
-//! outside, and one could literally be `=google`: it must not share the
-//! group's count. [`domain::normalise`] writes a leading '=' as `\061`,
-//! the resolver's spelling of the same name, so no normalised domain
-//! starts with '='; [`Limits::lookup`] keys any domain that does (one
-//! not normalised) the same way. A key never holds a NUL: it travels to
-//! its shard as a NUL-terminated field of a job frame.
+//! # Keys
+//!
+//! A delivery is counted under a **key**, and each key's count lives in
+//! one shard ([`crate::domain::shard_for`]):
+//!
+//! - `=NAME` for a group: every domain and site its lines name.
+//! - `@HOST` or `@.SUFFIX`, the `@` line's own key, for a site an `@`
+//!   line with a limit matches: `@.protection.outlook.com`.
+//! - `@` and the site's hosts, unique, sorted, joined with ',' for a
+//!   site no `@` line matches: `@alt1.aspmx.l.google.com,aspmx.l.google.com`
+//!   ([`site_key`], at most [`SITE_KEY_MAX`] bytes by dropping whole
+//!   hosts from the end). A one-host site's key is an exact `@HOST`
+//!   line's, on purpose: `@smarthost.example.net:200` names that site.
+//! - Otherwise the domain itself, so a subdomain line or the default
+//!   gives each domain its own limit, not a shared one.
+//!
+//! A shard has only the key, and finds its limit from it
+//! ([`Limits::allowance_of_key`]): a group's, an `@` line's own, the
+//! `@:` limit for any other `@` key, a domain's line's.
+//!
+//! Recipient domains come from outside, and one could literally be
+//! `=google` or `@.google.com`: it must not share the group's or the
+//! provider's count. [`domain::normalise`] writes a leading '=' as
+//! `\061` and every '@' as `\064`, the resolver's spelling of the same
+//! name, so no normalised domain starts with either; [`Limits::lookup`]
+//! keys any domain that does (one not normalised) the same way. A key
+//! never holds a NUL: it travels to its shard as a NUL-terminated field
+//! of a job frame.
 //!
 //! XXX: an IPv6 literal (`[IPv6:::1]`) is a name to stock qmail-remote,
 //! which has no IPv6 and fails to resolve it; the file can name it only
@@ -60,6 +125,7 @@ use std::str::FromStr;
 
 use crate::control::{self, ControlError, trim};
 use crate::domain;
+use crate::lookup::Exchange;
 
 /// The limit of a domain when the file is absent or has no default line.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -69,6 +135,10 @@ pub const LIMIT_MAX: u32 = 65535;
 
 /// The longest group name, in bytes.
 const GROUP_NAME_MAX: usize = 64;
+
+/// The most bytes of a site key ([`site_key`]), unless its first host
+/// alone is longer.
+pub const SITE_KEY_MAX: usize = 1024;
 
 /// How often deliveries for a key may start: `count` per `per`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,7 +234,7 @@ impl fmt::Display for Allowance {
     }
 }
 
-/// What a domain or subdomain rule gives.
+/// What a domain, subdomain, `@HOST` or `@.SUFFIX` rule gives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
     /// Its own limit (and rate).
@@ -185,6 +255,14 @@ pub enum Rule {
     Subdomain(Vec<u8>, Value),
     /// `=NAME:LIMIT`: the limit shared by the group's members.
     Group(String, Allowance),
+    /// `@HOST:VALUE`: every site whose deciding mail exchanger (or
+    /// smtproutes relay) is HOST (normalised as a domain).
+    Exchange(Vec<u8>, Value),
+    /// `@.SUFFIX:VALUE`: every site whose deciding mail exchanger ends
+    /// in `.SUFFIX`; the vector is the suffix without its leading '.'.
+    ExchangeSuffix(Vec<u8>, Value),
+    /// `@:LIMIT`: the limit of every site no `@` rule names.
+    SiteDefault(Allowance),
 }
 
 /// A line of the file that did not parse, or a group used and never
@@ -212,13 +290,55 @@ pub enum MatchedRule {
         /// Its line in the file; `None` for the built-in default.
         line: Option<usize>,
     },
+    /// An `@` rule matched one of the site's most preferred hosts.
+    Provider {
+        /// Its line in the file.
+        line: usize,
+        /// The rule's key after its '@': the host of an exact rule
+        /// (`mx.example.net`), or the suffix of a suffix rule with its
+        /// leading '.' (`.google.com`).
+        pattern: Vec<u8>,
+        /// The mail exchanger (or relay) it matched.
+        host: Vec<u8>,
+    },
+    /// No `@` rule matched: the site is its own key.
+    Site {
+        /// The line whose limit applies: the `@:` line, else the `:`
+        /// line; `None` for the built-in default.
+        line: Option<usize>,
+    },
 }
 
-/// What applies to one domain.
+impl MatchedRule {
+    /// True for a rule naming the domain (exact or subdomain): a caller
+    /// looks no site up for such a domain, as the rule decides.
+    pub fn is_domain_rule(&self) -> bool {
+        matches!(
+            self,
+            MatchedRule::Exact { .. } | MatchedRule::Subdomain { .. }
+        )
+    }
+}
+
+/// What kind of destination a key counts (see the module docs' keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// A domain's own key.
+    Domain,
+    /// `=NAME`: a group's.
+    Group,
+    /// `@PATTERN`: an `@` rule's own key.
+    Provider,
+    /// `@HOST,HOST...`: a site's, named by its mail exchangers.
+    Site,
+}
+
+/// What applies to one domain or site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {
-    /// The key the delivery is counted under: `=NAME` for a group, else
-    /// the domain (NUL-prefixed if it starts with '=').
+    /// The key the delivery is counted under: `=NAME` for a group,
+    /// `@PATTERN` for a provider, `@HOST,...` for a site, else the
+    /// domain (its leading '=' or '@', if not normalised, escaped).
     pub key: Vec<u8>,
     /// The most deliveries running at once under `key`.
     pub limit: u32,
@@ -226,6 +346,14 @@ pub struct Match {
     pub rate: Option<Rate>,
     /// The rule that matched.
     pub rule: MatchedRule,
+}
+
+impl Match {
+    /// True if a rule naming the domain decided: see
+    /// [`MatchedRule::is_domain_rule`].
+    pub fn is_domain_rule(&self) -> bool {
+        self.rule.is_domain_rule()
+    }
 }
 
 /// A parsed limits file.
@@ -248,6 +376,14 @@ pub struct Limits {
     /// The longest suffix in `suffixes`: no longer tail of a domain can
     /// match, so none is hashed.
     suffix_max: usize,
+    /// Mail exchanger → its `@HOST` rule's line and value.
+    exchanges: HashMap<Vec<u8>, (usize, Value)>,
+    /// Suffix (no leading '.') → its `@.SUFFIX` rule's line and value.
+    exchange_suffixes: HashMap<Vec<u8>, (usize, Value)>,
+    /// The longest suffix in `exchange_suffixes`.
+    exchange_suffix_max: usize,
+    /// The `@:` line's number and allowance, if there is one.
+    site_default: Option<(usize, Allowance)>,
 }
 
 impl PartialEq for Limits {
@@ -268,6 +404,10 @@ impl Limits {
             suffixes: HashMap::new(),
             groups: HashMap::new(),
             suffix_max: 0,
+            exchanges: HashMap::new(),
+            exchange_suffixes: HashMap::new(),
+            exchange_suffix_max: 0,
+            site_default: None,
         }
     }
 
@@ -281,10 +421,8 @@ impl Limits {
         for (line, text) in control::lines(text) {
             let error = |why: String| ControlError::new(line, text, why);
             let rule = Rule::parse_trimmed(text).map_err(error)?;
-            if let Rule::Domain(_, Value::Group(name))
-            | Rule::Subdomain(_, Value::Group(name)) = &rule
-            {
-                uses.push((line, text, name.clone()));
+            if let Some(name) = rule.group_used() {
+                uses.push((line, text, name.to_owned()));
             }
             if let Err(first) = limits.add(line, rule) {
                 return Err(error(format!(
@@ -312,6 +450,13 @@ impl Limits {
                 self.suffixes.get(s).map(|(line, _)| *line)
             }
             Rule::Group(g, _) => self.groups.get(g).map(|(line, _)| *line),
+            Rule::Exchange(h, _) => {
+                self.exchanges.get(h).map(|(line, _)| *line)
+            }
+            Rule::ExchangeSuffix(s, _) => {
+                self.exchange_suffixes.get(s).map(|(line, _)| *line)
+            }
+            Rule::SiteDefault(_) => self.site_default.map(|(line, _)| line),
         };
         if let Some(first) = first {
             return Err(first);
@@ -328,6 +473,15 @@ impl Limits {
             Rule::Group(g, n) => {
                 self.groups.insert(g.clone(), (line, *n));
             }
+            Rule::Exchange(h, v) => {
+                self.exchanges.insert(h.clone(), (line, v.clone()));
+            }
+            Rule::ExchangeSuffix(s, v) => {
+                self.exchange_suffix_max =
+                    self.exchange_suffix_max.max(s.len());
+                self.exchange_suffixes.insert(s.clone(), (line, v.clone()));
+            }
+            Rule::SiteDefault(a) => self.site_default = Some((line, *a)),
         }
         self.rules.push((line, rule));
         Ok(())
@@ -414,23 +568,159 @@ impl Limits {
     ) -> Match {
         let (key, allowance) = match value {
             Value::Limit(a) => (domain_key(domain), *a),
-            Value::Group(name) => {
-                let mut key = Vec::with_capacity(1 + name.len());
-                key.push(b'=');
-                key.extend_from_slice(name.as_bytes());
-                // `parse` checked every used group is defined.
-                let allowance = self
-                    .group_allowance(name)
-                    .unwrap_or_else(|| self.default_allowance());
-                (key, allowance)
-            }
+            Value::Group(name) => self.group_key(name),
         };
         Match { key, limit: allowance.limit, rate: allowance.rate, rule }
     }
 
-    /// The limit of a key as [`lookup`](Limits::lookup) produces it (a
-    /// group key or a domain key), for a shard that only has the key.
-    /// An unknown group has the default limit.
+    /// A group's key and allowance.
+    fn group_key(&self, name: &str) -> (Vec<u8>, Allowance) {
+        let mut key = Vec::with_capacity(1 + name.len());
+        key.push(b'=');
+        key.extend_from_slice(name.as_bytes());
+        // `parse` checked every used group is defined.
+        let allowance = self
+            .group_allowance(name)
+            .unwrap_or_else(|| self.default_allowance());
+        (key, allowance)
+    }
+
+    /// The allowance of a site no `@` rule names: the `@:` line's, else
+    /// the default's (see [`MatchedRule::Site`] for the line).
+    pub fn site_allowance(&self) -> Allowance {
+        self.site_line().1
+    }
+
+    /// The line that gives a site's allowance, and the allowance.
+    fn site_line(&self) -> (Option<usize>, Allowance) {
+        match (self.site_default, self.default) {
+            (Some((line, a)), _) | (None, Some((line, a))) => (Some(line), a),
+            (None, None) => (None, DEFAULT_LIMIT.into()),
+        }
+    }
+
+    /// What applies to a site: a domain's mail exchangers (at least
+    /// one, hosts normalised as [`Exchange`] says), or the one host a
+    /// domain with no MX, or a routed domain's relay, stands for.
+    ///
+    /// The most preferred hosts (the lowest preference value) decide, in
+    /// name order: the first that an `@` rule matches gives that rule
+    /// (an exact `@HOST` rule before suffix rules, the longest suffix
+    /// first), its key (`@PATTERN`, or `=NAME` for a group) and its
+    /// allowance. Backup hosts never decide. With no match the key is
+    /// the site's, [`site_key`] of all its hosts, with
+    /// [`site_allowance`](Limits::site_allowance).
+    ///
+    /// An IP literal host matches exact rules only. A caller asks this
+    /// only for a domain whose [`lookup`](Limits::lookup) matched no
+    /// domain rule ([`Match::is_domain_rule`]).
+    pub fn site(&self, exchanges: &[Exchange]) -> Match {
+        let best = exchanges.iter().map(|x| x.preference).min();
+        let mut first: Vec<&[u8]> = exchanges
+            .iter()
+            .filter(|x| Some(x.preference) == best)
+            .map(|x| &x.host[..])
+            .collect();
+        first.sort_unstable();
+        first.dedup();
+        for host in first {
+            if let Some((line, pattern, value)) = self.provider(host) {
+                let (key, allowance) = match value {
+                    Value::Limit(a) => ([b"@", &pattern[..]].concat(), *a),
+                    Value::Group(name) => self.group_key(name),
+                };
+                let rule = MatchedRule::Provider {
+                    line,
+                    pattern,
+                    host: host.to_vec(),
+                };
+                return Match {
+                    key,
+                    limit: allowance.limit,
+                    rate: allowance.rate,
+                    rule,
+                };
+            }
+        }
+        let key = site_key(exchanges.iter().map(|x| &x.host));
+        let (line, allowance) = self.at_key(&key[1..]);
+        Match {
+            key,
+            limit: allowance.limit,
+            rate: allowance.rate,
+            rule: MatchedRule::Site { line },
+        }
+    }
+
+    /// The `@` rule matching a host, if any: its line, its pattern (the
+    /// key after '@') and its value.
+    fn provider(&self, host: &[u8]) -> Option<(usize, Vec<u8>, &Value)> {
+        if let Some((line, value)) = self.exchanges.get(host) {
+            return Some((*line, host.to_vec(), value));
+        }
+        if domain::ip_literal(host).is_some() {
+            return None;
+        }
+        let dots = host.iter().enumerate().filter(|&(_, &b)| b == b'.');
+        for (dot, _) in dots {
+            let suffix = &host[dot + 1..];
+            if suffix.len() > self.exchange_suffix_max {
+                continue;
+            }
+            if let Some((line, value)) = self.exchange_suffixes.get(suffix) {
+                return Some((*line, host[dot..].to_vec(), value));
+            }
+        }
+        None
+    }
+
+    /// The rule whose own key is `@` followed by `rest`: one with a limit
+    /// of its own (a group's members count under `=NAME`).
+    fn own_key_rule(&self, rest: &[u8]) -> Option<(usize, Allowance)> {
+        let found = match rest.split_first() {
+            Some((b'.', suffix)) => self.exchange_suffixes.get(suffix),
+            _ => self.exchanges.get(rest),
+        };
+        match found {
+            Some((line, Value::Limit(a))) => Some((*line, *a)),
+            _ => None,
+        }
+    }
+
+    /// The line and allowance of the key `@` followed by `rest`: the
+    /// rule's it names, else a site's. [`site`](Limits::site) takes a
+    /// site key's allowance from here too, so a shard with only the key
+    /// finds the same: a site key cut to one host at [`SITE_KEY_MAX`]
+    /// that names a rule is that rule's key, merged (never split).
+    fn at_key(&self, rest: &[u8]) -> (Option<usize>, Allowance) {
+        match self.own_key_rule(rest) {
+            Some((line, a)) => (Some(line), a),
+            None => self.site_line(),
+        }
+    }
+
+    /// What kind of key `key` is, as [`lookup`](Limits::lookup) and
+    /// [`site`](Limits::site) make them: `=` starts a group's; `@` a
+    /// provider's if the rest is the pattern of an `@` rule with a
+    /// limit of its own, else a site's; anything else is a domain's.
+    pub fn key_kind(&self, key: &[u8]) -> KeyKind {
+        match key.split_first() {
+            Some((b'=', _)) => KeyKind::Group,
+            Some((b'@', rest)) => match self.own_key_rule(rest) {
+                Some(_) => KeyKind::Provider,
+                None => KeyKind::Site,
+            },
+            _ => KeyKind::Domain,
+        }
+    }
+
+    /// The limit of a key as [`lookup`](Limits::lookup) or
+    /// [`site`](Limits::site) produces it, for a shard that only has the
+    /// key. A group key has its group's limit (an unknown group the
+    /// default); `@.SUFFIX` and `@HOST` that of the rule so named if it
+    /// has a limit of its own, and any other `@` key (a site's) the
+    /// site's, [`site_allowance`](Limits::site_allowance); a domain's
+    /// key that of its rule.
     pub fn limit_of_key(&self, key: &[u8]) -> u32 {
         self.allowance_of_key(key).limit
     }
@@ -444,6 +734,7 @@ impl Limits {
                 .ok()
                 .and_then(|name| self.group_allowance(name))
                 .unwrap_or_else(|| self.default_allowance()),
+            Some((b'@', rest)) => self.at_key(rest).1,
             _ => {
                 let m = self.lookup(key);
                 Allowance { limit: m.limit, rate: m.rate }
@@ -482,10 +773,11 @@ impl FromStr for Limits {
     }
 }
 
-/// A domain's own key: the domain, with a leading '=' written `\061` as
-/// [`domain::normalise`] writes it, so that no domain is taken for a
-/// group. (A normalised domain never starts with '='; this is for one
-/// that is not.)
+/// A domain's own key: the domain, with a leading '=' written `\061`
+/// and a leading '@' `\064`, as [`domain::normalise`] writes them, so
+/// that no domain is taken for a group, a provider or a site. (A
+/// normalised domain never starts with either; this is for one that is
+/// not.)
 ///
 /// The prefix was once a NUL; but the key travels in a job frame as a
 /// NUL-terminated field, so a recipient `u@=x` broke the frame and made
@@ -493,8 +785,36 @@ impl FromStr for Limits {
 fn domain_key(domain: &[u8]) -> Vec<u8> {
     match domain.split_first() {
         Some((b'=', rest)) => [b"\\061".as_slice(), rest].concat(),
+        Some((b'@', rest)) => [b"\\064".as_slice(), rest].concat(),
         _ => domain.to_vec(),
     }
+}
+
+/// The key of a site: `@` and its hosts, unique, sorted by name (as
+/// bytes), joined with ','; cut at [`SITE_KEY_MAX`] bytes by dropping
+/// whole hosts from the end, keeping at least the first. Domains whose
+/// MX host sets are equal share it; a cut merges sites, never splits
+/// one. With no host it is `@`.
+pub fn site_key<I>(hosts: I) -> Vec<u8>
+where
+    I: IntoIterator,
+    I::Item: AsRef<[u8]>,
+{
+    let mut hosts: Vec<I::Item> = hosts.into_iter().collect();
+    hosts.sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    hosts.dedup_by(|a, b| a.as_ref() == b.as_ref());
+    let mut key = vec![b'@'];
+    for (i, host) in hosts.iter().enumerate() {
+        let host = host.as_ref();
+        if i > 0 {
+            if key.len() + 1 + host.len() > SITE_KEY_MAX {
+                break;
+            }
+            key.push(b',');
+        }
+        key.extend_from_slice(host);
+    }
+    key
 }
 
 impl Rule {
@@ -525,6 +845,7 @@ impl Rule {
         let key = trim(&line[..colon]);
         let value = &line[colon + 1..];
         match key.split_first() {
+            Some((b'@', pattern)) => Rule::parse_exchange(pattern, value),
             None => match parse_value(value)? {
                 Value::Limit(a) => Ok(Rule::Default(a)),
                 Value::Group(_) => {
@@ -561,6 +882,45 @@ impl Rule {
         }
     }
 
+    /// Parses an `@` line: `pattern` is the key after its '@'.
+    fn parse_exchange(pattern: &[u8], value: &[u8]) -> Result<Rule, String> {
+        match pattern.split_first() {
+            None => match parse_value(value)? {
+                Value::Limit(a) => Ok(Rule::SiteDefault(a)),
+                Value::Group(_) => Err("the site default must be a limit, \
+                                        not a group"
+                    .to_owned()),
+            },
+            Some((b'.', suffix)) => {
+                let suffix = exchange_name(suffix, |s| {
+                    domain::normalise_name(s, false)
+                })?;
+                if suffix.is_empty() {
+                    return Err("empty host after '@.'".to_owned());
+                }
+                Ok(Rule::ExchangeSuffix(suffix, parse_value(value)?))
+            }
+            Some(_) => {
+                let host = exchange_name(pattern, domain::normalise)?;
+                if host.is_empty() {
+                    return Err("empty host after '@'".to_owned());
+                }
+                Ok(Rule::Exchange(host, parse_value(value)?))
+            }
+        }
+    }
+
+    /// The group a rule makes its domains or sites members of.
+    fn group_used(&self) -> Option<&str> {
+        match self {
+            Rule::Domain(_, Value::Group(name))
+            | Rule::Subdomain(_, Value::Group(name))
+            | Rule::Exchange(_, Value::Group(name))
+            | Rule::ExchangeSuffix(_, Value::Group(name)) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The rule as one line, without a newline; 8-bit bytes as they are.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -579,6 +939,19 @@ impl Rule {
             }
             Rule::Group(name, n) => {
                 out.extend_from_slice(format!("={name}:{n}").as_bytes())
+            }
+            Rule::Exchange(host, value) => {
+                out.push(b'@');
+                out.extend_from_slice(host);
+                out.extend_from_slice(format!(":{value}").as_bytes());
+            }
+            Rule::ExchangeSuffix(suffix, value) => {
+                out.extend_from_slice(b"@.");
+                out.extend_from_slice(suffix);
+                out.extend_from_slice(format!(":{value}").as_bytes());
+            }
+            Rule::SiteDefault(n) => {
+                out.extend_from_slice(format!("@:{n}").as_bytes())
             }
         }
         out
@@ -627,6 +1000,23 @@ fn check_host_bytes(bytes: &[u8]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A host or suffix of an `@` rule, checked as a domain's bytes are and
+/// normalised by `normalise`. It may not hold a ',', not even escaped:
+/// a site key joins its hosts with ',', and a rule's own key must never
+/// be a site's.
+fn exchange_name(
+    bytes: &[u8],
+    normalise: impl Fn(&[u8]) -> Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let bad = "a host cannot contain whitespace, '@', ':', ',' or NUL";
+    check_host_bytes(bytes).map_err(|_| bad.to_owned())?;
+    let name = normalise(bytes);
+    if name.contains(&b',') {
+        return Err(bad.to_owned());
+    }
+    Ok(name)
 }
 
 /// A value: a limit with maybe a rate (`20,600/m`), or `=NAME`.
@@ -994,6 +1384,67 @@ googlemail.com:=google
                 "line 3: .A.COM:2: named twice; first on line 1",
             ),
             (b"=g:1\n=G:2", "line 2: =G:2: named twice; first on line 1"),
+            (
+                b"@mx.a.test:5\n@MX.A.test.:6",
+                "line 2: @MX.A.test.:6: named twice; first on line 1",
+            ),
+            (
+                b"@.a.test:5\n@.A.TEST:6",
+                "line 2: @.A.TEST:6: named twice; first on line 1",
+            ),
+            (b"@:1\n@ :2", "line 2: @ :2: named twice; first on line 1"),
+            (
+                b"@:=g\n=g:1",
+                "line 1: @:=g: the site default must be a limit, not a group",
+            ),
+            (b"@.:5", "line 1: @.:5: empty host after '@.'"),
+            (b"@..:5", "line 1: @..:5: empty host after '@.'"),
+            (b"@\\:5", "line 1: @\\:5: empty host after '@'"),
+            (b"@mx.test:0", "line 1: @mx.test:0: a limit must be at least 1"),
+            (b"@mx.test:", "line 1: @mx.test:: no value after ':'"),
+            (
+                b"@.mx.test:5,1/d",
+                "line 1: @.mx.test:5,1/d: a rate is N/s, N/m or N/h, \
+                 N 1 to 65535",
+            ),
+            (
+                b"@mx.test:=g\nx.test:=g",
+                "line 1: @mx.test:=g: group g is used but not defined",
+            ),
+            (
+                b"a.test:1\n@.mx.test:=g",
+                "line 2: @.mx.test:=g: group g is used but not defined",
+            ),
+            (
+                b"@a,b.test:5",
+                "line 1: @a,b.test:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
+            (
+                b"@a\\044b.test:5",
+                "line 1: @a\\044b.test:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
+            (
+                b"@.a\\,b:5",
+                "line 1: @.a\\,b:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
+            (
+                b"@ mx.test:5",
+                "line 1: @ mx.test:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
+            (
+                b"@u@mx.test:5",
+                "line 1: @u@mx.test:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
+            (
+                b"@@:5",
+                "line 1: @@:5: a host cannot contain whitespace, \
+                 '@', ':', ',' or NUL",
+            ),
             (b":1\n# x\n :2", "line 3: :2: named twice; first on line 1"),
             // The first error in line order ...
             (b"a.com:x\nb.com:0", "line 1: a.com:x: not a number"),
@@ -1182,6 +1633,340 @@ googlemail.com:=google
         assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 
+    /// The issue's kind of file: providers by MX suffix, one sharing a
+    /// group with domains, a smarthost by name, and a site default.
+    const SITES: &str = "\
+:20
+gmail.com:=google
+@.google.com:=google
+@.googlemail.com:=google
+=google:10
+@.protection.outlook.com:50,600/m
+@smarthost.example.net:200
+@mx.example.net:7
+@.example.net:5
+@.net:2
+@[192.0.2.1]:4
+@.1]:9
+@:12
+";
+
+    /// Exchanges from (preference, host) pairs.
+    fn mx(hosts: &[(u16, &str)]) -> Vec<Exchange> {
+        hosts
+            .iter()
+            .map(|&(preference, host)| Exchange {
+                preference,
+                host: host.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    fn provider(line: usize, pattern: &str, host: &str) -> MatchedRule {
+        MatchedRule::Provider {
+            line,
+            pattern: pattern.as_bytes().to_vec(),
+            host: host.as_bytes().to_vec(),
+        }
+    }
+
+    /// (exchanges as (preference, host), key, limit, rule).
+    type SiteRow<'a> = (&'a [(u16, &'a str)], &'a str, u32, MatchedRule);
+
+    /// Checks `site` against rows, and that a shard given only the key
+    /// finds the same allowance.
+    fn check_sites(limits: &Limits, table: &[SiteRow<'_>]) {
+        for (hosts, key, limit, rule) in table {
+            let m = limits.site(&mx(hosts));
+            let got = (String::from_utf8_lossy(&m.key), m.limit, &m.rule);
+            assert_eq!(got, ((*key).into(), *limit, rule), "{hosts:?}");
+            let a = limits.allowance_of_key(&m.key);
+            assert_eq!((a.limit, a.rate), (m.limit, m.rate), "{hosts:?}");
+        }
+    }
+
+    #[test]
+    fn sites_and_providers_by_their_most_preferred_hosts() {
+        let limits = parse(SITES);
+        let site = |line| MatchedRule::Site { line };
+        let google = "aspmx.l.google.com";
+        check_sites(
+            &limits,
+            &[
+                // A provider by suffix, into a group shared with domains.
+                (
+                    &[(5, "alt1.aspmx.l.google.com"), (1, google)],
+                    "=google",
+                    10,
+                    provider(3, ".google.com", google),
+                ),
+                (
+                    &[(10, "mx.googlemail.com")],
+                    "=google",
+                    10,
+                    provider(4, ".googlemail.com", "mx.googlemail.com"),
+                ),
+                // A provider with a key of its own.
+                (
+                    &[(0, "x-com.mail.protection.outlook.com")],
+                    "@.protection.outlook.com",
+                    50,
+                    provider(
+                        6,
+                        ".protection.outlook.com",
+                        "x-com.mail.protection.outlook.com",
+                    ),
+                ),
+                // An exact host (a relay is one too).
+                (
+                    &[(0, "smarthost.example.net")],
+                    "@smarthost.example.net",
+                    200,
+                    provider(
+                        7,
+                        "smarthost.example.net",
+                        "smarthost.example.net",
+                    ),
+                ),
+                // Exact beats suffix; the longest suffix first.
+                (
+                    &[(10, "mx.example.net")],
+                    "@mx.example.net",
+                    7,
+                    provider(8, "mx.example.net", "mx.example.net"),
+                ),
+                (
+                    &[(10, "mx2.example.net")],
+                    "@.example.net",
+                    5,
+                    provider(9, ".example.net", "mx2.example.net"),
+                ),
+                (
+                    &[(10, "mx.other.net")],
+                    "@.net",
+                    2,
+                    provider(10, ".net", "mx.other.net"),
+                ),
+                // A suffix names subdomains only, as for domains.
+                (
+                    &[(10, "example.net")],
+                    "@.net",
+                    2,
+                    provider(10, ".net", "example.net"),
+                ),
+                (&[(10, "net")], "@net", 12, site(Some(13))),
+                // Of the most preferred, the first by name a rule
+                // matches decides, whatever rule matches a later one.
+                (
+                    &[
+                        (10, "mx.example.net"),
+                        (10, "a.mail.protection.outlook.com"),
+                    ],
+                    "@.protection.outlook.com",
+                    50,
+                    provider(
+                        6,
+                        ".protection.outlook.com",
+                        "a.mail.protection.outlook.com",
+                    ),
+                ),
+                (
+                    &[(10, "zz.example.net"), (10, "a.unnamed.test")],
+                    "@.example.net",
+                    5,
+                    provider(9, ".example.net", "zz.example.net"),
+                ),
+                // A backup never decides: the site is its own key, of
+                // all its hosts, with the `@:` limit.
+                (
+                    &[(20, google), (10, "mx.unnamed.test")],
+                    "@aspmx.l.google.com,mx.unnamed.test",
+                    12,
+                    site(Some(13)),
+                ),
+                (
+                    &[
+                        (10, "b.unnamed.test"),
+                        (10, "a.unnamed.test"),
+                        (20, "b.unnamed.test"),
+                    ],
+                    "@a.unnamed.test,b.unnamed.test",
+                    12,
+                    site(Some(13)),
+                ),
+                // An IP literal host matches exact rules only.
+                (
+                    &[(0, "[192.0.2.1]")],
+                    "@[192.0.2.1]",
+                    4,
+                    provider(11, "[192.0.2.1]", "[192.0.2.1]"),
+                ),
+                (&[(0, "[192.0.2.2]")], "@[192.0.2.2]", 12, site(Some(13))),
+                (&[(0, "[x].1]")], "@.1]", 9, provider(12, ".1]", "[x].1]")),
+            ],
+        );
+        // The rates come along.
+        let m = limits.site(&mx(&[(0, "a.protection.outlook.com")]));
+        assert_eq!(m.rate, Some(Rate { count: 600, per: Per::Minute }));
+        // A site's limit: `@:`, else `:`, else the built-in 20.
+        let one = mx(&[(0, "mx.unnamed.test")]);
+        let m = parse(":30,1/s\n@.x.test:3\n").site(&one);
+        let want = Allowance {
+            limit: 30,
+            rate: Some(Rate { count: 1, per: Per::Second }),
+        };
+        assert_eq!(
+            (m.limit, m.rate, m.rule),
+            (want.limit, want.rate, site(Some(1)))
+        );
+        let m = parse("a.test:3\n").site(&one);
+        assert_eq!(
+            (m.key, m.limit, m.rule),
+            (b"@mx.unnamed.test".to_vec(), 20, site(None))
+        );
+        let m = Limits::absent().site(&one);
+        assert_eq!((m.limit, m.rule), (DEFAULT_LIMIT, site(None)));
+        assert_eq!(parse("@:3\n:5\n").site_allowance(), 3.into());
+        assert_eq!(parse(":5\n").site_allowance(), 5.into());
+        assert_eq!(Limits::absent().site_allowance(), 20.into());
+    }
+
+    #[test]
+    fn a_domain_rule_comes_before_any_site() {
+        let limits = parse(&format!("{SITES}.example.com:3\nexample.org:4\n"));
+        for (domain, explicit) in [
+            (&b"gmail.com"[..], true),
+            (b"a.example.com", true),
+            (b"example.org", true),
+            (b"example.com", false),
+            (b"other.test", false),
+            (b"[192.0.2.1]", false),
+        ] {
+            let m = limits.lookup(domain);
+            let d = String::from_utf8_lossy(domain);
+            assert_eq!(m.is_domain_rule(), explicit, "{d}");
+            assert_eq!(m.rule.is_domain_rule(), explicit, "{d}");
+        }
+        assert!(!MatchedRule::Site { line: None }.is_domain_rule());
+        assert!(!provider(1, "a", "a").is_domain_rule());
+        // Domain and `@` rules of one name are different rules.
+        let limits = parse("a.test:5\n@a.test:6\n.a.test:7\n@.a.test:8\n");
+        assert_eq!(limits.lookup(b"a.test").limit, 5);
+        assert_eq!(limits.lookup(b"x.a.test").limit, 7);
+        assert_eq!(limits.site(&mx(&[(0, "a.test")])).limit, 6);
+        assert_eq!(limits.site(&mx(&[(0, "x.a.test")])).limit, 8);
+    }
+
+    #[test]
+    fn a_key_alone_gives_its_allowance_and_kind() {
+        let limits = parse(SITES);
+        let outlook = Allowance {
+            limit: 50,
+            rate: Some(Rate { count: 600, per: Per::Minute }),
+        };
+        let table: &[(&[u8], Allowance, KeyKind)] = &[
+            (b"@.protection.outlook.com", outlook, KeyKind::Provider),
+            (b"@smarthost.example.net", 200.into(), KeyKind::Provider),
+            (b"@mx.example.net", 7.into(), KeyKind::Provider),
+            (b"@.example.net", 5.into(), KeyKind::Provider),
+            (b"@[192.0.2.1]", 4.into(), KeyKind::Provider),
+            // A site's key: the site default, even where a suffix rule
+            // would match its host (that site's key would be the rule's).
+            (b"@mx.unnamed.test", 12.into(), KeyKind::Site),
+            (b"@x.google.com", 12.into(), KeyKind::Site),
+            (b"@a.test,b.test", 12.into(), KeyKind::Site),
+            (b"@", 12.into(), KeyKind::Site),
+            (b"@.nosuch.test", 12.into(), KeyKind::Site),
+            // A rule whose sites are a group's: its pattern is no key.
+            (b"@.google.com", 12.into(), KeyKind::Site),
+            (b"=google", 10.into(), KeyKind::Group),
+            (b"gmail.com", 10.into(), KeyKind::Domain),
+            (b"other.test", 20.into(), KeyKind::Domain),
+            (b"\\064x.test", 20.into(), KeyKind::Domain),
+        ];
+        for (key, allowance, kind) in table {
+            let k = String::from_utf8_lossy(key);
+            assert_eq!(limits.allowance_of_key(key), *allowance, "{k}");
+            assert_eq!(limits.limit_of_key(key), allowance.limit, "{k}");
+            assert_eq!(limits.key_kind(key), *kind, "{k}");
+        }
+        // With no `@:` line, a site has the `:` default.
+        let limits = parse(":30\n@.x.test:3\n");
+        assert_eq!(limits.limit_of_key(b"@a.test,b.test"), 30);
+        assert_eq!(limits.limit_of_key(b"@.x.test"), 3);
+        assert_eq!(Limits::absent().limit_of_key(b"@a.test"), 20);
+        // A domain not normalised that starts with '@' is no site.
+        let m = limits.lookup(b"@.x.test");
+        assert_eq!((&m.key[..], m.limit), (&b"\\064.x.test"[..], 30));
+        assert_eq!(limits.key_kind(&m.key), KeyKind::Domain);
+    }
+
+    #[test]
+    fn site_keys_are_sorted_unique_and_capped_by_whole_hosts() {
+        assert_eq!(
+            site_key(["b.test", "a.test", "b.test"]),
+            b"@a.test,b.test"
+        );
+        assert_eq!(site_key(["x"]), b"@x");
+        assert_eq!(site_key(Vec::<Vec<u8>>::new()), b"@");
+        // By bytes, not by labels.
+        assert_eq!(site_key(["b.a", "a.b", "a-b"]), b"@a-b,a.b,b.a");
+        // Equal sets, equal keys, whatever the order or preferences.
+        let limits = Limits::absent();
+        let a = limits.site(&mx(&[(10, "mx1.test"), (20, "mx2.test")]));
+        let b = limits.site(&mx(&[
+            (5, "mx2.test"),
+            (5, "mx1.test"),
+            (9, "mx1.test"),
+        ]));
+        assert_eq!(a.key, b.key);
+        // 300-byte hosts: '@' and three of them (903 bytes) fit; a
+        // fourth (1204) does not, nor any after it.
+        let host = |c: u8| vec![c; 300];
+        let hosts: Vec<Vec<u8>> = b"edcba".iter().map(|&c| host(c)).collect();
+        let key = site_key(&hosts);
+        assert_eq!(
+            key,
+            [&b"@"[..], &host(b'a'), b",", &host(b'b'), b",", &host(b'c')]
+                .concat()
+        );
+        assert!(key.len() <= SITE_KEY_MAX);
+        // Dropping whole hosts from the end, not skipping to shorter ones.
+        let hosts = [
+            host(b'a'),
+            host(b'b'),
+            host(b'c'),
+            vec![b'd'; 400],
+            b"e".to_vec(),
+        ];
+        assert_eq!(site_key(&hosts).len(), 903);
+        // Exactly 1024 bytes fits.
+        let hosts = [vec![b'a'; 511], vec![b'b'; 511]];
+        assert_eq!(site_key(&hosts).len(), SITE_KEY_MAX);
+        let hosts = [vec![b'a'; 511], vec![b'b'; 512]];
+        assert_eq!(site_key(&hosts), [&b"@"[..], &[b'a'; 511]].concat());
+        // At least one host is kept, however long.
+        let long = vec![b'a'; 2000];
+        assert_eq!(site_key([&long, &host(b'b')]).len(), 2001);
+    }
+
+    /// A site key cut down to one host may be an `@` rule's own key: the
+    /// site then counts under that rule's key with its allowance (merged,
+    /// never split), and a shard with the key finds the same.
+    #[test]
+    fn a_cut_site_key_naming_a_rule_takes_the_rules_allowance() {
+        let limits = parse("@a.test:7\n@:12\n");
+        let long = "z".repeat(1100);
+        let m = limits.site(&mx(&[(20, "a.test"), (10, &long)]));
+        assert_eq!(m.key, b"@a.test");
+        assert_eq!(
+            (m.limit, m.rule),
+            (7, MatchedRule::Site { line: Some(1) })
+        );
+        assert_eq!(limits.limit_of_key(&m.key), 7);
+        assert_eq!(limits.key_kind(&m.key), KeyKind::Provider);
+    }
+
     #[test]
     fn a_limit_may_carry_a_rate() {
         let rate = |count, per| Some(Rate { count, per });
@@ -1247,6 +2032,39 @@ googlemail.com:=google
                 ".a.b:=g",
             ),
             ("=G:1", Rule::Group("g".into(), 1.into()), "=g:1"),
+            (
+                "@MX.Example.NET.:=G",
+                Rule::Exchange(
+                    b"mx.example.net".to_vec(),
+                    Value::Group("g".into()),
+                ),
+                "@mx.example.net:=g",
+            ),
+            (
+                "@.Google.COM.:10, 5/S",
+                Rule::ExchangeSuffix(
+                    b"google.com".to_vec(),
+                    Value::Limit(Allowance {
+                        limit: 10,
+                        rate: Some(Rate { count: 5, per: Per::Second }),
+                    }),
+                ),
+                "@.google.com:10,5/s",
+            ),
+            (" @ : 3 ", Rule::SiteDefault(3.into()), "@:3"),
+            (
+                "@192.0.2.01:5",
+                Rule::Exchange(
+                    b"[192.0.2.1]".to_vec(),
+                    Value::Limit(5.into()),
+                ),
+                "@[192.0.2.1]:5",
+            ),
+            (
+                "@\\061x:5",
+                Rule::Exchange(b"\\061x".to_vec(), Value::Limit(5.into())),
+                "@\\061x:5",
+            ),
         ];
         for (text, rule, printed) in table {
             assert_eq!(&text.parse::<Rule>().unwrap(), rule, "{text}");
@@ -1315,15 +2133,26 @@ googlemail.com:=google
         // vanish, and an empty domain is no rule.)
         let domain = host(narrow, wide)
             .prop_map(|d| normalise(&d))
-            .prop_filter("empty", |d| !d.is_empty());
+            .prop_filter("empty", |d| !d.is_empty())
+            .boxed();
         let suffix = host(narrow, wide)
             .prop_map(|s| crate::domain::normalise_name(&s, false))
-            .prop_filter("empty", |s| !s.is_empty());
+            .prop_filter("empty", |s| !s.is_empty())
+            .boxed();
+        // An `@` rule's host or suffix holds no ',' (not even `\044`).
+        let no_comma = |h: &Vec<u8>| !h.contains(&b',');
         prop_oneof![
             allowance().prop_map(Rule::Default),
-            (domain, value.clone()).prop_map(|(d, v)| Rule::Domain(d, v)),
-            (suffix, value).prop_map(|(s, v)| Rule::Subdomain(s, v)),
+            (domain.clone(), value.clone())
+                .prop_map(|(d, v)| Rule::Domain(d, v)),
+            (suffix.clone(), value.clone())
+                .prop_map(|(s, v)| Rule::Subdomain(s, v)),
             (group(narrow), allowance()).prop_map(|(g, a)| Rule::Group(g, a)),
+            (domain.prop_filter("comma", no_comma), value.clone())
+                .prop_map(|(h, v)| Rule::Exchange(h, v)),
+            (suffix.prop_filter("comma", no_comma), value)
+                .prop_map(|(s, v)| Rule::ExchangeSuffix(s, v)),
+            allowance().prop_map(Rule::SiteDefault),
         ]
     }
 
@@ -1332,11 +2161,7 @@ googlemail.com:=google
         let mut limits = Limits::absent();
         let mut used = Vec::new();
         for rule in rules {
-            if let Rule::Domain(_, Value::Group(g))
-            | Rule::Subdomain(_, Value::Group(g)) = &rule
-            {
-                used.push(g.clone());
-            }
+            used.extend(rule.group_used().map(str::to_owned));
             let _ = limits.add(0, rule);
         }
         for g in used {
@@ -1352,7 +2177,13 @@ googlemail.com:=google
         let colon = line.iter().position(|&b| b == b':').unwrap();
         let (mut key, mut value) =
             (line[..colon].to_vec(), line[colon..].to_vec());
-        let named = matches!(rule, Rule::Domain(..) | Rule::Subdomain(..));
+        let named = matches!(
+            rule,
+            Rule::Domain(..)
+                | Rule::Subdomain(..)
+                | Rule::Exchange(..)
+                | Rule::ExchangeSuffix(..)
+        );
         if how & 2 != 0 && named {
             key.push(b'.');
         }
@@ -1421,10 +2252,26 @@ googlemail.com:=google
             prop_assert_eq!(&again, &limits);
             // The same answers, and keys that give back their limits.
             for rule in &rules {
+                let host = match rule {
+                    Rule::Exchange(h, _) => Some(h.clone()),
+                    Rule::ExchangeSuffix(s, _) => {
+                        Some([b"x.".as_slice(), s].concat())
+                    }
+                    _ => None,
+                };
+                if let Some(host) = host {
+                    let mx = [Exchange { preference: 0, host }];
+                    let (m, n) = (limits.site(&mx), again.site(&mx));
+                    // Lines differ: `again` has no comments or blanks.
+                    prop_assert_eq!((&m.key, m.limit), (&n.key, n.limit));
+                    let got = limits.allowance_of_key(&m.key);
+                    prop_assert_eq!((got.limit, got.rate), (m.limit, m.rate));
+                    continue;
+                }
                 let domain = match rule {
                     Rule::Domain(d, _) => d.clone(),
                     Rule::Subdomain(s, _) => [b"x.".as_slice(), s].concat(),
-                    Rule::Default(_) | Rule::Group(..) => b"=a".to_vec(),
+                    _ => b"=a".to_vec(),
                 };
                 let (m, n) = (limits.lookup(&domain), again.lookup(&domain));
                 prop_assert_eq!((&m.key, m.limit), (&n.key, n.limit));
@@ -1458,6 +2305,10 @@ googlemail.com:=google
                 b"[",
                 b"]",
                 b"\xff",
+                b"@",
+                b"@.",
+                b",",
+                b"\\044",
             ])
             .prop_map(<[u8]>::to_vec),
             prop::collection::vec(any::<u8>(), 1..3),
@@ -1487,6 +2338,9 @@ googlemail.com:=google
                 MatchedRule::Exact { line }
                 | MatchedRule::Subdomain { line, .. } => line,
                 MatchedRule::Default { .. } => 0,
+                MatchedRule::Provider { .. } | MatchedRule::Site { .. } => {
+                    return Err(TestCaseError::fail("lookup gave a site"));
+                }
             };
             let group = limits.rules().find(|&(l, _)| l == line).and_then(
                 |(_, rule)| match rule {
@@ -1504,6 +2358,13 @@ googlemail.com:=google
         }
         let m = limits.lookup(&norm);
         prop_assert!(!m.key.contains(&0));
+        prop_assert_eq!(
+            limits.key_kind(&m.key),
+            match m.key.first() {
+                Some(b'=') => KeyKind::Group,
+                _ => KeyKind::Domain,
+            }
+        );
         prop_assert_eq!(limits.limit_of_key(&m.key), m.limit);
         let n = again.lookup(&norm);
         prop_assert_eq!((&n.key, n.limit), (&m.key, m.limit));
@@ -1517,6 +2378,69 @@ googlemail.com:=google
         let mut frame = Vec::new();
         job.encode(&mut frame);
         prop_assert_eq!(Job::from_payload(1, &frame[7..]), Some(job));
+        Ok(())
+    }
+
+    /// Hosts as the resolver gives them: normalised, never empty.
+    fn normalised(mx: &[Exchange]) -> Vec<Exchange> {
+        mx.iter()
+            .map(|x| Exchange {
+                preference: x.preference,
+                host: normalise(&x.host),
+            })
+            .filter(|x| !x.host.is_empty())
+            .collect()
+    }
+
+    /// What must hold of a site's match, whatever its hosts: the same
+    /// key and allowance in the printed file and in any order of its
+    /// hosts; a key without a NUL that gives back its allowance and its
+    /// kind; and the rule a most preferred host's.
+    fn check_site(
+        limits: &Limits,
+        again: &Limits,
+        mx: &[Exchange],
+    ) -> Result<(), TestCaseError> {
+        let m = limits.site(mx);
+        let n = again.site(mx);
+        prop_assert_eq!((&n.key, n.limit, n.rate), (&m.key, m.limit, m.rate));
+        let mut reversed = mx.to_vec();
+        reversed.reverse();
+        prop_assert_eq!(&limits.site(&reversed), &m);
+        prop_assert!((1..=LIMIT_MAX).contains(&m.limit));
+        prop_assert!(!m.key.contains(&0));
+        let got = limits.allowance_of_key(&m.key);
+        prop_assert_eq!((got.limit, got.rate), (m.limit, m.rate));
+        let kind = limits.key_kind(&m.key);
+        match &m.rule {
+            MatchedRule::Provider { pattern, host, .. } => {
+                let best = mx.iter().map(|x| x.preference).min();
+                prop_assert!(
+                    mx.iter().any(|x| &x.host == host
+                        && Some(x.preference) == best)
+                );
+                prop_assert!(host.ends_with(pattern));
+                let own = [b"@", &pattern[..]].concat();
+                if m.key == own {
+                    prop_assert_eq!(kind, KeyKind::Provider);
+                } else {
+                    prop_assert_eq!(kind, KeyKind::Group);
+                }
+            }
+            MatchedRule::Site { .. } => {
+                prop_assert_eq!(m.key.first(), Some(&b'@'));
+                prop_assert!(
+                    kind == KeyKind::Site || kind == KeyKind::Provider
+                );
+                prop_assert!(
+                    m.key.len() <= SITE_KEY_MAX || !m.key.contains(&b',')
+                );
+            }
+            other => {
+                let why = format!("site gave {other:?}");
+                return Err(TestCaseError::fail(why));
+            }
+        }
         Ok(())
     }
 
@@ -1557,20 +2481,77 @@ googlemail.com:=google
                         [b"x.", &s.to_ascii_uppercase()[..], b"."].concat(),
                         MatchedRule::Subdomain { line, suffix: s.clone() },
                     ),
-                    Rule::Default(_) | Rule::Group(..) => continue,
+                    Rule::Exchange(h, _) => {
+                        let host = h.to_ascii_uppercase();
+                        let want = MatchedRule::Provider {
+                            line,
+                            pattern: h.clone(),
+                            host: h.clone(),
+                        };
+                        let mx = [Exchange { preference: 1, host }];
+                        // Normalised as the resolver gives a host.
+                        let mx = normalised(&mx);
+                        prop_assert_eq!(limits.site(&mx).rule, want);
+                        continue;
+                    }
+                    Rule::ExchangeSuffix(s, _) => {
+                        let upper = s.to_ascii_uppercase();
+                        let host = [b"x.", &upper[..]].concat();
+                        let mx = [Exchange { preference: 1, host }];
+                        let mx = normalised(&mx);
+                        let want = MatchedRule::Provider {
+                            line,
+                            pattern: [b".", &s[..]].concat(),
+                            host: mx[0].host.clone(),
+                        };
+                        let got = limits.site(&mx).rule;
+                        let exact = matches!(&got, MatchedRule::Provider {
+                            pattern, ..
+                        } if pattern.first() != Some(&b'.'));
+                        if !exact {
+                            prop_assert_eq!(got, want);
+                        }
+                        continue;
+                    }
+                    Rule::Default(_)
+                    | Rule::Group(..)
+                    | Rule::SiteDefault(_) => continue,
                 };
                 let got = limits.lookup(&normalise(&spelling)).rule;
                 if !matches!(got, MatchedRule::Exact { .. }) {
                     prop_assert_eq!(got, want);
                 }
             }
-            let named = limits.rules().filter_map(|(_, rule)| match rule {
-                Rule::Domain(d, _) => Some(d.clone()),
-                Rule::Subdomain(s, _) => Some([b"x.".as_slice(), s].concat()),
-                Rule::Default(_) | Rule::Group(..) => None,
-            });
-            for domain in probes.into_iter().chain(named) {
-                check_domain(&limits, &again, &domain)?;
+            let named: Vec<Vec<u8>> = limits
+                .rules()
+                .filter_map(|(_, rule)| match rule {
+                    Rule::Domain(d, _) | Rule::Exchange(d, _) => {
+                        Some(d.clone())
+                    }
+                    Rule::Subdomain(s, _) | Rule::ExchangeSuffix(s, _) => {
+                        Some([b"x.".as_slice(), s].concat())
+                    }
+                    Rule::Default(_)
+                    | Rule::Group(..)
+                    | Rule::SiteDefault(_) => None,
+                })
+                .collect();
+            for domain in probes.iter().chain(&named) {
+                check_domain(&limits, &again, domain)?;
+            }
+            // The probes and the hosts rules name, as one site's mail
+            // exchangers, some of them backups.
+            let mx: Vec<Exchange> = probes
+                .iter()
+                .chain(&named)
+                .enumerate()
+                .map(|(i, host)| Exchange {
+                    preference: u16::from(i % 3 == 2),
+                    host: host.clone(),
+                })
+                .collect();
+            for n in 0..=mx.len() {
+                check_site(&limits, &again, &normalised(&mx[..n]))?;
             }
         }
     }
