@@ -21,6 +21,18 @@
 //! - Site-level pushback lowers the limit by one (not below 1), once per
 //!   epoch: deliveries started before the last lowering are already
 //!   accounted for. It also counts toward suspension.
+//! - But when the receiver itself says it has too many of our
+//!   connections ([`hear`]: a 421 at the greeting, or an `adapt` rule
+//!   about "too many"), its refusal tells its number: the n others of
+//!   the key still running when the refusal came (a refusal at the
+//!   greeting comes at once, so they are what the receiver had of ours).
+//!   The limit goes straight to n (at least 1; for a delivery started
+//!   in the current epoch, at least one step down). A later refusal of
+//!   a burst, from a delivery started before that lowering, lowers it
+//!   only to a smaller n of its own, never a further step: refusals of
+//!   one burst come back in any order. A failed connect says no number
+//!   (nothing may have answered at all): it is one step, as any other
+//!   pushback.
 //! - A rule's action caps the limit or the rate, or suspends the key,
 //!   for the rule's duration; when it ends, the key has again what
 //!   adaptation learned meanwhile.
@@ -30,7 +42,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use shardspawn_common::limits::{Allowance, Rate};
-use shardspawn_common::response::{Action, ResponseRule, Verdict};
+use shardspawn_common::response::{
+    self, Action, ResponseRule, Responses, Verdict,
+};
 
 /// How keys adapt: the settings of issue 7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +140,51 @@ pub struct Learned {
     pub suspend: Option<(Instant, String)>,
     /// A rule's cap ends then: look at the key again.
     pub wake: Option<Instant>,
+}
+
+/// A result as adaptation hears it: the verdict of the response rules,
+/// and whether the receiver said it has too many of our connections.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Heard<'a> {
+    /// What [`response::judge`] says of it.
+    pub verdict: Verdict<'a>,
+    /// Site-level pushback in the receiver's own words that it is full:
+    /// the others of the key still running when it came are its number.
+    pub full: bool,
+}
+
+/// Hears a result body (letter and text) from a qmail-remote that ran.
+/// It is pushback that says the receiver is full when the rule that
+/// made it pushback is an `adapt` rule whose pattern says "too many"
+/// (the built-in "too many connections", "too many concurrent", "too
+/// many simultaneous", or a file's own), or when qmail-remote connected
+/// and the greeting was a 421 (what a receiver answers a connection it
+/// will not serve now). "Wasn't able to establish an SMTP connection"
+/// is never full: a dead host, a filter, a timeout say no number.
+pub fn hear<'a>(responses: &'a Responses, body: &[u8]) -> Heard<'a> {
+    let verdict = response::judge(responses, body);
+    let full = matches!(verdict, Verdict::Pushback(_))
+        && says_full(responses, body.get(1..).unwrap_or_default());
+    Heard { verdict, full }
+}
+
+fn says_full(responses: &Responses, text: &[u8]) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let too_many = |rule: &ResponseRule| {
+        rule.action == Action::Adapt
+            && rule.pattern.to_ascii_lowercase().contains("too many")
+    };
+    if responses.find(&lower).is_some_and(too_many) {
+        return true;
+    }
+    find(&lower, b"but greeting failed").is_some_and(|at| {
+        let after = &lower[at..];
+        find(after, b"remote host said: 421").is_some()
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A cap set by a response rule, until a moment.
@@ -253,23 +312,28 @@ impl Adaptation {
             || self.rule_rate.is_some()
     }
 
-    /// What a result of a delivery started in `epoch` teaches. The key
-    /// was `saturated` when it ended (running at its limit, or with
-    /// deliveries held): only then does a good result say the limit
-    /// itself was fine.
+    /// What a result of a delivery started in `epoch` teaches. When it
+    /// came, `others` of the key were still running, and the key was
+    /// `saturated` (running at its limit, or with deliveries held): only
+    /// then does a good result say the limit itself was fine.
     pub fn learn(
         &mut self,
-        verdict: Verdict<'_>,
+        heard: Heard<'_>,
         epoch: u32,
+        others: u32,
         saturated: bool,
         now: Instant,
         policy: &Policy,
     ) -> Learned {
         let before = self.limit();
-        let mut learned = match verdict {
+        let full = heard.full;
+        let mut learned = match heard.verdict {
             Verdict::Neutral => Learned::default(),
             Verdict::Good => self.good(saturated, policy),
-            Verdict::Pushback(why) => self.pushback(&why, epoch, now, policy),
+            Verdict::Pushback(why) => {
+                let took = full.then_some(others);
+                self.pushback(&why, took, epoch, now, policy)
+            }
             Verdict::Rule(rule) => self.rule(rule, now),
         };
         if let Some(Why::Said(why)) = &mut learned.change {
@@ -315,11 +379,13 @@ impl Adaptation {
         Learned { change: Some(why), ..Learned::default() }
     }
 
-    /// Site-level pushback: one step down once per epoch, and one more
-    /// failure in a row toward suspension.
+    /// Site-level pushback: one step down once per epoch, or straight
+    /// to the number a receiver that said it was full `took`; and one
+    /// more failure in a row toward suspension.
     fn pushback(
         &mut self,
         why: &str,
+        took: Option<u32>,
         epoch: u32,
         now: Instant,
         policy: &Policy,
@@ -329,17 +395,32 @@ impl Adaptation {
         self.streak = 0;
         if policy.adapts() {
             self.slow_start = false;
-            if epoch == self.epoch && self.adaptive > 1 {
+            let current = epoch == self.epoch;
+            let step = self.adaptive.saturating_sub(1).max(1);
+            let to = match (took, current) {
+                (Some(n), true) => n.clamp(1, step),
+                // Started before the last lowering: one of a burst
+                // already answered for, which lowers no further step,
+                // but its own number may be smaller.
+                (Some(n), false) => n.max(1),
+                (None, true) => step,
+                (None, false) => self.adaptive,
+            };
+            if to < self.adaptive {
                 if self.last_was_raise {
                     self.probes_failed =
                         (self.probes_failed + 1).min(PROBES_MAX);
                 }
-                self.adaptive =
-                    (self.adaptive.min(self.configured.limit) - 1).max(1);
+                self.adaptive = to;
                 self.epoch = self.epoch.wrapping_add(1);
                 self.last_was_raise = false;
-                learned.change =
-                    Some(Why::Said(format!("site-level failure: {why}")));
+                let line = match took {
+                    Some(n) => format!(
+                        "site-level failure: {why} with {n} others running"
+                    ),
+                    None => format!("site-level failure: {why}"),
+                };
+                learned.change = Some(Why::Said(line));
             }
         }
         let n = self.failures;
@@ -458,11 +539,17 @@ mod tests {
         Adaptation::new(limit.into(), &POLICY)
     }
 
+    /// A verdict that says no number.
+    fn plain(verdict: Verdict<'_>) -> Heard<'_> {
+        Heard { verdict, full: false }
+    }
+
     fn push(a: &mut Adaptation, now: Instant) -> Learned {
-        let epoch = a.epoch();
+        let (epoch, verdict) = (a.epoch(), "greeting failed".into());
         a.learn(
-            Verdict::Pushback("greeting failed".into()),
+            plain(Verdict::Pushback(verdict)),
             epoch,
+            0,
             true,
             now,
             &POLICY,
@@ -470,7 +557,7 @@ mod tests {
     }
 
     fn good(a: &mut Adaptation, now: Instant) -> Learned {
-        a.learn(Verdict::Good, a.epoch(), true, now, &POLICY)
+        a.learn(plain(Verdict::Good), a.epoch(), 0, true, now, &POLICY)
     }
 
     /// Good deliveries at the limit until the next raise; how many.
@@ -493,7 +580,7 @@ mod tests {
         assert_eq!(good(&mut a, now).change, Some(Why::SlowStart));
         assert_eq!(a.limit(), 6);
         // Not at the limit, nothing waiting: it says nothing of the limit.
-        let idle = a.learn(Verdict::Good, 0, false, now, &POLICY);
+        let idle = a.learn(plain(Verdict::Good), 0, 0, false, now, &POLICY);
         assert_eq!((idle, a.limit()), (Learned::default(), 6));
         // Never past the configured limit.
         for _ in 0..40 {
@@ -527,7 +614,7 @@ mod tests {
         let _ = push(&mut a, now);
         // A delivery started before the lowering: counted, not lowered.
         let verdict = Verdict::Pushback("greeting failed".into());
-        let late = a.learn(verdict, started, true, now, &POLICY);
+        let late = a.learn(plain(verdict), started, 0, true, now, &POLICY);
         assert_eq!(late.change, None);
         assert_eq!((a.limit(), a.failures()), (4, 2));
         // One started since: lowers again.
@@ -538,6 +625,143 @@ mod tests {
             let _ = push(&mut a, now);
         }
         assert_eq!(a.limit(), 1);
+    }
+
+    /// Pushback from a receiver that said it was full, started in
+    /// `epoch`, with `others` of the key still running.
+    fn full(a: &mut Adaptation, epoch: u32, others: u32) -> Learned {
+        let heard = Heard {
+            verdict: Verdict::Pushback("too many".into()),
+            full: true,
+        };
+        a.learn(heard, epoch, others, true, Instant::now(), &POLICY)
+    }
+
+    /// [`full`] from a delivery started in the current epoch.
+    fn now_full(a: &mut Adaptation, others: u32) -> Learned {
+        let epoch = a.epoch();
+        full(a, epoch, others)
+    }
+
+    #[test]
+    fn a_full_receiver_is_taken_at_its_number_once_per_burst() {
+        let now = Instant::now();
+        let mut a =
+            Adaptation::new(50.into(), &Policy { initial: 50, ..POLICY });
+        let burst = a.epoch();
+        // Straight to what it had of ours, said with the number.
+        let learned = full(&mut a, burst, 12);
+        assert_eq!(
+            learned.change,
+            Some(Why::Said(
+                "effective limit 50 -> 12: site-level failure: too many \
+                 with 12 others running"
+                    .into()
+            ))
+        );
+        // The rest of the burst, in any order: down to a smaller number
+        // of its own, never a step below what one of them said.
+        assert_eq!(full(&mut a, burst, 14).change, None);
+        assert_eq!(a.limit(), 12);
+        let _ = full(&mut a, burst, 5);
+        assert_eq!(a.limit(), 5);
+        assert_eq!(full(&mut a, burst, 5).change, None);
+        assert_eq!(full(&mut a, burst, 7).change, None);
+        assert_eq!(a.limit(), 5);
+        // Pushback that says no number, from the burst: nothing.
+        let verdict = Verdict::Pushback("no SMTP connection".into());
+        let late = a.learn(plain(verdict), burst, 0, true, now, &POLICY);
+        assert_eq!((late.change, a.limit()), (None, 5));
+        // Out of slow start: a raise takes 5 good deliveries, a probe
+        // refused at 6 with 5 others running is back at 5, and the next
+        // probe waits twice as long.
+        assert_eq!(raise(&mut a, now), 5);
+        let _ = now_full(&mut a, 5);
+        assert_eq!(a.limit(), 5);
+        assert_eq!(raise(&mut a, now), 10);
+        // Started since the last lowering: at least one step, even if it
+        // ran beside as many as the limit.
+        let _ = now_full(&mut a, 6);
+        assert_eq!(a.limit(), 5);
+        // Nothing else of ours running: 1, not 0.
+        let _ = now_full(&mut a, 0);
+        assert_eq!(a.limit(), 1);
+        // Refusals since the last good delivery are failures in a row.
+        assert_eq!(a.failures(), 2);
+    }
+
+    #[test]
+    fn a_failed_connect_is_one_step_even_with_nothing_running() {
+        let now = Instant::now();
+        let mut a = key(20);
+        let verdict = Verdict::Pushback("no SMTP connection".into());
+        let epoch = a.epoch();
+        let _ = a.learn(plain(verdict), epoch, 0, true, now, &POLICY);
+        assert_eq!(a.limit(), 4);
+    }
+
+    /// What says a receiver is full: a 421 at the greeting, or an
+    /// `adapt` rule about "too many"; not a failed connect, another
+    /// greeting failure, a 421 later on, or an `adapt` rule about
+    /// something else.
+    #[test]
+    fn a_receiver_is_heard_full_by_its_own_words() {
+        let rules =
+            Responses::parse(b"adapt::too many sessions\nadapt::try later\n")
+                .unwrap();
+        let greeting = |said: &str| {
+            format!(
+                "ZConnected to 192.0.2.1 but greeting failed.\nRemote host \
+                 said: {said}\n"
+            )
+        };
+        let table = [
+            (greeting("421 4.7.0 Too many concurrent connections"), true),
+            (greeting("421 4.3.2 Service not available, closing"), true),
+            (greeting("421 try later"), true),
+            (greeting("554 5.7.1 go away"), false),
+            (greeting("450 too busy"), false),
+            (
+                "ZSorry, I wasn't able to establish an SMTP connection. \
+                 (#4.4.1)\n"
+                    .into(),
+                false,
+            ),
+            (
+                "Z192.0.2.1 does not like recipient.\nRemote host said: 421 \
+                 4.3.2 closing\n"
+                    .into(),
+                false,
+            ),
+            (
+                "Z192.0.2.1 does not like recipient.\nRemote host said: 451 \
+                 too many sessions from you\n"
+                    .into(),
+                true,
+            ),
+            (
+                "Z192.0.2.1 does not like recipient.\nRemote host said: 451 \
+                 try later\n"
+                    .into(),
+                false,
+            ),
+            (
+                "Z192.0.2.1 failed after I sent the message.\nRemote host \
+                 said: 451 Too many connections\n"
+                    .into(),
+                true,
+            ),
+            ("K192.0.2.1 accepted message.\n".into(), false),
+            (String::new(), false),
+        ];
+        for (body, want) in table {
+            let heard = hear(&rules, body.as_bytes());
+            assert_eq!(heard.full, want, "{body}");
+            // Full is always pushback.
+            if heard.full {
+                assert!(matches!(heard.verdict, Verdict::Pushback(_)));
+            }
+        }
     }
 
     #[test]
@@ -642,7 +866,8 @@ mod tests {
         let rules = Responses::parse(b"limit=1:30s:slow down\n").unwrap();
         let rule = &rules.rules()[0];
         let mut a = key(20);
-        let learned = a.learn(Verdict::Rule(rule), 0, true, now, &POLICY);
+        let learned =
+            a.learn(plain(Verdict::Rule(rule)), 0, 0, true, now, &POLICY);
         let until = now + Duration::from_secs(30);
         assert_eq!(learned.wake, Some(until));
         assert_eq!(

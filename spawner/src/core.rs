@@ -13,10 +13,12 @@
 //! of ready keys), so one big destination cannot starve the others.
 //!
 //! A key's effective limit moves (issue 7): it starts at the initial
-//! limit, is lowered one step by site-level pushback and raised by runs
-//! of good deliveries, and a response rule can cap it, cap its rate, or
-//! suspend the key for a while. Every result of a qmail-remote that ran
-//! is judged by [`response::judge`]; the rules of the adaptation are in
+//! limit, is lowered by site-level pushback (one step, or straight to
+//! the number of our deliveries the receiver had when it says it has
+//! too many) and raised by runs of good deliveries, and a response rule
+//! can cap it, cap its rate, or suspend the key for a while. Every
+//! result of a qmail-remote that ran is heard by [`adapt::hear`]; the
+//! rules of the adaptation are in
 //! [`adapt`](crate::adapt), which owns each key's limit, rate and
 //! suspension; this module owns the deliveries and carries out what
 //! adaptation asks.
@@ -30,11 +32,11 @@ use shardspawn_common::frame::Job;
 use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
-use shardspawn_common::response::{self, Responses};
+use shardspawn_common::response::Responses;
 use shardspawn_common::status::{KeyStatus, printable, utc};
 
 pub use crate::adapt::Policy;
-use crate::adapt::{Adaptation, Learned, Why};
+use crate::adapt::{self, Adaptation, Learned, Why};
 
 /// How many bits of a [`SlotId::generation`] are used: generations wrap
 /// at `1 << GENERATION_BITS`, because the driver packs one into an epoll
@@ -606,11 +608,21 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         let now = self.now;
-        let verdict = response::judge(&self.responses, body);
+        let heard = adapt::hear(&self.responses, body);
         let Some(state) = self.keys.get_mut(key) else { return };
         let saturated = state.saturated();
-        let Learned { change, suspend, wake } =
-            state.adapt.learn(verdict, epoch, saturated, now, &self.policy);
+        // The others of the key still running (this one still counts
+        // until it is released): what a receiver that refused it for
+        // having too many of ours had of them.
+        let others = state.running.saturating_sub(1);
+        let Learned { change, suspend, wake } = state.adapt.learn(
+            heard,
+            epoch,
+            others,
+            saturated,
+            now,
+            &self.policy,
+        );
         if let Some(at) = wake {
             self.wakeups.push(Reverse((at, key.clone())));
         }
@@ -1326,9 +1338,10 @@ mod tests {
         let ids = queue(&mut c, 10, now, &mut fx);
         assert_eq!(ids.len(), 5, "starts at the initial limit");
         fx.clear();
-        // Two pushbacks from the same epoch: one step down.
-        end(&mut c, ids[0], GREETING_421, &mut fx);
-        end(&mut c, ids[1], GREETING_421, &mut fx);
+        // Two pushbacks that say no number, from the same epoch: one
+        // step down.
+        end(&mut c, ids[0], DEAD, &mut fx);
+        end(&mut c, ids[1], DEAD, &mut fx);
         let s = status(&c);
         assert_eq!((s.effective, s.limit, s.failures), (4, 20, 2));
         assert!(s.why.contains("site-level failure"), "{}", s.why);
@@ -1341,6 +1354,68 @@ mod tests {
         end(&mut c, ids[3], OK, &mut fx);
         assert_eq!(status(&c).failures, 0);
         c.check_invariants();
+    }
+
+    /// Issue 16, item 5: a receiver that says it is full tells its
+    /// number, the others still running; the limit goes there at once,
+    /// and the rest of the burst, in any order, lowers it no further
+    /// step. A failed connect tells none: one step, even with nothing
+    /// else running.
+    #[test]
+    fn a_full_receiver_sets_the_limit_to_what_it_had_of_ours() {
+        let now = Instant::now();
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(120),
+            Some(10_000),
+            Box::new(|_| 50.into()),
+            Policy { initial: 20, ..Policy::STATIC },
+            now,
+        );
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        let ids = queue(&mut c, 30, now, &mut fx);
+        assert_eq!(ids.len(), 20);
+        fx.clear();
+        // A receiver that takes 5: the first five are served, the other
+        // fifteen refused, and the refusals come back in any order.
+        let mut limits = Vec::new();
+        for i in [12, 19, 5, 7, 18, 6, 9, 8, 10, 11, 13, 14, 15, 16, 17] {
+            end(&mut c, ids[i], GREETING_421, &mut fx);
+            limits.push(status(&c).effective);
+            assert!(starts(&fx).is_empty(), "started over the receiver's 5");
+        }
+        // Down with what ran, never below it: 5 at the end.
+        assert_eq!(
+            limits,
+            [19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5]
+        );
+        let s = status(&c);
+        assert!(
+            s.why.ends_with(
+                "matched \"too many concurrent\" with 5 others running"
+            ),
+            "{}",
+            s.why
+        );
+        // The served ones end well and held ones take their places; five
+        // good deliveries at the limit probe one above it, as after any
+        // lowering.
+        for &id in &ids[..4] {
+            end(&mut c, id, OK, &mut fx);
+        }
+        assert_eq!((c.running(), status(&c).effective), (5, 5));
+        end(&mut c, ids[4], OK, &mut fx);
+        assert_eq!((c.running(), status(&c).effective), (6, 6));
+        c.check_invariants();
+
+        // A failed connect with nothing else running: one step, not 1.
+        let mut c = adaptive(None);
+        deliver(&mut c, 0, "s.test", now, DEAD);
+        assert_eq!(status(&c).effective, 4);
+        // Full at the greeting with nothing else of ours: 1.
+        deliver(&mut c, 1, "s.test", now, GREETING_421);
+        assert_eq!(status(&c).effective, 1);
     }
 
     #[test]
