@@ -18,7 +18,8 @@
 //!
 //! # Zone syntax
 //!
-//! One entry per line; `#` starts a comment; names are case-insensitive
+//! One entry per line (TXT only to make a name exist without the types
+//! a mail lookup asks); `#` starts a comment; names are case-insensitive
 //! and a trailing dot is optional; TTL is optional (default
 //! [`DEFAULT_TTL`]):
 //!
@@ -28,8 +29,10 @@
 //! mx1.example.net    A 127.0.0.1             # NAME [TTL] A IPV4
 //! mx1.example.net    AAAA ::1                # NAME [TTL] AAAA IPV6
 //! www.example.com    CNAME example.com       # NAME [TTL] CNAME TARGET
+//! spf.example        TXT v=spf1              # NAME [TTL] TXT WORD
 //! nullmx.example     MX 0 .                  # a null MX (RFC 7505)
 //! broken.example     SERVFAIL                # also REFUSED, DROP, TRUNCATE
+//! $NEGATIVE-TTL 30                           # instead of NEGATIVE_TTL
 //! ```
 //!
 //! `DROP` never answers (the client times out); `TRUNCATE` answers over
@@ -52,7 +55,7 @@ use std::thread::JoinHandle;
 use hickory_proto::op::{
     Edns, Message, MessageType, OpCode, Query, ResponseCode,
 };
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -60,7 +63,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 pub const DEFAULT_TTL: u32 = 300;
 
 /// The negative TTL of NXDOMAIN and NODATA answers (the SOA's TTL and
-/// minimum both).
+/// minimum both), unless a `$NEGATIVE-TTL` line says otherwise.
 pub const NEGATIVE_TTL: u32 = 60;
 
 /// The longest CNAME chain the server follows inside its zone.
@@ -88,6 +91,7 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Cname(Name),
+    Txt(String),
 }
 
 impl Data {
@@ -97,6 +101,7 @@ impl Data {
             Data::A(_) => RecordType::A,
             Data::Aaaa(_) => RecordType::AAAA,
             Data::Cname(_) => RecordType::CNAME,
+            Data::Txt(_) => RecordType::TXT,
         }
     }
 
@@ -106,6 +111,7 @@ impl Data {
             Data::A(ip) => RData::A(A(*ip)),
             Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
             Data::Cname(target) => RData::CNAME(CNAME(target.clone())),
+            Data::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
         }
     }
 }
@@ -126,10 +132,18 @@ impl Node {
 }
 
 /// The names the server holds, their records and behaviours.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Zone {
     /// Keyed by the lowercased name without its trailing dot.
     nodes: HashMap<Vec<u8>, Node>,
+    /// Of NXDOMAIN and NODATA answers.
+    negative_ttl: u32,
+}
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone { nodes: HashMap::new(), negative_ttl: NEGATIVE_TTL }
+    }
 }
 
 /// The key a name is held under: lowercase, no trailing dot, labels
@@ -180,6 +194,15 @@ impl Zone {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace().peekable();
         let Some(owner) = words.next() else { return Ok(()) };
+        if owner == "$NEGATIVE-TTL" {
+            let ttl = words.next().ok_or("$NEGATIVE-TTL needs seconds")?;
+            self.negative_ttl =
+                ttl.parse().map_err(|_| format!("bad TTL {ttl:?}"))?;
+            return match words.next() {
+                Some(extra) => Err(format!("unexpected {extra:?}")),
+                None => Ok(()),
+            };
+        }
         parse_name(owner)?;
         let ttl = match words.peek().map(|w| w.parse::<u32>()) {
             Some(Ok(ttl)) => {
@@ -223,6 +246,7 @@ impl Zone {
                 ))
             }
             "CNAME" => Some(Data::Cname(parse_name(arg("a target")?)?)),
+            "TXT" => Some(Data::Txt(arg("a word")?.to_string())),
             _ => return Err(format!("unknown record type {kind:?}")),
         };
         if let Some(extra) = words.next() {
@@ -276,7 +300,7 @@ enum Transport {
     Tcp,
 }
 
-fn soa() -> Record {
+fn soa(negative_ttl: u32) -> Record {
     let soa = SOA::new(
         Name::from_ascii("ns.fake-dns.invalid.").expect("a fixed name"),
         Name::from_ascii("hostmaster.fake-dns.invalid.")
@@ -285,9 +309,9 @@ fn soa() -> Record {
         3600,
         600,
         86400,
-        NEGATIVE_TTL,
+        negative_ttl,
     );
-    Record::from_rdata(Name::root(), NEGATIVE_TTL, RData::SOA(soa))
+    Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa))
 }
 
 /// The records answering `qtype` at `name`, following CNAMEs inside the
@@ -357,7 +381,7 @@ fn answer(
     response: &mut Message,
 ) -> Option<ResponseCode> {
     let Some(node) = zone.nodes.get(&key_of_name(q.name())) else {
-        response.add_authority(soa());
+        response.add_authority(soa(zone.negative_ttl));
         return Some(ResponseCode::NXDomain);
     };
     match (node.behaviour, transport) {
@@ -372,7 +396,7 @@ fn answer(
     }
     let records = answers(zone, q.name(), q.query_type());
     if records.is_empty() {
-        response.add_authority(soa());
+        response.add_authority(soa(zone.negative_ttl));
     }
     response.add_answers(records);
     Some(ResponseCode::NoError)
@@ -710,6 +734,17 @@ big.example        MX 10 mx1.example.net
     }
 
     #[test]
+    fn the_negative_ttl_can_be_set() {
+        let zone =
+            Zone::parse("$NEGATIVE-TTL 17\na.example A 1.2.3.4").unwrap();
+        let s = DnsServer::start(zone).unwrap();
+        let m = udp(s.addr(), "b.example.", RecordType::MX);
+        assert_eq!(negative_ttl(&m), Some(17));
+        let m = udp(s.addr(), "a.example.", RecordType::MX);
+        assert_eq!(negative_ttl(&m), Some(17));
+    }
+
+    #[test]
     fn a_known_name_without_the_type_is_nodata() {
         let s = server();
         let m = udp(s.addr(), "mx2.example.net.", RecordType::A);
@@ -851,7 +886,7 @@ big.example        MX 10 mx1.example.net
             ("a.example MX ten b.example", "bad MX preference"),
             ("a.example A 1.2.3", "bad IPv4 address"),
             ("a.example AAAA 1.2.3.4", "bad IPv6 address"),
-            ("a.example TXT hello", "unknown record type"),
+            ("a.example SRV 1 2 3 b.example", "unknown record type"),
             ("a.example 60 DROP", "takes no TTL"),
             ("a.example A 1.2.3.4 5.6.7.8", "unexpected"),
             (
@@ -873,5 +908,8 @@ big.example        MX 10 mx1.example.net
             zone.nodes[&b"a.example"[..]].records,
             vec![(7, Data::A(Ipv4Addr::new(1, 2, 3, 4)))]
         );
+        let zone = Zone::parse("$NEGATIVE-TTL 7").unwrap();
+        assert_eq!((zone.len(), zone.negative_ttl), (0, 7));
+        assert!(Zone::parse("$NEGATIVE-TTL x").is_err());
     }
 }
