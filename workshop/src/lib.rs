@@ -87,4 +87,5 @@ pub use home::QmailHome;
 pub use recorder::Recording;
 pub use util::{bin_path, wait_for};
 pub mod bench;
+pub mod dns;
 pub mod simulate;
