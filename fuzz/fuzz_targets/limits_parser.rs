@@ -67,7 +67,12 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
             }
-            Rule::Default(_) | Rule::Group(..) => {}
+            // Rules of MX hosts: never matched by a domain's lookup.
+            Rule::Default(_)
+            | Rule::Group(..)
+            | Rule::Exchange(..)
+            | Rule::ExchangeSuffix(..)
+            | Rule::SiteDefault(_) => {}
         }
     }
 
@@ -81,7 +86,11 @@ fuzz_target!(|data: &[u8]| {
                 domains.push(s.clone());
             }
             Rule::Group(g, _) => domains.push(format!("={g}").into_bytes()),
-            Rule::Default(_) => {}
+            Rule::Exchange(h, _) => domains.push([b"@", &h[..]].concat()),
+            Rule::ExchangeSuffix(s, _) => {
+                domains.push([b"@.", &s[..]].concat())
+            }
+            Rule::Default(_) | Rule::SiteDefault(_) => {}
         }
     }
     let n = domains.len();
@@ -159,6 +168,9 @@ fn check_key(
             );
             None
         }
+        MatchedRule::Provider { .. } | MatchedRule::Site { .. } => {
+            panic!("a domain's lookup matched an MX rule: {m:?}")
+        }
     };
     let rule = line.map(|l| {
         limits.rules().find(|&(at, _)| at == l).expect("the matched line").1
@@ -167,13 +179,22 @@ fn check_key(
         Some(Rule::Domain(_, Value::Group(g)))
         | Some(Rule::Subdomain(_, Value::Group(g))) => Some(g),
         Some(Rule::Domain(..)) | Some(Rule::Subdomain(..)) | None => None,
-        Some(r @ (Rule::Default(_) | Rule::Group(..))) => {
+        Some(
+            r @ (Rule::Default(_)
+            | Rule::Group(..)
+            | Rule::Exchange(..)
+            | Rule::ExchangeSuffix(..)
+            | Rule::SiteDefault(_)),
+        ) => {
             panic!("matched {r:?}")
         }
     };
     match group {
         Some(g) => assert_eq!(m.key, format!("={g}").into_bytes()),
-        None => assert_ne!(m.key.first(), Some(&b'='), "{m:?}"),
+        None => {
+            assert_ne!(m.key.first(), Some(&b'='), "{m:?}");
+            assert_ne!(m.key.first(), Some(&b'@'), "{m:?}");
+        }
     }
     m
 }

@@ -114,7 +114,8 @@ impl std::fmt::Display for Breach {
 /// What a frame from the supervisor carries.
 enum Frame {
     Job(Job),
-    Limits(Limits),
+    /// Boxed: a parsed file is far bigger than a job.
+    Limits(Box<Limits>),
     Responses(Responses),
 }
 
@@ -128,7 +129,7 @@ impl Frame {
                 .map(Frame::Job)
                 .ok_or(Breach::BadJob(delnum)),
             LIMITS => Limits::parse(payload)
-                .map(Frame::Limits)
+                .map(|l| Frame::Limits(Box::new(l)))
                 .map_err(Breach::BadLimits),
             RESPONSES => Responses::parse(payload)
                 .map(Frame::Responses)

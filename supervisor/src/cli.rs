@@ -54,6 +54,7 @@ pub fn main() -> i32 {
     let rest = args.get(1..).unwrap_or_default().to_vec();
     match args.first().and_then(|a| a.to_str()) {
         Some("shard") => shard(&rest),
+        Some("resolver") => resolver(&rest),
         Some("simulate") => simulate(&rest),
         Some("limits") => limits_cmd::main(Parser::from_args(rest)),
         Some("status") => status_cmd::main(Parser::from_args(rest)),
@@ -189,6 +190,13 @@ fn shard(args: &[OsString]) -> i32 {
     }
     // Until the supervisor's limits frame, which comes before any job.
     shardspawn_spawner::driver::run(cfg, Box::new(|_| u32::MAX.into()))
+}
+
+/// The hidden `resolver` command: the supervisor's DNS process (issue
+/// 16), with its own argv contract (`ResolverConfig`).
+fn resolver(args: &[OsString]) -> i32 {
+    let _ = nix::sys::prctl::set_name(c"shardspawn");
+    shardspawn_resolver::main_args(args)
 }
 
 #[cfg(test)]

@@ -45,10 +45,13 @@ use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_common::domain;
 use shardspawn_common::frame::{DONE, Job, LIMITS, RESPONSES};
 use shardspawn_common::limits::Limits;
+use shardspawn_common::lookup::Answer;
 use shardspawn_common::refusal::Refusal;
+use shardspawn_common::routes::Routes;
 use shardspawn_common::validate;
 
 use crate::framing::FramingWatch;
+use crate::sites::{Found, Settled, Sites};
 
 /// How many bits of a [`ShardId::generation`] are used: the driver packs
 /// one into an epoll token beside the kind and the index, so the core
@@ -111,8 +114,8 @@ pub enum Loss {
 /// What happened.
 #[derive(Debug)]
 pub enum Event {
-    /// qmail-send sent a whole command.
-    Command(Command),
+    /// qmail-send sent a whole command, read at that moment.
+    Command(Command, Instant),
     /// qmail-send sent a command with a field longer than we store.
     Oversize {
         /// The delnum it carried.
@@ -175,6 +178,39 @@ pub enum Event {
     },
     /// A changed response rules file (the shards parse it).
     Responses(Rc<[u8]>),
+    /// A changed smtproutes file, parsed.
+    Routes(Routes),
+    /// The driver started the resolver [`Effect::StartResolver`] asked
+    /// for.
+    ResolverStarted {
+        /// The start it was asked for.
+        generation: u32,
+        /// The process.
+        pid: Pid,
+        /// When.
+        now: Instant,
+    },
+    /// The driver could not start it.
+    ResolverStartFailed {
+        /// The start it was asked for.
+        generation: u32,
+        /// Why.
+        error: io::Error,
+        /// When.
+        now: Instant,
+    },
+    /// The resolver answered a lookup, at that moment.
+    Answer(Answer, Instant),
+    /// The running resolver's answer pipe is at EOF or broken, or it
+    /// sent garbage: nothing it was asked will be answered.
+    ResolverLost {
+        /// Which start of it.
+        generation: u32,
+        /// How, for the log.
+        why: String,
+        /// When.
+        now: Instant,
+    },
     /// The driver wrote the first byte of the text of `control` queued
     /// for `shard`: from now on it cannot be replaced.
     TextBegun {
@@ -252,6 +288,18 @@ pub enum Effect {
         /// Its pid, unless already reaped.
         unreaped: Option<Pid>,
     },
+    /// Ask the resolver where this (normalised) domain's mail goes;
+    /// answer with [`Event::Answer`].
+    Lookup(Vec<u8>),
+    /// Start the resolver process (this start of it); answer with
+    /// [`Event::ResolverStarted`] or [`Event::ResolverStartFailed`].
+    StartResolver(u32),
+    /// Close the running resolver's pipes; kill it first if `unreaped`
+    /// is its pid (it may be alive with a broken pipe), and wait for it.
+    ForgetResolver {
+        /// Its pid, unless already reaped.
+        unreaped: Option<Pid>,
+    },
     /// Log this line.
     Log(Level, String),
     /// Every delnum is answered and every shard gone: exit 0.
@@ -283,6 +331,30 @@ enum State {
     Gone,
 }
 
+/// The resolver process's state: like a shard's, without draining (it
+/// is closed at exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolver {
+    /// Sites are off: no resolver.
+    Off,
+    Starting {
+        generation: u32,
+        backoff: Duration,
+    },
+    Up {
+        generation: u32,
+        pid: Pid,
+        started: Instant,
+        backoff: Duration,
+        reaped: bool,
+    },
+    Down {
+        generation: u32,
+        restart_at: Instant,
+        backoff: Duration,
+    },
+}
+
 /// Who must answer a delnum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Owner {
@@ -290,11 +362,13 @@ enum Owner {
     Free,
     /// Routed to this shard: sent to it, or waiting for it.
     Shard(u16),
+    /// Waiting for DNS before it can be routed (in [`Sites`]).
+    Resolving,
 }
 
 /// Why a routed command has not gone to its shard yet. (A command
-/// waiting for a DNS answer before it can be routed at all will be a
-/// second reason, and an `Owner` of its own.)
+/// waiting for a DNS answer before it can be routed at all is not routed:
+/// its owner is [`Owner::Resolving`], and it waits in [`Sites`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
     /// Its shard is starting, or down until its restart.
@@ -329,6 +403,10 @@ pub struct Core {
     restarts: u64,
     /// Set by [`Core::watch_framing`].
     framing: Option<FramingWatch>,
+    /// Where domains' mail goes, and what waits for DNS; off unless
+    /// [`Core::use_sites`].
+    sites: Sites,
+    resolver: Resolver,
 }
 
 impl Core {
@@ -366,7 +444,31 @@ impl Core {
             results: 0,
             restarts: 0,
             framing: None,
+            sites: Sites::off(),
+            resolver: Resolver::Off,
         }
+    }
+
+    /// Keys domains by their sites as `sites` finds them (issue 16),
+    /// starting the resolver process if they are on: the driver carries
+    /// out the [`Effect::StartResolver`] appended to `effects`.
+    pub fn use_sites(&mut self, sites: Sites, effects: &mut Vec<Effect>) {
+        if sites.on() {
+            let backoff = Duration::ZERO;
+            self.resolver = Resolver::Starting { generation: 1, backoff };
+            effects.push(Effect::StartResolver(1));
+        }
+        self.sites = sites;
+    }
+
+    /// The site state, for status.
+    pub fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// The limits routed on.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Logs once if the commands cannot be qmail-send's in `width`
@@ -378,7 +480,7 @@ impl Core {
     /// Handles one event, appending what must be done to `effects`.
     pub fn handle(&mut self, event: Event, effects: &mut Vec<Effect>) {
         match event {
-            Event::Command(cmd) => self.command(cmd, effects),
+            Event::Command(cmd, now) => self.command(cmd, now, effects),
             Event::Oversize { delnum } => {
                 self.record(delnum, Refusal::OutOfMemory.body(), effects);
             }
@@ -388,14 +490,57 @@ impl Core {
             Event::Lost { shard, loss, now } => {
                 self.lost(shard, loss, now, effects);
             }
-            Event::Reaped(pid) => self.reaped(pid),
+            Event::Reaped(pid) => {
+                if let Resolver::Up { pid: p, reaped, .. } = &mut self.resolver
+                    && *p == pid
+                {
+                    *reaped = true;
+                }
+                self.reaped(pid)
+            }
             Event::Started { shard, pid, now } => {
                 self.started(shard, pid, now, effects);
             }
             Event::StartFailed { shard, error, now } => {
                 self.start_failed(shard, error, now, effects);
             }
-            Event::Tick(now) => self.restart_due(now, effects),
+            Event::Tick(now) => {
+                self.restart_due(now, effects);
+                self.resolver_due(now, effects);
+                for settled in self.sites.expired(now) {
+                    self.settle(settled, now, effects);
+                }
+            }
+            Event::Routes(routes) => self.sites.set_routes(routes),
+            Event::ResolverStarted { generation, pid, now } => {
+                self.resolver_started(generation, pid, now)
+            }
+            Event::ResolverStartFailed { generation, error, now } => {
+                if let Resolver::Starting { generation: g, .. } = self.resolver
+                    && g == generation
+                {
+                    let why = format!("unable to start it: {error}");
+                    self.resolver_down(generation, now, true, &why, effects);
+                }
+            }
+            Event::Answer(answer, now) => {
+                if let Some(settled) = self.sites.answered(answer, now) {
+                    self.settle(settled, now, effects);
+                }
+            }
+            Event::ResolverLost { generation, why, now } => {
+                if let Resolver::Up {
+                    generation: g, started, pid, reaped, ..
+                } = self.resolver
+                    && g == generation
+                {
+                    let unreaped = (!reaped).then_some(pid);
+                    effects.push(Effect::ForgetResolver { unreaped });
+                    let young =
+                        now.saturating_duration_since(started) < STABLE_AFTER;
+                    self.resolver_down(generation, now, young, &why, effects);
+                }
+            }
             Event::CommandsEnd => self.commands_end(effects),
             Event::Limits { text, parsed } => {
                 self.limits = parsed;
@@ -420,7 +565,8 @@ impl Core {
         }
     }
 
-    /// The next restart due; the driver never sleeps past it.
+    /// The next restart due, or DNS wait over; the driver never sleeps
+    /// past it.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.shards
             .iter()
@@ -430,6 +576,16 @@ impl Core {
                 | State::Up(_)
                 | State::Draining(_)
                 | State::Gone => None,
+            })
+            .chain(self.sites.next_deadline())
+            .chain(match self.resolver {
+                Resolver::Down { restart_at, .. } if self.reading => {
+                    Some(restart_at)
+                }
+                Resolver::Off
+                | Resolver::Starting { .. }
+                | Resolver::Up { .. }
+                | Resolver::Down { .. } => None,
             })
             .min()
     }
@@ -455,7 +611,12 @@ impl Core {
     }
 
     /// The checks of qmail's order, then routing by the limit key.
-    fn command(&mut self, cmd: Command, effects: &mut Vec<Effect>) {
+    fn command(
+        &mut self,
+        cmd: Command,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
         let owner = &self.owner;
         let checked = validate::check(&cmd, self.slots, |d| {
             owner[usize::from(d)] != Owner::Free
@@ -475,19 +636,76 @@ impl Core {
             return;
         }
         let host = domain::host(&cmd.recipient).unwrap_or_default();
-        // Routed, and counted by its shard, on the limit key (`=NAME` for
-        // a group's members), not the domain: a group's domains must meet
-        // on one shard, in one count.
-        let key = self.limits.lookup(&domain::normalise(host)).key;
-        let index = domain::shard_for(&key, self.shards.len() as u16);
-        let delnum = cmd.delnum;
+        let domain = domain::normalise(host);
         let job = Job {
-            delnum,
+            delnum: cmd.delnum,
             messid: cmd.messid,
             sender: cmd.sender,
             recipient: cmd.recipient,
-            key,
+            key: Vec::new(),
         };
+        // Routed, and counted by its shard, on the limit key (`=NAME` for
+        // a group's members, `@...` for a provider or site), not the
+        // domain: the domains of one key must meet on one shard, in one
+        // count. Finding a site may take a lookup first.
+        match self.sites.find(&self.limits, &domain, now) {
+            Found::Key(key) => self.route(Job { key, ..job }, effects),
+            Found::Ask(domain) => {
+                effects.push(Effect::Lookup(domain.clone()));
+                self.owner[usize::from(job.delnum)] = Owner::Resolving;
+                self.sites.hold(domain, job, true, now);
+            }
+            Found::Wait(domain) => {
+                self.owner[usize::from(job.delnum)] = Owner::Resolving;
+                self.sites.hold(domain, job, false, now);
+            }
+        }
+    }
+
+    /// The deliveries that waited for a lookup, now over: each is routed
+    /// under the key what is known now gives (the answer is kept, a
+    /// failure too), and a failure is logged once.
+    fn settle(
+        &mut self,
+        settled: Settled,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
+        if let Some(line) = settled.failed {
+            effects.push(Effect::Log(Level::Warn, line));
+        }
+        for job in settled.jobs {
+            let key = match self.sites.find(&self.limits, &settled.domain, now)
+            {
+                Found::Key(key) => key,
+                // Not kept (the cache is full of newer answers): its
+                // domain, rather than a second wait.
+                Found::Ask(_) | Found::Wait(_) => {
+                    self.limits.lookup(&settled.domain).key
+                }
+            };
+            self.route(Job { key, ..job }, effects);
+        }
+    }
+
+    /// The same, under the domain key whatever is known: no answer is
+    /// coming.
+    fn settle_by_domain(
+        &mut self,
+        settled: Settled,
+        effects: &mut Vec<Effect>,
+    ) {
+        let key = self.limits.lookup(&settled.domain).key;
+        for job in settled.jobs {
+            self.route(Job { key: key.clone(), ..job }, effects);
+        }
+    }
+
+    /// Sends a keyed job to the shard that owns its key, or queues it
+    /// for that shard.
+    fn route(&mut self, job: Job, effects: &mut Vec<Effect>) {
+        let index = domain::shard_for(&job.key, self.shards.len() as u16);
+        let delnum = job.delnum;
         match self.shards[usize::from(index)] {
             State::Up(run) => {
                 self.owner[usize::from(delnum)] = Owner::Shard(index);
@@ -814,6 +1032,70 @@ impl Core {
         }
     }
 
+    fn resolver_backoff(&self) -> Duration {
+        match self.resolver {
+            Resolver::Starting { backoff, .. }
+            | Resolver::Up { backoff, .. }
+            | Resolver::Down { backoff, .. } => backoff,
+            Resolver::Off => Duration::ZERO,
+        }
+    }
+
+    fn resolver_started(&mut self, generation: u32, pid: Pid, now: Instant) {
+        if let Resolver::Starting { generation: g, backoff } = self.resolver
+            && g == generation
+        {
+            self.resolver = Resolver::Up {
+                generation,
+                pid,
+                started: now,
+                backoff,
+                reaped: false,
+            };
+            self.sites.resolver_up();
+        }
+    }
+
+    /// The resolver is gone (or never came up): what waited for it goes
+    /// under its domain, and it starts again after a pause.
+    fn resolver_down(
+        &mut self,
+        generation: u32,
+        now: Instant,
+        young: bool,
+        why: &str,
+        effects: &mut Vec<Effect>,
+    ) {
+        let backoff = next_backoff(self.resolver_backoff(), young);
+        let restart_at = now + backoff;
+        self.resolver = Resolver::Down { generation, restart_at, backoff };
+        let waiting = self.sites.resolver_down();
+        let count: usize = waiting.iter().map(|s| s.jobs.len()).sum();
+        effects.push(Effect::Log(
+            Level::Warn,
+            format!(
+                "the resolver is gone ({why}); {count} deliveries waiting \
+                 for DNS go under their domains; restarting in {} ms",
+                backoff.as_millis()
+            ),
+        ));
+        for settled in waiting {
+            self.settle_by_domain(settled, effects);
+        }
+    }
+
+    fn resolver_due(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if let Resolver::Down { generation, restart_at, backoff } =
+            self.resolver
+            && restart_at <= now
+            && self.reading
+        {
+            let generation = next_generation(generation);
+            self.resolver = Resolver::Starting { generation, backoff };
+            effects.push(Effect::StartResolver(generation));
+        }
+    }
+
     /// qmail-send is going away: finish what is in flight, then exit.
     fn commands_end(&mut self, effects: &mut Vec<Effect>) {
         if !self.reading {
@@ -827,12 +1109,17 @@ impl Core {
                 self.in_flight()
             ),
         ));
+        // Nothing more comes, so no shard should be told to finish while
+        // a delivery still waits for DNS: they go under their domains.
+        for settled in self.sites.take_all() {
+            self.settle_by_domain(settled, effects);
+        }
         // One walk of the owner table, not one per shard.
         let mut held = vec![0u32; self.shards.len()];
         for owner in &self.owner {
             match *owner {
                 Owner::Shard(i) => held[usize::from(i)] += 1,
-                Owner::Free => {}
+                Owner::Free | Owner::Resolving => {}
             }
         }
         for (i, held) in held.into_iter().enumerate() {
@@ -929,6 +1216,9 @@ impl Core {
         if self.owner.len() > 4096 {
             return;
         }
+        let resolving =
+            self.owner.iter().filter(|o| **o == Owner::Resolving).count();
+        assert_eq!(resolving, self.sites.waiting(), "DNS waits disagree");
         for (delnum, owner) in self.owner.iter().enumerate() {
             if let Owner::Shard(i) = *owner {
                 assert_ne!(
@@ -1137,7 +1427,10 @@ mod tests {
         }
 
         fn send(&mut self, delnum: u16, recipient: &[u8]) -> Vec<Effect> {
-            self.on(Event::Command(cmd(delnum, b"7/1234", recipient)))
+            self.on(Event::Command(
+                cmd(delnum, b"7/1234", recipient),
+                self.now,
+            ))
         }
 
         fn done(&mut self, shard: ShardId, delnum: u16) -> Vec<Effect> {
@@ -1241,7 +1534,7 @@ mod tests {
         ];
         for (c, refusal) in cases {
             let delnum = c.delnum;
-            let fx = rig.on(Event::Command(c));
+            let fx = rig.on(Event::Command(c, rig.now));
             assert_eq!(fx, [Effect::Record { delnum, body: refusal.body() }]);
         }
         assert_eq!(rig.core.in_flight(), 1, "a refused delnum is not held");
@@ -1612,7 +1905,10 @@ mod tests {
         }
         // A job between the first texts and the storm stays behind them.
         let mut fx = Vec::new();
-        core.handle(Event::Command(cmd(5, b"7/1", &rcpt_on(2, 0))), &mut fx);
+        core.handle(
+            Event::Command(cmd(5, b"7/1", &rcpt_on(2, 0)), Instant::now()),
+            &mut fx,
+        );
         pipes[2].apply(&fx, 2);
         let mut last = (Rc::from(&b""[..]), Rc::from(&b""[..]));
         for n in 0..2000 {
@@ -1978,5 +2274,211 @@ mod tests {
             assert!(exited, "seed {seed}: no exit");
             assert!(owed.iter().all(|&n| n == 0), "seed {seed}");
         }
+    }
+
+    /// A rig whose core keys by site, its resolver up; the limits file
+    /// gives google's MX hosts a provider group of 10.
+    fn site_rig(wait: Duration) -> Rig {
+        let mut rig = Rig::new();
+        let text: &[u8] =
+            b":20\nexplicit.test:3\n@.google.com:=google\n=google:10\n";
+        let (t, parsed) = limits(text);
+        let _ = rig.on(Event::Limits { text: t, parsed });
+        let mut fx = Vec::new();
+        rig.core.use_sites(Sites::new(true, wait, Routes::default()), &mut fx);
+        assert_eq!(fx, [Effect::StartResolver(1)]);
+        let now = rig.now;
+        let fx = rig.on(Event::ResolverStarted {
+            generation: 1,
+            pid: pid(99, 1),
+            now,
+        });
+        assert_eq!(fx, []);
+        rig
+    }
+
+    fn lookups(fx: &[Effect]) -> Vec<Vec<u8>> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Lookup(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn keys(fx: &[Effect]) -> Vec<(u16, Vec<u8>)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Job { job, .. } => Some((job.delnum, job.key.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mx(domain: &[u8], hosts: &[&str]) -> Answer {
+        use shardspawn_common::lookup::{Exchange, Outcome};
+        let exchanges = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Exchange {
+                preference: 10 * i as u16,
+                host: h.as_bytes().to_vec(),
+            })
+            .collect();
+        Answer {
+            domain: domain.to_vec(),
+            ttl: 300,
+            outcome: Outcome::Mx(exchanges),
+        }
+    }
+
+    #[test]
+    fn a_domain_waits_for_one_lookup_then_goes_under_its_site() {
+        let mut rig = site_rig(Duration::from_secs(5));
+        let fx = rig.send(1, b"a@one.test");
+        assert_eq!(
+            (lookups(&fx), jobs(&fx)),
+            (vec![b"one.test".to_vec()], vec![])
+        );
+        // A second delivery to it, and one spelled otherwise: no second
+        // lookup while the first is under way.
+        let fx = rig.send(2, b"b@ONE.test.");
+        assert_eq!(fx, []);
+        assert_eq!(rig.core.in_flight(), 2);
+        let now = rig.now;
+        let fx = rig.on(Event::Answer(
+            mx(b"one.test", &["mx2.site.test", "mx1.site.test"]),
+            now,
+        ));
+        let site = b"@mx1.site.test,mx2.site.test".to_vec();
+        assert_eq!(keys(&fx), [(1, site.clone()), (2, site.clone())]);
+        // Kept: the next delivery goes at once.
+        let fx = rig.send(3, b"c@one.test");
+        assert_eq!(keys(&fx), [(3, site)]);
+        // Another domain on the same hosts shares the key once known.
+        let fx = rig.send(4, b"d@two.test");
+        assert_eq!(lookups(&fx), [b"two.test".to_vec()]);
+        let fx = rig.on(Event::Answer(
+            mx(b"two.test", &["mx1.site.test", "mx2.site.test"]),
+            now,
+        ));
+        assert_eq!(keys(&fx), [(4, b"@mx1.site.test,mx2.site.test".to_vec())]);
+    }
+
+    #[test]
+    fn a_provider_rule_and_an_explicit_rule_come_before_the_site() {
+        let mut rig = site_rig(Duration::from_secs(5));
+        // An explicit domain rule: no lookup at all. An IP literal: none.
+        let fx = rig.send(1, b"a@explicit.test");
+        assert_eq!(
+            (lookups(&fx), keys(&fx)),
+            (vec![], vec![(1, b"explicit.test".to_vec())])
+        );
+        let fx = rig.send(2, b"a@[10.0.0.1]");
+        assert_eq!(
+            (lookups(&fx), keys(&fx)),
+            (vec![], vec![(2, b"[10.0.0.1]".to_vec())])
+        );
+        let _ = rig.send(3, b"a@hosted.test");
+        let now = rig.now;
+        let fx = rig.on(Event::Answer(
+            mx(b"hosted.test", &["aspmx.l.google.com", "backup.other.test"]),
+            now,
+        ));
+        assert_eq!(keys(&fx), [(3, b"=google".to_vec())]);
+    }
+
+    #[test]
+    fn a_failed_or_slow_lookup_sends_its_deliveries_under_their_domain_once() {
+        use shardspawn_common::lookup::Outcome;
+        let mut rig = site_rig(Duration::from_secs(5));
+        let _ = rig.send(1, b"a@broken.test");
+        let now = rig.now;
+        let failed = Answer {
+            domain: b"broken.test".to_vec(),
+            ttl: 0,
+            outcome: Outcome::Failed("SERVFAIL".into()),
+        };
+        let fx = rig.on(Event::Answer(failed, now));
+        assert_eq!(keys(&fx), [(1, b"broken.test".to_vec())]);
+        let warned = fx.iter().filter(|e| matches!(e, Effect::Log(Level::Warn, l) if l.contains("broken.test") && l.contains("SERVFAIL"))).count();
+        assert_eq!(warned, 1);
+        // Not asked again, and not logged again, for a while.
+        let fx = rig.send(2, b"b@broken.test");
+        assert_eq!(fx.len(), 1, "{fx:?}");
+        assert_eq!(keys(&fx), [(2, b"broken.test".to_vec())]);
+        // Silence: the wait ends at its deadline, not before.
+        let _ = rig.send(3, b"a@silent.test");
+        assert_eq!(
+            rig.core.next_deadline(),
+            Some(now + Duration::from_secs(5))
+        );
+        assert_eq!(rig.tick(Duration::from_millis(4999)), []);
+        let fx = rig.tick(Duration::from_millis(1));
+        assert_eq!(keys(&fx), [(3, b"silent.test".to_vec())]);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(Level::Warn, l) if l.contains("no answer in 5 s"))));
+        // A late answer is kept for the next delivery, and answers nobody.
+        let fx = rig
+            .on(Event::Answer(mx(b"silent.test", &["mx.late.test"]), rig.now));
+        assert_eq!(fx, []);
+        let fx = rig.send(4, b"b@silent.test");
+        assert_eq!(keys(&fx), [(4, b"@mx.late.test".to_vec())]);
+        assert_eq!(rig.core.in_flight(), 4);
+    }
+
+    #[test]
+    fn the_resolver_dying_loses_nothing_and_it_starts_again() {
+        let mut rig = site_rig(Duration::from_secs(5));
+        let _ = rig.send(1, b"a@one.test");
+        let _ = rig.send(2, b"a@two.test");
+        let now = rig.now;
+        let why = "closed its answer pipe".to_string();
+        let fx = rig.on(Event::ResolverLost { generation: 1, why, now });
+        assert_eq!(
+            fx[0],
+            Effect::ForgetResolver { unreaped: Some(pid(99, 1)) }
+        );
+        assert_eq!(
+            keys(&fx),
+            [(1, b"one.test".to_vec()), (2, b"two.test".to_vec())]
+        );
+        // While it is down, no lookup is asked: the domain key at once.
+        let fx = rig.send(3, b"a@three.test");
+        assert_eq!(
+            (lookups(&fx), keys(&fx)),
+            (vec![], vec![(3, b"three.test".to_vec())])
+        );
+        // A late event of the dead one changes nothing.
+        let fx = rig.on(Event::ResolverLost {
+            generation: 1,
+            why: "again".into(),
+            now,
+        });
+        assert_eq!(fx, []);
+        let fx = rig.tick(Duration::from_millis(100));
+        assert_eq!(fx, [Effect::StartResolver(2)]);
+        let fx = rig.on(Event::ResolverStarted {
+            generation: 2,
+            pid: pid(99, 2),
+            now: rig.now,
+        });
+        assert_eq!(fx, []);
+        let fx = rig.send(4, b"a@four.test");
+        assert_eq!(lookups(&fx), [b"four.test".to_vec()]);
+    }
+
+    #[test]
+    fn the_end_of_commands_sends_what_waits_for_dns_under_its_domain() {
+        let mut rig = site_rig(Duration::from_secs(5));
+        let _ = rig.send(1, b"a@one.test");
+        let fx = rig.on(Event::CommandsEnd);
+        assert_eq!(keys(&fx), [(1, b"one.test".to_vec())]);
+        let closes =
+            fx.iter().filter(|e| matches!(e, Effect::CloseJobs(_))).count();
+        assert_eq!(closes, usize::from(SHARDS));
+        let job_at = fx.iter().position(|e| matches!(e, Effect::Job { .. }));
+        let close_at =
+            fx.iter().position(|e| matches!(e, Effect::CloseJobs(_)));
+        assert!(job_at < close_at, "the job goes before its shard is closed");
     }
 }

@@ -218,6 +218,7 @@ mod tests {
         let (mut plain, mut watched) = (core(), core());
         watched.watch_framing(DelnumWidth::One);
         let mut warnings = Vec::new();
+        let now = std::time::Instant::now();
         for i in 0..60u16 {
             // Mostly what a 2-byte stream read as 1 looks like, now and
             // then a sound command.
@@ -227,8 +228,8 @@ mod tests {
                 _ => command(i, "@d.test", "s@b.test"),
             };
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            plain.handle(Event::Command(c.clone()), &mut a);
-            watched.handle(Event::Command(c), &mut b);
+            plain.handle(Event::Command(c.clone(), now), &mut a);
+            watched.handle(Event::Command(c, now), &mut b);
             b.retain(|e| match e {
                 Effect::Log(Level::Warn, line)
                     if line.contains("SHARDSPAWN_DELNUM_BYTES") =>

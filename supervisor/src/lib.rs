@@ -29,6 +29,8 @@ pub mod core;
 pub mod framing;
 pub mod limits_cmd;
 pub mod mux;
+pub mod resolver;
 pub mod shards;
+pub mod sites;
 pub mod startup;
 pub mod status_cmd;

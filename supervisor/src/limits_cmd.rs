@@ -12,11 +12,32 @@ use lexopt::Parser;
 
 use shardspawn_common::domain;
 use shardspawn_common::limits::{Limits, MatchedRule, Rule};
+use shardspawn_common::lookup::{Answer, Exchange, Outcome, ResolverConfig};
 use shardspawn_common::response::{Action, Responses};
+use shardspawn_common::routes::Routes;
 use shardspawn_common::settings::Settings;
 
 use crate::cmdline::{self, Out, Usage, flag_value};
-use crate::startup::{ControlFileError, default_shards, read_control};
+use crate::startup::{ControlFileError, ROUTES, default_shards, read_control};
+
+/// smtproutes as `explain` reads it: a file it cannot read or parse is
+/// said once and counts as none, as the supervisor does.
+fn read_routes(path: &Path) -> Routes {
+    match read_control(path) {
+        Ok(Some(text)) => Routes::parse(&text).unwrap_or_else(|e| {
+            eprintln!(
+                "shardspawn limits: {}: {e}; routing by MX only",
+                path.display()
+            );
+            Routes::absent()
+        }),
+        Ok(None) => Routes::absent(),
+        Err(e) => {
+            eprintln!("shardspawn limits: {e}; routing by MX only");
+            Routes::absent()
+        }
+    }
+}
 
 const USAGE: &str = "\
 usage: shardspawn limits check [FILE]
@@ -25,10 +46,13 @@ usage: shardspawn limits check [FILE]
 
 check: validates the limits file (default: the SHARDSPAWN_LIMITS setting,
 else HOME/control/concurrencydomains) and says what it holds.
-explain: for each domain (or address), the rule that matches, the limit
-key, the limit, and the shard that owns the key at the current shard
-count (SHARDSPAWN_SHARDS, else the number of CPUs); --limits names the
-limits file, as check's FILE does.
+explain: for each domain (or address), where its mail goes (the relay
+HOME/control/smtproutes names, else its MX hosts, looked up now unless
+SHARDSPAWN_SITES=0, through SHARDSPAWN_DNS if set), the rule that
+matches (a domain rule, a provider rule of MX hosts, the site, or the
+default), the limit key, the limit, and the shard that owns the key at
+the current shard count (SHARDSPAWN_SHARDS, else the number of CPUs);
+--limits names the limits file, as check's FILE does.
 rules: validates the response rules file (default: the SHARDSPAWN_RESPONSES
 setting, else HOME/control/responserules) and lists every rule in force,
 in the order they are tried: the file's, then the built-in ones.
@@ -142,7 +166,17 @@ pub fn main(p: Parser) -> i32 {
             let shards = settings.shards.unwrap_or_else(default_shards);
             let named = file.is_some();
             let path = file.unwrap_or_else(|| settings.limits_path());
-            explain(&mut out, &path, named, shards, &domains)
+            let cfg = ResolverConfig {
+                servers: settings.dns.clone(),
+                timeout: settings.dns_wait,
+            };
+            let lookup =
+                |d: &[u8]| shardspawn_resolver::lookup_blocking(&cfg, d);
+            let sites = settings.sites.then(|| SiteFinder {
+                routes: read_routes(&settings.home.join(ROUTES)),
+                lookup: &lookup,
+            });
+            explain(&mut out, &path, named, shards, &domains, sites)
         }
         Command::Help => Ok(0),
     };
@@ -153,20 +187,24 @@ fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
     match load(path, named) {
         Ok(Some(limits)) => {
             let (mut domains, mut subdomains, mut groups) = (0, 0, 0);
+            let mut mx = 0;
             for (_, rule) in limits.rules() {
                 match rule {
                     Rule::Domain(..) => domains += 1,
                     Rule::Subdomain(..) => subdomains += 1,
                     Rule::Group(..) => groups += 1,
-                    Rule::Default(_) => {}
+                    Rule::Exchange(..) | Rule::ExchangeSuffix(..) => mx += 1,
+                    Rule::Default(_) | Rule::SiteDefault(_) => {}
                 }
             }
             writeln!(
                 out,
-                "{}: ok: default limit {}, {domains} domain rules, \
-                 {subdomains} subdomain rules, {groups} groups",
+                "{}: ok: default limit {}, site limit {}, {domains} domain \
+                 rules, {subdomains} subdomain rules, {mx} MX host rules, \
+                 {groups} groups",
                 path.display(),
-                limits.default_limit()
+                limits.default_limit(),
+                limits.site_allowance().limit,
             )?;
             Ok(0)
         }
@@ -187,12 +225,22 @@ fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
     }
 }
 
+/// What `explain` needs to find sites: smtproutes, and a way to ask
+/// DNS (the resolver's, blocking: a command line may wait).
+pub struct SiteFinder<'a> {
+    /// The routes in force.
+    pub routes: Routes,
+    /// Asks DNS about one normalised domain.
+    pub lookup: &'a dyn Fn(&[u8]) -> Answer,
+}
+
 fn explain(
     out: &mut Out,
     path: &Path,
     named: bool,
     shards: u16,
     domains: &[OsString],
+    sites: Option<SiteFinder<'_>>,
 ) -> io::Result<i32> {
     let limits = match load(path, named) {
         Ok(limits) => limits,
@@ -212,32 +260,52 @@ fn explain(
             .find(|(l, _)| *l == line)
             .map_or_else(String::new, |(_, r)| r.to_string())
     };
+    let at_line =
+        |line: usize| format!("{source} line {line} '{}'", line_text(line));
     for arg in domains {
         let bytes = arg.as_encoded_bytes();
         let host = domain::host(bytes).unwrap_or(bytes);
         let d = domain::normalise(host);
-        let m = limits.lookup(&d);
-        let rule = match &m.rule {
-            MatchedRule::Exact { line } => {
-                format!("{source} line {line} '{}'", line_text(*line))
+        let mut m = limits.lookup(&d);
+        // Where its mail goes, when that decides the key.
+        let mut found = String::new();
+        if let Some(sites) = &sites
+            && !m.is_domain_rule()
+            && domain::ip_literal(&d).is_none()
+        {
+            let (said, exchanges) = where_mail_goes(sites, &d);
+            found = format!("{said}; ");
+            if let Some(exchanges) = exchanges {
+                m = limits.site(&exchanges);
             }
-            MatchedRule::Subdomain { line, .. } => {
-                format!("{source} line {line} '{}'", line_text(*line))
+        }
+        let rule = match &m.rule {
+            MatchedRule::Exact { line }
+            | MatchedRule::Subdomain { line, .. } => {
+                format!("rule {}", at_line(*line))
             }
             MatchedRule::Default { line: Some(line) } => {
-                format!(
-                    "{source} line {line} '{}' (default)",
-                    line_text(*line)
-                )
+                format!("rule {} (default)", at_line(*line))
             }
             MatchedRule::Default { line: None } => {
-                "the built-in default".to_string()
+                "rule the built-in default".to_string()
+            }
+            MatchedRule::Provider { line, host, .. } => format!(
+                "provider rule {} (matched by {})",
+                at_line(*line),
+                domain::printable(host)
+            ),
+            MatchedRule::Site { line: Some(line) } => {
+                format!("site, limit from {}", at_line(*line))
+            }
+            MatchedRule::Site { line: None } => {
+                "site, limit from the built-in default".to_string()
             }
         };
         let rate = m.rate.map_or_else(String::new, |r| format!("; rate {r}"));
         writeln!(
             out,
-            "{}: rule {rule}; key {}; limit {}{rate}; shard {} of {shards}",
+            "{}: {found}{rule}; key {}; limit {}{rate}; shard {} of {shards}",
             domain::printable(&d),
             domain::printable(&m.key),
             m.limit,
@@ -245,6 +313,43 @@ fn explain(
         )?;
     }
     Ok(0)
+}
+
+/// What smtproutes or DNS say of where `d`'s mail goes, for the line,
+/// and the exchanges that make its site (`None`: its domain key).
+fn where_mail_goes(
+    sites: &SiteFinder<'_>,
+    d: &[u8],
+) -> (String, Option<Vec<Exchange>>) {
+    if let Some(route) = sites.routes.route(d)
+        && let Some(relay) = route.relay
+    {
+        let port = route.port.map_or_else(String::new, |p| format!(":{p}"));
+        let said = format!(
+            "smtproutes line {}: relay {}{port}",
+            route.line,
+            domain::printable(&relay)
+        );
+        return (said, Some(vec![Exchange { preference: 0, host: relay }]));
+    }
+    let answer = (sites.lookup)(d);
+    match answer.outcome {
+        Outcome::Mx(exchanges) => {
+            let hosts: Vec<String> = exchanges
+                .iter()
+                .map(|x| {
+                    format!("{} {}", x.preference, domain::printable(&x.host))
+                })
+                .collect();
+            (format!("MX {}", hosts.join(", ")), Some(exchanges))
+        }
+        Outcome::Host => {
+            let own = vec![Exchange { preference: 0, host: d.to_vec() }];
+            ("no MX: its own host".to_string(), Some(own))
+        }
+        Outcome::NoHost => ("no MX and no address".to_string(), None),
+        Outcome::Failed(why) => (format!("MX lookup failed ({why})"), None),
+    }
 }
 
 /// `limits rules`: the response rules in force, one a line.

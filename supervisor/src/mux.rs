@@ -22,9 +22,11 @@ use nix::unistd::Pid;
 
 use shardspawn_common::command::{CommandDecoder, Decoded};
 use shardspawn_common::limits::Limits;
+use shardspawn_common::lookup::{ANSWER, Answer};
 use shardspawn_common::record;
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
+use shardspawn_common::routes::Routes;
 use shardspawn_common::status::SupervisorStatus;
 use shardspawn_os::log::{Log, StatusWriter};
 use shardspawn_os::sys::{self, Interest, Poller, Token};
@@ -32,7 +34,9 @@ use shardspawn_os::sys::{self, Interest, Poller, Token};
 use crate::core::{
     Core, Effect, Event, GENERATION_BITS, Level, Loss, ShardId,
 };
+use crate::resolver::{self, ResolverProc};
 use crate::shards::{self, Process};
+use crate::sites::Sites;
 use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 
 /// How often the limits file is looked at (qmail-start's children never
@@ -46,6 +50,14 @@ const QMAIL: u8 = 0;
 const SIGNALS: u8 = 1;
 const RESULTS: u8 = 2;
 const JOBS: u8 = 3;
+
+/// The token index of the resolver's pipes (kinds `RESULTS` and `JOBS`):
+/// never a shard's, which are below `SHARDS_MAX`.
+const RESOLVER: u32 = u32::MAX;
+
+fn resolver_token(kind: u8, generation: u32) -> u64 {
+    Token { kind, generation, index: RESOLVER }.pack()
+}
 
 fn token(kind: u8, id: ShardId) -> u64 {
     let index = u32::from(id.index);
@@ -74,7 +86,10 @@ pub fn run(rt: Runtime, log: Log) -> i32 {
     // 111 without announcing, and qmail-start's supervisor tries again.
     for effect in starts {
         let Effect::Start(id) = effect else {
-            unreachable!("a new core only starts shards: {effect:?}")
+            // The resolver: not fatal if it cannot start (DNS never
+            // stops mail); the core starts it again later.
+            mux.carry_out(effect);
+            continue;
         };
         let now = Instant::now();
         match mux.start(id) {
@@ -120,6 +135,8 @@ struct Mux {
     procs: Vec<Option<Process>>,
     /// Shard processes given up but not yet reaped.
     dying: Vec<Pid>,
+    /// The resolver process, while it runs.
+    resolver: Option<ResolverProc>,
     /// The core said every delnum is answered and every shard gone.
     exit: bool,
     /// When to look at the limits file again, and to publish status.
@@ -168,6 +185,9 @@ impl Mux {
             &mut starts,
         );
         core.watch_framing(rt.width);
+        let sites =
+            Sites::new(rt.sites, rt.dns_wait, rt.routes.parsed.clone());
+        core.use_sites(sites, &mut starts);
         let mux = Mux {
             decoder: CommandDecoder::new(rt.width, FIELD_LIMIT),
             procs: (0..rt.shards).map(|_| None).collect(),
@@ -183,6 +203,7 @@ impl Mux {
             writing: true,
             out: Vec::new(),
             dying: Vec::new(),
+            resolver: None,
             exit: false,
             next_limits_check: Instant::now() + LIMITS_EVERY,
             next_status: Instant::now(),
@@ -280,6 +301,33 @@ impl Mux {
                 self.forget(shard);
                 self.dying.extend(unreaped);
             }
+            Effect::Lookup(domain) => {
+                if let Some(r) = &mut self.resolver {
+                    r.push(&domain);
+                }
+            }
+            Effect::StartResolver(generation) => {
+                let now = Instant::now();
+                let event = match self.start_resolver(generation) {
+                    Ok(pid) => Event::ResolverStarted { generation, pid, now },
+                    Err(error) => {
+                        Event::ResolverStartFailed { generation, error, now }
+                    }
+                };
+                self.feed(event);
+            }
+            Effect::ForgetResolver { unreaped } => {
+                if let Some(r) = self.resolver.take() {
+                    let _ = self.poller.delete(r.answers.as_fd());
+                    if r.watched {
+                        let _ = self.poller.delete(r.lookups.as_fd());
+                    }
+                }
+                if let Some(pid) = unreaped {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    self.dying.push(pid);
+                }
+            }
             Effect::Log(Level::Info, line) => {
                 self.log.info(format_args!("{line}"))
             }
@@ -310,6 +358,78 @@ impl Mux {
             .filter(|p| p.id == id)
     }
 
+    /// Starts the resolver and watches its answer pipe.
+    fn start_resolver(&mut self, generation: u32) -> io::Result<Pid> {
+        let r = resolver::start(generation, &self.rt.resolver)?;
+        let t = resolver_token(RESULTS, generation);
+        self.poller.add(r.answers.as_fd(), Interest::Read, t)?;
+        let pid = r.pid;
+        self.resolver = Some(r);
+        Ok(pid)
+    }
+
+    /// Reads the resolver's answers (`generation`'s, if it still runs).
+    fn read_answers(&mut self, generation: u32, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut lost = None;
+        match &self.resolver {
+            Some(r) if r.generation == generation => {
+                match sys::read(r.answers.as_fd(), &mut buf) {
+                    Ok(Some(n)) => lost = self.answers(&buf[..n], now),
+                    Ok(None) => lost = Some("closed its answer pipe".into()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => lost = Some(format!("unable to read it: {e}")),
+                }
+            }
+            _ => {}
+        }
+        self.buf = buf;
+        if let Some(why) = lost {
+            self.feed(Event::ResolverLost { generation, why, now });
+        }
+    }
+
+    /// Feeds each whole answer in `bytes`; a reason if the stream is
+    /// broken.
+    fn answers(&mut self, mut bytes: &[u8], now: Instant) -> Option<String> {
+        while !bytes.is_empty() {
+            let r = self.resolver.as_mut()?;
+            let (used, frame) = r.decoder.decode(bytes);
+            bytes = &bytes[used..];
+            match frame {
+                None => {}
+                Some(Ok((ANSWER, _, payload))) => {
+                    match Answer::from_payload(&payload) {
+                        Some(answer) => self.feed(Event::Answer(answer, now)),
+                        None => return Some("sent a broken answer".into()),
+                    }
+                }
+                Some(Ok((kind, _, _))) => {
+                    return Some(format!("sent a frame of kind {kind}"));
+                }
+                Some(Err(e)) => {
+                    return Some(format!("sent a frame of {} bytes", e.len));
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes the lookups the resolver's pipe takes, and watches it for
+    /// room while some are left.
+    fn flush_lookups(&mut self) {
+        let Some(r) = &mut self.resolver else { return };
+        let want = !r.flush();
+        let t = resolver_token(JOBS, r.generation);
+        if want && !r.watched {
+            r.watched =
+                self.poller.add(r.lookups.as_fd(), Interest::Write, t).is_ok();
+        } else if !want && r.watched {
+            let _ = self.poller.delete(r.lookups.as_fd());
+            r.watched = false;
+        }
+    }
+
     /// Starts incarnation `id` and watches its result pipe.
     fn start(&mut self, id: ShardId) -> io::Result<Pid> {
         let p = shards::start(id, &self.rt.shard)?;
@@ -331,6 +451,11 @@ impl Mux {
                 self.flush_out();
                 // Every shard has closed its result pipe and is exiting;
                 // reap them so none outlives us as a zombie.
+                // The resolver holds nothing worth waiting for.
+                if let Some(r) = self.resolver.take() {
+                    let _ = nix::sys::signal::kill(r.pid, Signal::SIGKILL);
+                    self.dying.push(r.pid);
+                }
                 for pid in self.dying.drain(..) {
                     let _ = nix::sys::wait::waitpid(pid, None);
                 }
@@ -355,6 +480,14 @@ impl Mux {
             let now = Instant::now();
             let tokens: Vec<u64> = self.poller.tokens().collect();
             for t in tokens {
+                let raw = Token::unpack(t);
+                if raw.index == RESOLVER {
+                    // Room in its pipe is used below.
+                    if raw.kind == RESULTS {
+                        self.read_answers(raw.generation, now);
+                    }
+                    continue;
+                }
                 let (kind, id) = untoken(t);
                 match kind {
                     QMAIL => self.read_commands(),
@@ -374,10 +507,12 @@ impl Mux {
                 self.next_limits_check = now + LIMITS_EVERY;
                 self.reload_limits(false);
                 self.reload_responses(false);
+                self.reload_routes(false);
             }
             for i in 0..self.procs.len() {
                 self.flush_jobs(i);
             }
+            self.flush_lookups();
             self.flush_out();
             if now >= self.next_status {
                 self.next_status = now + STATUS_EVERY;
@@ -418,7 +553,9 @@ impl Mux {
                     ));
                     self.feed(Event::Oversize { delnum });
                 }
-                Some(Decoded::Command(cmd)) => self.feed(Event::Command(cmd)),
+                Some(Decoded::Command(cmd)) => {
+                    self.feed(Event::Command(cmd, Instant::now()))
+                }
             }
         }
         self.buf = buf;
@@ -444,6 +581,7 @@ impl Mux {
             if signo == Signal::SIGHUP as i32 {
                 self.reload_limits(true);
                 self.reload_responses(true);
+                self.reload_routes(true);
             }
         }
         while let Some((pid, end)) = sys::reap() {
@@ -507,6 +645,27 @@ impl Mux {
         self.feed(event);
     }
 
+    /// The same for smtproutes, which only the core reads.
+    fn reload_routes(&mut self, force: bool) {
+        if !self.rt.sites {
+            return;
+        }
+        let Some(new) = reload(
+            &mut self.rt.routes,
+            force,
+            &self.log,
+            "routes",
+            Routes::parse,
+        ) else {
+            return;
+        };
+        self.log
+            .info(format_args!("routes reloaded from {}", new.path.display()));
+        let event = Event::Routes(new.parsed.clone());
+        self.rt.routes = new;
+        self.feed(event);
+    }
+
     /// Writes the `supervisor` status file; `stopped` as it exits.
     fn publish(&mut self, stopped: Option<SystemTime>) {
         let Some(dir) = &self.rt.state_dir else { return };
@@ -524,6 +683,9 @@ impl Mux {
             in_flight: self.core.in_flight(),
             results: self.core.results(),
             restarts: self.core.restarts(),
+            sites: u8::from(self.core.sites().on()),
+            dns_waiting: self.core.sites().waiting() as u32,
+            dns_cached: self.core.sites().cached() as u32,
         };
         let text = status.render();
         self.status.write(&self.log, dir, [("supervisor", text.as_bytes())]);

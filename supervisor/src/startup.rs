@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Uid, User};
@@ -17,7 +18,9 @@ use nix::unistd::{Uid, User};
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_common::control::{self, ControlError};
 use shardspawn_common::limits::Limits;
+use shardspawn_common::lookup::ResolverConfig;
 use shardspawn_common::response::Responses;
+use shardspawn_common::routes::Routes;
 use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
 use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
@@ -389,6 +392,12 @@ pub type LimitsSource = Source<Limits>;
 /// The response rules in force.
 pub type ResponsesSource = Source<Responses>;
 
+/// qmail-remote's `control/smtproutes` as read to find sites.
+pub type RoutesSource = Source<Routes>;
+
+/// Where smtproutes is, under the home, as qmail-remote reads it.
+pub const ROUTES: &str = "control/smtproutes";
+
 impl<T> Source<T> {
     /// Reads the file; absent is the same as empty.
     pub fn read(
@@ -421,6 +430,14 @@ pub struct Runtime {
     pub responses: ResponsesSource,
     /// Where the supervisor publishes its status, if it can.
     pub state_dir: Option<PathBuf>,
+    /// Domains are grouped by site (issue 16).
+    pub sites: bool,
+    /// The longest a delivery waits for DNS.
+    pub dns_wait: Duration,
+    /// What the resolver process is told.
+    pub resolver: ResolverConfig,
+    /// qmail-remote's routes, which come before MX.
+    pub routes: RoutesSource,
 }
 
 /// Where the logs go: the log directory (absolute) and the logger.
@@ -470,6 +487,7 @@ pub fn prepare(
     let owner_uid = queue_owner_uid(&settings.queue_owner)?;
     clean_tcpto(Path::new("../lock/tcpto"));
     let (limits, responses) = read_controls(settings, &home, log)?;
+    let routes = read_routes(&home, log);
     // Checked here, in queue/mess, where the shards will run it.
     remote_runs(settings)?;
     let state_dir = state_dir(&home.join(&settings.state_dir), log)?;
@@ -503,6 +521,13 @@ pub fn prepare(
         limits,
         responses,
         state_dir,
+        sites: settings.sites,
+        dns_wait: settings.dns_wait,
+        resolver: ResolverConfig {
+            servers: settings.dns.clone(),
+            timeout: settings.dns_wait,
+        },
+        routes,
     })
 }
 
@@ -534,6 +559,31 @@ fn queue_owner_uid(owner: &QueueOwner) -> Result<u32, Fatal> {
 }
 
 /// Reads the limits and the response rules, and logs what is in force.
+/// Reads `control/smtproutes`. Unlike the limits, a file we cannot read
+/// or parse is not fatal: qmail-remote routes by it whatever we make of
+/// it, and only the keys of routed domains depend on our reading (they
+/// fall back to MX), so the trouble is logged and mail goes on.
+fn read_routes(home: &Path, log: &Log) -> RoutesSource {
+    let path = home.join(ROUTES);
+    match RoutesSource::read(&path, Routes::parse) {
+        Ok(routes) => {
+            if routes.stamp.is_some() {
+                log.info(format_args!("routes from {}", path.display()));
+            }
+            routes
+        }
+        Err(e) => {
+            log.warn(format_args!("{e}; routing by MX only"));
+            Source {
+                stamp: stamp(&path),
+                path,
+                text: Vec::new(),
+                parsed: Routes::default(),
+            }
+        }
+    }
+}
+
 fn read_controls(
     settings: &Settings,
     home: &Path,

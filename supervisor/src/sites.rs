@@ -1,0 +1,344 @@
+//! Which receiving site a domain's mail goes to, as far as the
+//! supervisor's core needs it to pick a limit key: `control/smtproutes`
+//! first, then what the resolver process said of the domain's MX hosts,
+//! kept for its TTL. Pure like the core: time comes in as arguments, and
+//! the lookups it wants go out through the core as effects.
+//!
+//! A domain's key, most specific first: an explicit domain rule of the
+//! limits file; else, with sites on, the relay smtproutes names or the
+//! domain's MX hosts (a provider rule or the site, see
+//! [`Limits::site`]); else the domain itself. Every way of not knowing
+//! the site (sites off, an IP literal, a failed or slow lookup, a domain
+//! with no host, the resolver down) ends in the domain key, so DNS can
+//! make a delivery wait, never lose it or hold it past [`Sites::wait`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shardspawn_common::domain;
+use shardspawn_common::frame::Job;
+use shardspawn_common::limits::{Limits, Match};
+use shardspawn_common::lookup::{Answer, Exchange, Outcome};
+use shardspawn_common::routes::Routes;
+
+/// An answer is kept at least this long, whatever its TTL: a TTL of 0
+/// would otherwise send one lookup per delivery.
+pub const TTL_MIN: Duration = Duration::from_secs(60);
+/// ... and at most this long: a provider's move is seen within a day.
+pub const TTL_MAX: Duration = Duration::from_secs(86_400);
+/// A failed lookup (or one with no answer in time) is not asked again
+/// for this long; its domain's deliveries go under the domain key.
+pub const FAILED_KEEP: Duration = Duration::from_secs(60);
+/// Most domains whose answers are kept; the oldest go first. At about
+/// 200 bytes each, 100,000 is some 20 MB at most.
+pub const CACHE_MAX: usize = 100_000;
+
+/// How the key of a domain was found (for a command in hand).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Route it under this key now.
+    Key(Vec<u8>),
+    /// Ask the resolver for this domain, and wait.
+    Ask(Vec<u8>),
+    /// A lookup of this domain is under way: wait for it.
+    Wait(Vec<u8>),
+}
+
+/// A lookup's end for the deliveries that waited for it.
+#[derive(Debug)]
+pub struct Settled {
+    /// The domain.
+    pub domain: Vec<u8>,
+    /// The deliveries that waited, in arrival order (keys not set yet).
+    pub jobs: Vec<Job>,
+    /// A line for the log, if the lookup failed.
+    pub failed: Option<String>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    outcome: Outcome,
+    expires: Instant,
+    /// Its place in `order`.
+    serial: u64,
+}
+
+#[derive(Debug)]
+struct Asked {
+    jobs: Vec<Job>,
+    /// When it stops being waited for; tells its place in `deadlines`
+    /// from an earlier lookup's of the same domain.
+    deadline: Instant,
+}
+
+/// The site side of the supervisor's state.
+#[derive(Debug)]
+pub struct Sites {
+    on: bool,
+    wait: Duration,
+    routes: Routes,
+    cache: HashMap<Vec<u8>, Cached>,
+    /// Cached domains, oldest first, with the serial they were cached
+    /// under (a later answer for the same domain has a later one).
+    order: VecDeque<(u64, Vec<u8>)>,
+    serial: u64,
+    /// Lookups under way, with the deliveries waiting for them.
+    asked: HashMap<Vec<u8>, Asked>,
+    /// When each lookup under way stops being waited for, in asking
+    /// order (the wait is one setting, so this is deadline order too).
+    deadlines: VecDeque<(Instant, Vec<u8>)>,
+    /// The resolver process is up: lookups can be asked.
+    resolver_up: bool,
+}
+
+impl Sites {
+    /// Sites `on` or off; a delivery waits at most `wait` for DNS.
+    pub fn new(on: bool, wait: Duration, routes: Routes) -> Sites {
+        Sites {
+            on,
+            wait,
+            routes,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            serial: 0,
+            asked: HashMap::new(),
+            deadlines: VecDeque::new(),
+            resolver_up: false,
+        }
+    }
+
+    /// Off: every domain is its own key (or its rule's).
+    pub fn off() -> Sites {
+        Sites::new(false, Duration::from_secs(5), Routes::default())
+    }
+
+    /// Whether domains are grouped into sites at all.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// The longest a delivery waits for DNS.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// A changed smtproutes file.
+    pub fn set_routes(&mut self, routes: Routes) {
+        self.routes = routes;
+    }
+
+    /// Lookups under way.
+    pub fn asked(&self) -> usize {
+        self.asked.len()
+    }
+
+    /// Deliveries waiting for lookups.
+    pub fn waiting(&self) -> usize {
+        self.asked.values().map(|a| a.jobs.len()).sum()
+    }
+
+    /// Domains whose answers are kept.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The key of normalised `domain`, or what to do to find it.
+    pub fn find(&self, limits: &Limits, domain: &[u8], now: Instant) -> Found {
+        let m = limits.lookup(domain);
+        if !self.on
+            || m.is_domain_rule()
+            || domain::ip_literal(domain).is_some()
+        {
+            return Found::Key(m.key);
+        }
+        if let Some(route) = self.routes.route(domain)
+            && let Some(relay) = route.relay
+        {
+            return Found::Key(relay_match(limits, relay).key);
+        }
+        if let Some(c) = self.cache.get(domain)
+            && now < c.expires
+        {
+            return Found::Key(key_of(limits, domain, &c.outcome, m));
+        }
+        if self.asked.contains_key(domain) {
+            return Found::Wait(domain.to_vec());
+        }
+        if !self.resolver_up {
+            return Found::Key(m.key);
+        }
+        Found::Ask(domain.to_vec())
+    }
+
+    /// What applies to `domain` with what is known now, without asking:
+    /// for `limits explain` and status. `None` when DNS would be asked.
+    pub fn known(
+        &self,
+        limits: &Limits,
+        domain: &[u8],
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        match self.find(limits, domain, now) {
+            Found::Key(key) => Some(key),
+            Found::Ask(_) | Found::Wait(_) => None,
+        }
+    }
+
+    /// `job` waits for the lookup of `domain` (asked now if `ask`).
+    pub fn hold(
+        &mut self,
+        domain: Vec<u8>,
+        job: Job,
+        ask: bool,
+        now: Instant,
+    ) {
+        let deadline = now + self.wait;
+        if ask {
+            self.deadlines.push_back((deadline, domain.clone()));
+        }
+        let asked = self.asked.entry(domain);
+        asked.or_insert(Asked { jobs: Vec::new(), deadline }).jobs.push(job);
+    }
+
+    /// The resolver answered: keep the answer, and hand back whoever
+    /// waited for it. An answer nobody waits for any more (it came after
+    /// the wait) is kept all the same.
+    pub fn answered(
+        &mut self,
+        answer: Answer,
+        now: Instant,
+    ) -> Option<Settled> {
+        let failed = match &answer.outcome {
+            Outcome::Failed(why) => Some(format!(
+                "MX lookup of {} failed ({why}); its deliveries go under \
+                 its domain for {} s",
+                domain::printable(&answer.domain),
+                FAILED_KEEP.as_secs()
+            )),
+            Outcome::Mx(_) | Outcome::Host | Outcome::NoHost => None,
+        };
+        let keep = match answer.outcome {
+            Outcome::Failed(_) => FAILED_KEEP,
+            _ => {
+                Duration::from_secs(answer.ttl.into()).clamp(TTL_MIN, TTL_MAX)
+            }
+        };
+        self.remember(answer.domain.clone(), answer.outcome, now + keep);
+        let asked = self.asked.remove(&answer.domain)?;
+        Some(Settled { domain: answer.domain, jobs: asked.jobs, failed })
+    }
+
+    /// Lookups waited for past the wait: their deliveries go under their
+    /// domain keys, and the domain is not asked again for a while.
+    pub fn expired(&mut self, now: Instant) -> Vec<Settled> {
+        let mut settled = Vec::new();
+        while let Some((deadline, _)) = self.deadlines.front()
+            && *deadline <= now
+        {
+            let (deadline, domain) =
+                self.deadlines.pop_front().expect("front");
+            // Answered already (and perhaps asked again since): nothing
+            // waits for this lookup.
+            if self.asked.get(&domain).is_none_or(|a| a.deadline != deadline) {
+                continue;
+            }
+            let asked = self.asked.remove(&domain).expect("just seen");
+            let why = format!("no answer in {} s", self.wait.as_secs());
+            let failed = Some(format!(
+                "MX lookup of {} failed ({why}); its deliveries go under \
+                 its domain for {} s",
+                domain::printable(&domain),
+                FAILED_KEEP.as_secs()
+            ));
+            self.remember(
+                domain.clone(),
+                Outcome::Failed(why),
+                now + FAILED_KEEP,
+            );
+            settled.push(Settled { domain, jobs: asked.jobs, failed });
+        }
+        settled
+    }
+
+    /// The earliest moment a lookup stops being waited for.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(at, _)| *at)
+    }
+
+    /// The resolver is up (started, or started again).
+    pub fn resolver_up(&mut self) {
+        self.resolver_up = true;
+    }
+
+    /// The resolver is gone: no answer will come for what was asked.
+    /// Hands back every delivery that waited, to go under its domain.
+    pub fn resolver_down(&mut self) -> Vec<Settled> {
+        self.resolver_up = false;
+        self.deadlines.clear();
+        self.take_all()
+    }
+
+    /// qmail-send is gone: nothing more comes, so nothing should wait
+    /// for DNS. Hands back every delivery that waited.
+    pub fn take_all(&mut self) -> Vec<Settled> {
+        let mut asked: Vec<_> = self.asked.drain().collect();
+        // Arrival order across domains is lost in the map; delnum order
+        // of each domain's first job is stable and enough.
+        asked.sort_by_key(|(_, a)| a.jobs.first().map(|j| j.delnum));
+        asked
+            .into_iter()
+            .map(|(domain, a)| Settled { domain, jobs: a.jobs, failed: None })
+            .collect()
+    }
+
+    /// Keeps `outcome` for `domain` until `expires`, dropping the oldest
+    /// answers past [`CACHE_MAX`].
+    fn remember(
+        &mut self,
+        domain: Vec<u8>,
+        outcome: Outcome,
+        expires: Instant,
+    ) {
+        self.serial += 1;
+        let serial = self.serial;
+        self.order.push_back((serial, domain.clone()));
+        self.cache.insert(domain, Cached { outcome, expires, serial });
+        while self.cache.len() > CACHE_MAX {
+            let Some((serial, oldest)) = self.order.pop_front() else { break };
+            if self.cache.get(&oldest).is_some_and(|c| c.serial == serial) {
+                self.cache.remove(&oldest);
+            }
+        }
+        // Entries replaced by a later answer leave stale places behind;
+        // drop them from the front so `order` stays near the cache's size.
+        while let Some((serial, front)) = self.order.front()
+            && self.cache.get(front).is_none_or(|c| c.serial != *serial)
+        {
+            self.order.pop_front();
+        }
+    }
+}
+
+/// The key of a domain whose lookup said `outcome`; `m` is its match
+/// without a site (the default: its domain key).
+fn key_of(
+    limits: &Limits,
+    domain: &[u8],
+    outcome: &Outcome,
+    m: Match,
+) -> Vec<u8> {
+    match outcome {
+        Outcome::Mx(exchanges) => limits.site(exchanges).key,
+        Outcome::Host => {
+            let own = [Exchange { preference: 0, host: domain.to_vec() }];
+            limits.site(&own).key
+        }
+        Outcome::NoHost | Outcome::Failed(_) => m.key,
+    }
+}
+
+/// What applies to a domain smtproutes sends to `relay`: the one-host
+/// site of the relay (its port does not make it another receiver).
+fn relay_match(limits: &Limits, relay: Vec<u8>) -> Match {
+    limits.site(&[Exchange { preference: 0, host: relay }])
+}
