@@ -33,7 +33,9 @@
 //! with bytes outside `[a-z0-9.-]` as `%XX`) in the directory named by
 //! [`ENV_STRICT_DIR`]. [`ENV_STRICT`] makes every delivery without a
 //! `strictN` of its own strict with that N. Stand-ins of one host must
-//! agree on N: the slots are counted per file, not per number.
+//! agree on N: the slots are counted per file, not per number. With
+//! [`ENV_STRICT_SITES`] the slots of a listed domain are its site's, so
+//! one receiver counts the connections of all the domains it hosts.
 //!
 //! Steps run in the order written, all before the output; the output
 //! directives only say what is written at the end (a later one overrides
@@ -76,6 +78,10 @@ pub const ENV_PROBE: &str = "SHARDSPAWN_PROBE";
 pub const ENV_STRICT: &str = "SHARDSPAWN_FAKE_STRICT";
 /// The directory of the strict receiver's slot files.
 pub const ENV_STRICT_DIR: &str = "SHARDSPAWN_FAKE_STRICT_DIR";
+/// A file of `DOMAIN SITE` lines: a strict receiver counts the slots of
+/// a listed domain under its site, so every domain of one MX set shares
+/// one receiver's N (issue 16). Domains not listed count on their own.
+pub const ENV_STRICT_SITES: &str = "SHARDSPAWN_FAKE_STRICT_SITES";
 
 /// The address the stand-in says it connected to, in the texts that
 /// name one (RFC 5737 documentation space).
@@ -492,7 +498,8 @@ pub fn main() -> ! {
     let strict = script.strict.or_else(|| {
         std::env::var(ENV_STRICT).ok()?.trim().parse().ok().filter(|n| *n > 0)
     });
-    let _slot = match strict.map(|n| strict_slot(&host, n)) {
+    let receiver = site_of(&host).unwrap_or_else(|| host.clone());
+    let _slot = match strict.map(|n| strict_slot(&receiver, n)) {
         None => None,
         Some(Ok(Some(slot))) => Some(slot),
         Some(Ok(None)) => {
@@ -553,6 +560,18 @@ pub fn main() -> ! {
         write_fd(io::stdout().as_fd(), &out);
     }
     exit(script.exit_code)
+}
+
+/// The site [`ENV_STRICT_SITES`] lists for `host` (any case), if any.
+fn site_of(host: &[u8]) -> Option<Vec<u8>> {
+    let file = std::env::var_os(ENV_STRICT_SITES)?;
+    let text = std::fs::read(file).ok()?;
+    text.split(|&b| b == b'\n').find_map(|line| {
+        let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let domain = words.next()?;
+        let site = words.next()?;
+        domain.eq_ignore_ascii_case(host).then(|| site.to_vec())
+    })
 }
 
 /// One of `n` slots for `host` in [`ENV_STRICT_DIR`], or `None` if all

@@ -268,6 +268,7 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("SHARDSPAWN_HOME", home.path())
+        .env("SHARDSPAWN_SITES", "0")
         .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
         .env("SHARDSPAWN_SHARDS", shards.to_string())
         .env("SHARDSPAWN_SLOTS", o.slots.to_string())

@@ -55,7 +55,9 @@ pub struct Spawner<'h> {
 
 impl<'h> Spawner<'h> {
     /// `shardspawn` for `home` in framing `width` with `shards` shards,
-    /// fd 2 closed, and nothing else set but what every test sets.
+    /// fd 2 closed, and nothing else set but what every test sets (sites
+    /// off: keys are domains unless a test sets `SHARDSPAWN_SITES=1` and
+    /// its own `SHARDSPAWN_DNS`).
     pub fn new(
         home: &'h QmailHome,
         width: DelnumWidth,
@@ -70,6 +72,8 @@ impl<'h> Spawner<'h> {
             .env("SHARDSPAWN_SHARDS", shards.to_string())
             .env("SHARDSPAWN_DELNUM_BYTES", width.bytes().to_string())
             .env("SHARDSPAWN_STATE_DIR", state_dir(home))
+            // No DNS here: a test of sites names its own server.
+            .env("SHARDSPAWN_SITES", "0")
     }
 
     /// Sets `key` to `value`, replacing an earlier value.

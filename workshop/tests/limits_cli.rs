@@ -51,8 +51,8 @@ fn check_says_what_a_good_file_holds() {
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{}: ok: default limit 4, 4 domain rules, 2 subdomain rules, \
-             1 groups\n",
+            "{}: ok: default limit 4, site limit 4, 4 domain rules, 2 \
+             subdomain rules, 0 MX host rules, 1 groups\n",
             file.display()
         )
     );

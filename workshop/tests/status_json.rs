@@ -43,6 +43,9 @@ fn status_json_is_json() {
         in_flight: 4,
         results: 99,
         restarts: 1,
+        sites: 1,
+        dns_waiting: 2,
+        dns_cached: 7,
     };
     let key = KeyStatus {
         key: "d1.test".to_owned(),

@@ -66,6 +66,7 @@ pub(super) fn run_point(
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("SHARDSPAWN_HOME", home)
+        .env("SHARDSPAWN_SITES", "0")
         .env("SHARDSPAWN_QUEUE_OWNER", ctx.home.owner_uid().to_string())
         .env("SHARDSPAWN_SHARDS", shards.to_string())
         .env("SHARDSPAWN_SLOTS", in_flight.to_string())

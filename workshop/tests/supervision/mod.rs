@@ -110,6 +110,7 @@ impl Scene {
         };
         let mut env: Vec<(&str, String)> = vec![
             ("SHARDSPAWN_HOME", scene.home.path().display().to_string()),
+            ("SHARDSPAWN_SITES", "0".to_string()),
             ("SHARDSPAWN_SHARDS", SHARDS.to_string()),
             ("SHARDSPAWN_QUEUE_OWNER", scene.home.owner_uid().to_string()),
             ("QMAILREMOTE", path_text(&bin_path("shardspawn-fake-remote"))),
