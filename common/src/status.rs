@@ -135,6 +135,19 @@ pub struct SupervisorStatus {
     pub dns_waiting: u32,
     /// Domains whose MX answers are kept.
     pub dns_cached: u32,
+    /// The sites and providers holding the most of those domains.
+    pub sites_list: Vec<SiteStatus>,
+}
+
+/// A site or provider key, as the supervisor's MX answers make it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteStatus {
+    /// The key, printable (`\DDD` outside `0x21..=0x7e`).
+    pub key: String,
+    /// `site`, `provider`, `group` or `domain`.
+    pub kind: String,
+    /// Domains whose kept answers put them under it now.
+    pub domains: u32,
 }
 
 /// Unix seconds as `2026-11-28 16:05:12 UTC`, for texts an admin reads
@@ -345,6 +358,13 @@ impl SupervisorStatus {
         let _ = writeln!(out, "sites {}", self.sites);
         let _ = writeln!(out, "dns_waiting {}", self.dns_waiting);
         let _ = writeln!(out, "dns_cached {}", self.dns_cached);
+        for s in &self.sites_list {
+            let _ = writeln!(
+                out,
+                "site {} kind {} domains {}",
+                s.key, s.kind, s.domains
+            );
+        }
         out
     }
 
@@ -366,6 +386,23 @@ impl SupervisorStatus {
                 "sites" => s.sites = num(name, v)?,
                 "dns_waiting" => s.dns_waiting = num(name, v)?,
                 "dns_cached" => s.dns_cached = num(name, v)?,
+                "site" => {
+                    let mut words = v.split(' ');
+                    let mut site = SiteStatus {
+                        key: words.next().unwrap_or("").to_string(),
+                        ..SiteStatus::default()
+                    };
+                    while let (Some(n), Some(value)) =
+                        (words.next(), words.next())
+                    {
+                        match n {
+                            "kind" => site.kind = value.to_string(),
+                            "domains" => site.domains = num(n, value)?,
+                            _ => {}
+                        }
+                    }
+                    s.sites_list.push(site);
+                }
                 _ => {}
             }
         }
@@ -438,6 +475,18 @@ mod tests {
             sites: 1,
             dns_waiting: 8,
             dns_cached: 9,
+            sites_list: vec![
+                SiteStatus {
+                    key: "=google".into(),
+                    kind: "group".into(),
+                    domains: 40,
+                },
+                SiteStatus {
+                    key: "@mx1.example.net,mx2.example.net".into(),
+                    kind: "site".into(),
+                    domains: 3,
+                },
+            ],
         };
         assert_eq!(SupervisorStatus::parse(&s.render()), Ok(s));
     }

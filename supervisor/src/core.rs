@@ -44,10 +44,11 @@ use nix::unistd::Pid;
 use shardspawn_common::command::{Command, DelnumWidth};
 use shardspawn_common::domain;
 use shardspawn_common::frame::{DONE, Job, LIMITS, RESPONSES};
-use shardspawn_common::limits::Limits;
+use shardspawn_common::limits::{KeyKind, Limits};
 use shardspawn_common::lookup::Answer;
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::routes::Routes;
+use shardspawn_common::status::SiteStatus;
 use shardspawn_common::validate;
 
 use crate::framing::FramingWatch;
@@ -471,6 +472,25 @@ impl Core {
         &self.limits
     }
 
+    /// The `top` sites and providers holding the most domains now.
+    pub fn site_status(&self, top: usize) -> Vec<SiteStatus> {
+        self.sites
+            .busiest_sites(top)
+            .into_iter()
+            .map(|(key, domains)| SiteStatus {
+                key: domain::printable(key),
+                kind: match self.limits.key_kind(key) {
+                    KeyKind::Domain => "domain",
+                    KeyKind::Group => "group",
+                    KeyKind::Provider => "provider",
+                    KeyKind::Site => "site",
+                }
+                .to_string(),
+                domains,
+            })
+            .collect()
+    }
+
     /// Logs once if the commands cannot be qmail-send's in `width`
     /// ([`FramingWatch`]); answers stay as they are.
     pub fn watch_framing(&mut self, width: DelnumWidth) {
@@ -507,7 +527,7 @@ impl Core {
             Event::Tick(now) => {
                 self.restart_due(now, effects);
                 self.resolver_due(now, effects);
-                for settled in self.sites.expired(now) {
+                for settled in self.sites.expired(&self.limits, now) {
                     self.settle(settled, now, effects);
                 }
             }
@@ -524,7 +544,9 @@ impl Core {
                 }
             }
             Event::Answer(answer, now) => {
-                if let Some(settled) = self.sites.answered(answer, now) {
+                if let Some(settled) =
+                    self.sites.answered(&self.limits, answer, now)
+                {
                     self.settle(settled, now, effects);
                 }
             }
@@ -543,6 +565,7 @@ impl Core {
             }
             Event::CommandsEnd => self.commands_end(effects),
             Event::Limits { text, parsed } => {
+                self.sites.rekey(&parsed);
                 self.limits = parsed;
                 self.limits_text = text;
                 self.push_text(Control::Limits, effects);

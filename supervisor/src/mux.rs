@@ -43,6 +43,9 @@ use crate::startup::{self, FIELD_LIMIT, Runtime, Source};
 /// get qmail-send's HUP, so a change must be noticed by itself).
 const LIMITS_EVERY: Duration = Duration::from_secs(2);
 
+/// Sites and providers listed in the supervisor's status file.
+const STATUS_SITES: usize = 20;
+
 /// How often the supervisor publishes its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -686,6 +689,7 @@ impl Mux {
             sites: u8::from(self.core.sites().on()),
             dns_waiting: self.core.sites().waiting() as u32,
             dns_cached: self.core.sites().cached() as u32,
+            sites_list: self.core.site_status(STATUS_SITES),
         };
         let text = status.render();
         self.status.write(&self.log, dir, [("supervisor", text.as_bytes())]);

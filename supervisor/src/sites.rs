@@ -61,6 +61,8 @@ struct Cached {
     expires: Instant,
     /// Its place in `order`.
     serial: u64,
+    /// Its key under the limits in force, as counted in `per_key`.
+    key: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,10 @@ pub struct Sites {
     deadlines: VecDeque<(Instant, Vec<u8>)>,
     /// The resolver process is up: lookups can be asked.
     resolver_up: bool,
+    /// Kept domains per key: how many domains a site or provider holds
+    /// now, for status. Kept up to date as answers come and go, so
+    /// publishing it costs no walk of the cache.
+    per_key: HashMap<Vec<u8>, u32>,
 }
 
 impl Sites {
@@ -104,6 +110,7 @@ impl Sites {
             asked: HashMap::new(),
             deadlines: VecDeque::new(),
             resolver_up: false,
+            per_key: HashMap::new(),
         }
     }
 
@@ -205,6 +212,7 @@ impl Sites {
     /// the wait) is kept all the same.
     pub fn answered(
         &mut self,
+        limits: &Limits,
         answer: Answer,
         now: Instant,
     ) -> Option<Settled> {
@@ -223,14 +231,15 @@ impl Sites {
                 Duration::from_secs(answer.ttl.into()).clamp(TTL_MIN, TTL_MAX)
             }
         };
-        self.remember(answer.domain.clone(), answer.outcome, now + keep);
+        let domain = answer.domain.clone();
+        self.remember(limits, domain, answer.outcome, now + keep);
         let asked = self.asked.remove(&answer.domain)?;
         Some(Settled { domain: answer.domain, jobs: asked.jobs, failed })
     }
 
     /// Lookups waited for past the wait: their deliveries go under their
     /// domain keys, and the domain is not asked again for a while.
-    pub fn expired(&mut self, now: Instant) -> Vec<Settled> {
+    pub fn expired(&mut self, limits: &Limits, now: Instant) -> Vec<Settled> {
         let mut settled = Vec::new();
         while let Some((deadline, _)) = self.deadlines.front()
             && *deadline <= now
@@ -251,6 +260,7 @@ impl Sites {
                 FAILED_KEEP.as_secs()
             ));
             self.remember(
+                limits,
                 domain.clone(),
                 Outcome::Failed(why),
                 now + FAILED_KEEP,
@@ -258,6 +268,40 @@ impl Sites {
             settled.push(Settled { domain, jobs: asked.jobs, failed });
         }
         settled
+    }
+
+    fn uncount(&mut self, key: &[u8]) {
+        if let Some(n) = self.per_key.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_key.remove(key);
+            }
+        }
+    }
+
+    /// New limits: every kept domain's key again (a provider rule may
+    /// now take a site, or let it go).
+    pub fn rekey(&mut self, limits: &Limits) {
+        self.per_key.clear();
+        for (domain, c) in &mut self.cache {
+            c.key = key_of(limits, domain, &c.outcome, limits.lookup(domain));
+            *self.per_key.entry(c.key.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// The `top` keys holding the most kept domains, most first (ties
+    /// by key), with how many: sites and providers as DNS made them.
+    pub fn busiest_sites(&self, top: usize) -> Vec<(&[u8], u32)> {
+        // A domain's own key (a failed lookup) holds one: not a site.
+        let mut keys: Vec<(&[u8], u32)> = self
+            .per_key
+            .iter()
+            .filter(|(k, _)| matches!(k.first(), Some(b'@' | b'=')))
+            .map(|(k, &n)| (&k[..], n))
+            .collect();
+        keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        keys.truncate(top);
+        keys
     }
 
     /// The earliest moment a lookup stops being waited for.
@@ -295,6 +339,7 @@ impl Sites {
     /// answers past [`CACHE_MAX`].
     fn remember(
         &mut self,
+        limits: &Limits,
         domain: Vec<u8>,
         outcome: Outcome,
         expires: Instant,
@@ -302,11 +347,18 @@ impl Sites {
         self.serial += 1;
         let serial = self.serial;
         self.order.push_back((serial, domain.clone()));
-        self.cache.insert(domain, Cached { outcome, expires, serial });
+        let key = key_of(limits, &domain, &outcome, limits.lookup(&domain));
+        *self.per_key.entry(key.clone()).or_insert(0) += 1;
+        let cached = Cached { outcome, expires, serial, key };
+        if let Some(old) = self.cache.insert(domain, cached) {
+            self.uncount(&old.key);
+        }
         while self.cache.len() > CACHE_MAX {
             let Some((serial, oldest)) = self.order.pop_front() else { break };
-            if self.cache.get(&oldest).is_some_and(|c| c.serial == serial) {
-                self.cache.remove(&oldest);
+            if self.cache.get(&oldest).is_some_and(|c| c.serial == serial)
+                && let Some(old) = self.cache.remove(&oldest)
+            {
+                self.uncount(&old.key);
             }
         }
         // Entries replaced by a later answer leave stale places behind;

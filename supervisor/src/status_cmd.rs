@@ -381,6 +381,51 @@ impl View {
             let _ = writeln!(out, "busiest keys:");
             out.push_str(&key_table(&keys, self.now));
         }
+        if let Some((s, _)) = &self.supervisor
+            && s.sites == 1
+        {
+            out.push_str(&self.site_table(s, top));
+        }
+        out
+    }
+
+    /// Sites and providers, as the supervisor's MX answers make them:
+    /// how many domains each holds now, and what its shard runs for it.
+    fn site_table(&self, s: &SupervisorStatus, top: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sites: {} domains' MX answers kept, {} deliveries waiting for DNS",
+            s.dns_cached, s.dns_waiting
+        );
+        if s.sites_list.is_empty() {
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:<8} {:>7} {:>7} {:>6} {:>5}",
+            "site or provider", "kind", "domains", "running", "held", "limit"
+        );
+        for site in s.sites_list.iter().take(top) {
+            let counted = self
+                .shards
+                .iter()
+                .flat_map(|(sh, _)| sh.keys.iter())
+                .find(|k| k.key == site.key);
+            let cell = |f: fn(&KeyStatus) -> u32| {
+                counted.map_or_else(|| "-".to_string(), |k| f(k).to_string())
+            };
+            let _ = writeln!(
+                out,
+                "{:<40} {:<8} {:>7} {:>7} {:>6} {:>5}",
+                site.key,
+                site.kind,
+                site.domains,
+                cell(|k| k.running),
+                cell(|k| k.held),
+                cell(|k| k.limit),
+            );
+        }
         out
     }
 
@@ -402,6 +447,9 @@ impl View {
                     in_flight: s.in_flight,
                     results: s.results,
                     restarts: s.restarts,
+                    sites: s.sites == 1,
+                    dns_waiting: s.dns_waiting,
+                    dns_cached: s.dns_cached,
                 }
             }),
             shards: self
@@ -442,6 +490,16 @@ impl View {
                     why: &k.why,
                 })
                 .collect(),
+            sites: self
+                .supervisor
+                .iter()
+                .flat_map(|(s, _)| s.sites_list.iter().take(top))
+                .map(|s| JsonSite {
+                    key: &s.key,
+                    kind: &s.kind,
+                    domains: s.domains,
+                })
+                .collect(),
         };
         // Strings and numbers only, no maps: it cannot fail.
         let mut out = serde_json::to_string(&page)
@@ -461,6 +519,17 @@ struct JsonPage<'a> {
     supervisor: Option<JsonSupervisor>,
     shards: Vec<JsonShard>,
     keys: Vec<JsonKey<'a>>,
+    /// Sites and providers with the domains each holds (empty when
+    /// sites are off).
+    sites: Vec<JsonSite<'a>>,
+}
+
+/// A site or provider key and how many domains it holds now.
+#[derive(Serialize)]
+struct JsonSite<'a> {
+    key: &'a str,
+    kind: &'a str,
+    domains: u32,
 }
 
 /// The supervisor's status file, and its state as read now.
@@ -477,6 +546,9 @@ struct JsonSupervisor {
     in_flight: u32,
     results: u64,
     restarts: u64,
+    sites: bool,
+    dns_waiting: u32,
+    dns_cached: u32,
 }
 
 /// A shard's status file, and its state as read now.

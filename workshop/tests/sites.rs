@@ -14,13 +14,16 @@ mod limits_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::process::Command;
+
 use shardspawn_common::command::DelnumWidth;
+use shardspawn_common::status::SupervisorStatus;
 use shardspawn_workshop::dns::{DnsServer, Zone};
 use shardspawn_workshop::emulator::{Delivery, Emulator};
-use shardspawn_workshop::util::deadline_in;
+use shardspawn_workshop::util::{bin_path, deadline_in};
 use shardspawn_workshop::workload;
 
-use limits_common::{Rig, finish, show};
+use limits_common::{Rig, STATE_DIR, finish, show};
 
 const LIMITS: &str = "\
 # sites.rs
@@ -173,6 +176,35 @@ fn a_provider_and_each_site_never_run_more_than_their_limits() {
     assert_eq!(peaks["prov"], 10, "{peaks:?}");
     assert_eq!(peaks["site C"], 4, "{peaks:?}");
     assert_eq!(peaks["site D"], 4, "{peaks:?}");
+    // The status says how many domains each site and provider holds.
+    let state = rig.home.path().join(STATE_DIR);
+    let text = std::fs::read_to_string(state.join("supervisor")).unwrap();
+    let status = SupervisorStatus::parse(&text).unwrap();
+    let sites: Vec<(String, String, u32)> = status
+        .sites_list
+        .into_iter()
+        .map(|s| (s.key, s.kind, s.domains))
+        .collect();
+    let want = [
+        ("=prov", "group", 100),
+        ("@mx.c.test", "site", 50),
+        ("@mx1.d.test,mx2.d.test", "site", 50),
+    ];
+    let want: Vec<(String, String, u32)> = want
+        .iter()
+        .map(|(k, t, n)| (k.to_string(), t.to_string(), *n))
+        .collect();
+    assert_eq!(sites, want);
+    let page = Command::new(bin_path("shardspawn"))
+        .args(["status", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("site or provider"), "{page}");
+    assert!(
+        page.lines().any(|l| l.starts_with("=prov ") && l.contains(" 100 ")),
+        "{page}"
+    );
     // One lookup per domain, not per delivery: the answers were kept.
     assert!(dns.queries() < 2 * DOMAINS as u64, "{} queries", dns.queries());
     eprintln!("peaks {peaks:?}; {} DNS queries", dns.queries());

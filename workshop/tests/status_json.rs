@@ -5,7 +5,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
+use shardspawn_common::status::{
+    KeyStatus, ShardStatus, SiteStatus, SupervisorStatus,
+};
 use shardspawn_workshop::QmailHome;
 use shardspawn_workshop::util::bin_path;
 
@@ -46,6 +48,11 @@ fn status_json_is_json() {
         sites: 1,
         dns_waiting: 2,
         dns_cached: 7,
+        sites_list: vec![SiteStatus {
+            key: "@mx.site.test".to_owned(),
+            kind: "site".to_owned(),
+            domains: 5,
+        }],
     };
     let key = KeyStatus {
         key: "d1.test".to_owned(),
@@ -111,6 +118,13 @@ fn status_json_is_json() {
     assert_eq!(keys[0]["why"], "response rule 1 matched \"slow\\down\"");
     assert_eq!(keys[1]["key"], "d2.test");
     assert!(keys[1]["rate"].is_null());
+    assert_eq!(s["sites"], true);
+    assert_eq!(s["dns_cached"], 7);
+    let sites = v["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0]["key"], "@mx.site.test");
+    assert_eq!(sites[0]["kind"], "site");
+    assert_eq!(sites[0]["domains"], 5);
 
     // Not running: null, still JSON, exit 1.
     let empty = home.path().join("empty");
