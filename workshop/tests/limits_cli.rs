@@ -28,10 +28,12 @@ d4.test:=trio
 =Trio:5
 ";
 
-/// `shardspawn limits ARGS` in a clean environment plus `env`.
+/// `shardspawn limits ARGS` in a clean environment plus `env`; sites
+/// off unless `env` turns them on (with its own DNS server): this
+/// machine's resolver is none of the test's business.
 fn limits(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(bin_path("shardspawn"));
-    cmd.env_clear().arg("limits").args(args);
+    cmd.env_clear().env("SHARDSPAWN_SITES", "0").arg("limits").args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -226,5 +228,89 @@ fn explain_names_a_rate_and_rules_lists_the_rules_in_force() {
              must be at least 1\n",
             bad.display()
         )
+    );
+}
+
+/// The provider rules shipped in init/ parse, and `explain` puts a
+/// domain hosted at a provider under the provider's key, found through
+/// MX on a real (loopback) DNS server, and one routed by smtproutes
+/// under its relay.
+#[test]
+fn the_shipped_provider_rules_hold_and_explain_shows_the_route() {
+    use shardspawn_workshop::dns::{DnsServer, Zone};
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../init/providers.limits");
+    let out = limits(&["check", shipped.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let zone = "\
+hosted.test MX 1 aspmx.l.google.com
+hosted.test MX 5 alt1.aspmx.l.google.com
+ms.test MX 10 ms-test.mail.protection.outlook.com
+own.test MX 10 mx1.own.test
+own.test MX 20 mx2.own.test
+";
+    let dns = DnsServer::start(Zone::parse(zone).unwrap()).unwrap();
+    let home = QmailHome::new().unwrap();
+    home.write_file("control/smtproutes", b"routed.test:relay.test:2525\n")
+        .unwrap();
+    let addr = dns.addr().to_string();
+    let out = limits(
+        &[
+            "explain",
+            "--limits",
+            shipped.to_str().unwrap(),
+            "a@hosted.test",
+            "ms.test",
+            "own.test",
+            "routed.test",
+        ],
+        &[
+            ("SHARDSPAWN_HOME", home.path()),
+            ("SHARDSPAWN_SITES", Path::new("1")),
+            ("SHARDSPAWN_DNS", Path::new(&addr)),
+            ("SHARDSPAWN_SHARDS", Path::new("4")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> =
+        text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let shard = |key: &str| shard_for(key.as_bytes(), 4);
+    assert!(
+        lines[0].starts_with(
+            "hosted.test: MX 1 aspmx.l.google.com, 5 alt1.aspmx.l.google.com; \
+             provider rule "
+        ) && lines[0].contains(
+            "'@.google.com:=google' (matched by aspmx.l.google.com)"
+        ) && lines[0].ends_with(&format!(
+            "key =google; limit 5; rate 100/m; shard {} of 4",
+            shard("=google")
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("key =office365; limit 5"), "{}", lines[1]);
+    assert!(
+        lines[2].contains("site, limit from")
+            && lines[2].contains("key @mx1.own.test,mx2.own.test; limit 10"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with(
+            "routed.test: smtproutes line 1: relay relay.test:2525; "
+        ) && lines[3].contains("key @relay.test; limit 10"),
+        "{}",
+        lines[3]
+    );
+    // Sites off: the domain, as before.
+    let out = limits(
+        &["explain", "--limits", shipped.to_str().unwrap(), "ms.test"],
+        &[("SHARDSPAWN_SITES", Path::new("0"))],
+    );
+    assert!(
+        text(&out.stdout).contains("key ms.test; limit 20"),
+        "{}",
+        text(&out.stdout)
     );
 }
