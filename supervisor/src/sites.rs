@@ -95,6 +95,8 @@ pub struct Sites {
     /// now, for status. Kept up to date as answers come and go, so
     /// publishing it costs no walk of the cache.
     per_key: HashMap<Vec<u8>, u32>,
+    /// [`CACHE_MAX`], but for tests.
+    cache_max: usize,
 }
 
 impl Sites {
@@ -111,6 +113,7 @@ impl Sites {
             deadlines: VecDeque::new(),
             resolver_up: false,
             per_key: HashMap::new(),
+            cache_max: CACHE_MAX,
         }
     }
 
@@ -353,7 +356,7 @@ impl Sites {
         if let Some(old) = self.cache.insert(domain, cached) {
             self.uncount(&old.key);
         }
-        while self.cache.len() > CACHE_MAX {
+        while self.cache.len() > self.cache_max {
             let Some((serial, oldest)) = self.order.pop_front() else { break };
             if self.cache.get(&oldest).is_some_and(|c| c.serial == serial)
                 && let Some(old) = self.cache.remove(&oldest)
@@ -393,4 +396,200 @@ fn key_of(
 /// site of the relay (its port does not make it another receiver).
 fn relay_match(limits: &Limits, relay: Vec<u8>) -> Match {
     limits.site(&[Exchange { preference: 0, host: relay }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardspawn_common::lookup::Exchange;
+
+    fn mx(domain: &str, host: &str, ttl: u32) -> Answer {
+        let x = Exchange { preference: 10, host: host.as_bytes().to_vec() };
+        Answer {
+            domain: domain.as_bytes().to_vec(),
+            ttl,
+            outcome: Outcome::Mx(vec![x]),
+        }
+    }
+
+    fn key(
+        sites: &Sites,
+        limits: &Limits,
+        domain: &str,
+        now: Instant,
+    ) -> Found {
+        sites.find(limits, domain.as_bytes(), now)
+    }
+
+    #[test]
+    fn an_answer_is_kept_for_its_ttl_clamped() {
+        let limits = Limits::parse(b":20\n").unwrap();
+        let mut sites =
+            Sites::new(true, Duration::from_secs(5), Routes::absent());
+        sites.resolver_up();
+        let t0 = Instant::now();
+        assert_eq!(
+            key(&sites, &limits, "a.test", t0),
+            Found::Ask(b"a.test".to_vec())
+        );
+        // TTL 0 is kept a minute; TTL a week, a day.
+        let _ = sites.answered(&limits, mx("a.test", "mx.s.test", 0), t0);
+        let _ =
+            sites.answered(&limits, mx("b.test", "mx.s.test", 7 * 86_400), t0);
+        let site = Found::Key(b"@mx.s.test".to_vec());
+        assert_eq!(
+            key(
+                &sites,
+                &limits,
+                "a.test",
+                t0 + TTL_MIN - Duration::from_millis(1)
+            ),
+            site
+        );
+        assert_eq!(
+            key(&sites, &limits, "a.test", t0 + TTL_MIN),
+            Found::Ask(b"a.test".to_vec())
+        );
+        assert_eq!(
+            key(
+                &sites,
+                &limits,
+                "b.test",
+                t0 + TTL_MAX - Duration::from_millis(1)
+            ),
+            site
+        );
+        assert_eq!(
+            key(&sites, &limits, "b.test", t0 + TTL_MAX),
+            Found::Ask(b"b.test".to_vec())
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded_oldest_first_and_its_counts_follow_it() {
+        let limits = Limits::parse(b":20\n").unwrap();
+        let mut sites =
+            Sites::new(true, Duration::from_secs(5), Routes::absent());
+        sites.cache_max = 3;
+        sites.resolver_up();
+        let t0 = Instant::now();
+        for d in ["a", "b", "c"] {
+            let _ = sites.answered(
+                &limits,
+                mx(&format!("{d}.test"), "mx.s.test", 300),
+                t0,
+            );
+        }
+        assert_eq!(sites.busiest_sites(5), [(&b"@mx.s.test"[..], 3)]);
+        // A fresh answer for a: it is now the newest, b the oldest.
+        let _ = sites.answered(&limits, mx("a.test", "mx.t.test", 300), t0);
+        let _ = sites.answered(&limits, mx("d.test", "mx.t.test", 300), t0);
+        assert_eq!(sites.cached(), 3);
+        assert_eq!(
+            key(&sites, &limits, "b.test", t0),
+            Found::Ask(b"b.test".to_vec())
+        );
+        assert_eq!(
+            key(&sites, &limits, "c.test", t0),
+            Found::Key(b"@mx.s.test".to_vec())
+        );
+        assert_eq!(
+            sites.busiest_sites(5),
+            [(&b"@mx.t.test"[..], 2), (&b"@mx.s.test"[..], 1)]
+        );
+        assert!(
+            sites.order.len() <= 4,
+            "stale places pile up: {}",
+            sites.order.len()
+        );
+        // New limits: a provider rule takes site t, and the counts say so.
+        let limits = Limits::parse(b":20\n@mx.t.test:=big\n=big:5\n").unwrap();
+        sites.rekey(&limits);
+        assert_eq!(
+            sites.busiest_sites(5),
+            [(&b"=big"[..], 2), (&b"@mx.s.test"[..], 1)]
+        );
+        assert_eq!(
+            key(&sites, &limits, "a.test", t0),
+            Found::Key(b"=big".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_later_lookup_of_a_domain_keeps_its_own_deadline() {
+        let limits = Limits::parse(b":20\n").unwrap();
+        let wait = Duration::from_secs(5);
+        let mut sites = Sites::new(true, wait, Routes::absent());
+        sites.resolver_up();
+        let t0 = Instant::now();
+        let job = |delnum| Job {
+            delnum,
+            messid: b"1".to_vec(),
+            sender: Vec::new(),
+            recipient: b"u@a.test".to_vec(),
+            key: Vec::new(),
+        };
+        sites.hold(b"a.test".to_vec(), job(1), true, t0);
+        // Answered (a failure, kept a minute), then past that minute
+        // asked again: the first lookup's deadline must not end the
+        // second's wait.
+        let _ = sites.answered(
+            &limits,
+            Answer {
+                domain: b"a.test".to_vec(),
+                ttl: 0,
+                outcome: Outcome::Failed("SERVFAIL".into()),
+            },
+            t0,
+        );
+        let t1 = t0 + FAILED_KEEP;
+        assert_eq!(
+            key(&sites, &limits, "a.test", t1),
+            Found::Ask(b"a.test".to_vec())
+        );
+        sites.hold(b"a.test".to_vec(), job(2), true, t1);
+        assert!(sites.expired(&limits, t0 + wait).is_empty());
+        assert_eq!(sites.waiting(), 1);
+        let over = sites.expired(&limits, t1 + wait);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].jobs[0].delnum, 2);
+        assert!(
+            over[0].failed.as_deref().unwrap().contains("no answer in 5 s")
+        );
+    }
+
+    #[test]
+    fn sites_off_a_domain_rule_a_literal_and_a_route_ask_no_dns() {
+        let limits =
+            Limits::parse(b":20\nnamed.test:3\n@relay.test:7\n").unwrap();
+        let routes = Routes::parse(b"routed.test:relay.test:2525\n").unwrap();
+        let mut sites = Sites::new(true, Duration::from_secs(5), routes);
+        sites.resolver_up();
+        let t0 = Instant::now();
+        let k = |s: &Sites, d: &str| key(s, &limits, d, t0);
+        assert_eq!(
+            k(&sites, "named.test"),
+            Found::Key(b"named.test".to_vec())
+        );
+        assert_eq!(
+            k(&sites, "[10.1.2.3]"),
+            Found::Key(b"[10.1.2.3]".to_vec())
+        );
+        assert_eq!(
+            k(&sites, "routed.test"),
+            Found::Key(b"@relay.test".to_vec())
+        );
+        assert_eq!(
+            k(&sites, "other.test"),
+            Found::Ask(b"other.test".to_vec())
+        );
+        let off = Sites::off();
+        assert_eq!(k(&off, "other.test"), Found::Key(b"other.test".to_vec()));
+        // The resolver down: the domain at once.
+        let _ = sites.resolver_down();
+        assert_eq!(
+            k(&sites, "other.test"),
+            Found::Key(b"other.test".to_vec())
+        );
+    }
 }
