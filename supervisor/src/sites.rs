@@ -166,10 +166,12 @@ impl Sites {
         {
             return Found::Key(relay_match(limits, relay).key);
         }
+        // Kept with its key (made again when the limits change): a
+        // cached domain costs one hash lookup, not a site computed anew.
         if let Some(c) = self.cache.get(domain)
             && now < c.expires
         {
-            return Found::Key(key_of(limits, domain, &c.outcome, m));
+            return Found::Key(c.key.clone());
         }
         if self.asked.contains_key(domain) {
             return Found::Wait(domain.to_vec());

@@ -16,7 +16,11 @@ use shardspawn_workshop::util::bin_path;
 /// `shardspawn ARGS` in a clean environment plus `env`.
 fn shardspawn(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(bin_path("shardspawn"));
-    cmd.env_clear().args(args).stdin(Stdio::null());
+    // No DNS: `limits explain` would ask this machine's resolver.
+    cmd.env_clear()
+        .env("SHARDSPAWN_SITES", "0")
+        .args(args)
+        .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -293,7 +293,9 @@ fn limits_check_refuses_what_the_supervisor_refuses() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(": ok: default limit 20, 60000 domain rules"),
+        stdout.contains(
+            ": ok: default limit 20, site limit 20, 60000 domain rules"
+        ),
         "{stdout}"
     );
 }

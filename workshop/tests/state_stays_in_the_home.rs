@@ -51,6 +51,8 @@ fn the_fixture_sets_what_every_test_sets_and_later_values_win() {
         ("SHARDSPAWN_SLOTS", "1000"),
         ("SHARDSPAWN_DELNUM_BYTES", "2"),
         ("SHARDSPAWN_INITIAL_LIMIT", "0"),
+        // No DNS unless a test brings its own server.
+        ("SHARDSPAWN_SITES", "0"),
     ];
     for (k, v) in want {
         assert_eq!(value(&cmd, k).as_deref(), Some(v), "{k}");
@@ -62,7 +64,7 @@ fn the_fixture_sets_what_every_test_sets_and_later_values_win() {
     let remote = value(&cmd, "QMAILREMOTE").unwrap();
     assert!(remote.ends_with("shardspawn-fake-remote"), "{remote}");
     // A cleared environment: nothing of the test's own leaks in.
-    assert_eq!(cmd.get_envs().count(), 8);
+    assert_eq!(cmd.get_envs().count(), 9);
 }
 
 fn read(path: &Path) -> String {
