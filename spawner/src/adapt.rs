@@ -11,13 +11,23 @@
 //!
 //! The rules, as the README states them:
 //!
-//! - A good delivery (`K`) ends a run of failures. If the key was
-//!   saturated (at its limit, or with deliveries held), it counts toward
-//!   a raise: in slow start (before any pushback) each one raises the
-//!   limit by one; after it, `limit × 2^p` of them do, where p is the
-//!   number of raises in a row that pushback undid (at most
-//!   [`PROBES_MAX`]), so a limit that found the site's ceiling probes
-//!   above it less and less often.
+//! - What the receiver takes is proven by good deliveries: one (`K`)
+//!   that started beside k others of its key, since the last lowering,
+//!   proves the receiver took k + 1 of ours at once. A key's limit never
+//!   goes more than one above what is proven (its initial limit needs no
+//!   proof), so it runs at most one delivery more than the receiver was
+//!   seen to take: against a receiver that takes M, one delivery is
+//!   refused, not a round of them.
+//! - A good delivery ends a run of failures. If the key was saturated
+//!   (at its limit, or with deliveries held), it counts toward a raise:
+//!   while climbing (in slow start, before any pushback, and again once
+//!   a full receiver's quiet time is over) each one raises the limit by
+//!   one, as far as the proof allows, so one more a round; after other
+//!   pushback, `limit × 2^p` of them do, where p is the number of raises
+//!   in a row that pushback undid (at most [`PROBES_MAX`]), so a limit
+//!   that found the site's ceiling probes above it less and less often.
+//!   A raise that a delivery at the new limit proves good ends that
+//!   count (p = 0).
 //! - Site-level pushback lowers the limit by one (not below 1), once per
 //!   epoch: deliveries started before the last lowering are already
 //!   accounted for. It also counts toward suspension.
@@ -30,13 +40,20 @@
 //!   in the current epoch, at least one step down). A later refusal of
 //!   a burst, from a delivery started before that lowering, lowers it
 //!   only to a smaller n of its own, never a further step: refusals of
-//!   one burst come back in any order. A failed connect says no number
-//!   (nothing may have answered at all): it is one step, as any other
-//!   pushback.
+//!   one burst come back in any order. Then nothing raises the limit for
+//!   [`QUIET`] (doubled for each probe the receiver refused in a row
+//!   before, at most [`QUIET_MAX`]): a time, not a count of deliveries,
+//!   so a busy key does not probe a strict receiver more often than an
+//!   idle one. A failed connect says no number (nothing may have
+//!   answered at all): it is one step, as any other pushback.
 //! - A rule's action caps the limit or the rate, or suspends the key,
 //!   for the rule's duration; when it ends, the key has again what
 //!   adaptation learned meanwhile.
 //! - Anything else (a recipient's 4xx, a DNS failure) is neutral.
+//!
+//! A key forgotten while idle (past the keys a shard remembers) forgets
+//! its quiet time too: it starts again at the initial limit, and a
+//! strict receiver costs it one more refusal.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -75,6 +92,22 @@ impl Policy {
 /// The most failed probes in a row that make the next raise slower:
 /// after p of them a raise takes `limit × 2^p` good deliveries.
 pub const PROBES_MAX: u32 = 6;
+
+/// How long a receiver that said it was full (see [`hear`]) is left at
+/// the number it had of ours before a probe above it. A probe refused
+/// costs one deferral, which qmail-send retries (about 400 s later for a
+/// fresh message), and a receiver's own connection limit is its
+/// configuration, which changes seldom: probing it every 10 minutes
+/// costs a key at most 6 deferrals an hour, and finds a ceiling that
+/// rose within 10 minutes. Each probe it refuses in a row doubles the
+/// wait, up to [`QUIET_MAX`].
+pub const QUIET: Duration = Duration::from_secs(10 * 60);
+
+/// The longest wait for the next probe of a receiver that keeps saying
+/// it is full: [`QUIET`] doubled four times, 2 h 40 min, so a strict
+/// receiver costs a key about 9 deferrals a day, and one whose ceiling
+/// rose is still found within hours, not days.
+pub const QUIET_MAX: Duration = Duration::from_secs(160 * 60);
 
 /// Why a key's limit last changed. A raise in slow start happens on
 /// every good delivery at the limit, so it is recorded without a string
@@ -127,6 +160,25 @@ impl fmt::Display for Ended {
             None => f.write_str("none"),
         }
     }
+}
+
+/// A delivery whose result came, as its key saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ran {
+    /// The key's epoch when it started: pushback from a delivery started
+    /// before the last lowering is not counted again, and a good result
+    /// of one proves nothing.
+    pub epoch: u32,
+    /// Others of the key running when it started: a good result says the
+    /// receiver took them and this one at once.
+    pub beside: u32,
+    /// Others of the key still running when the result came: what a
+    /// receiver that refused it for having too many of ours had of them.
+    pub others: u32,
+    /// The key was running at its limit, or had deliveries held, when the
+    /// result came: only then does a good result say the limit itself
+    /// was fine.
+    pub saturated: bool,
 }
 
 /// What one result taught, for the core to carry out.
@@ -213,9 +265,17 @@ pub struct Adaptation {
     configured: Allowance,
     /// The limit adaptation arrived at, `1..=configured.limit`.
     adaptive: u32,
-    /// Until the first pushback: every good delivery at the limit raises
-    /// it by one.
-    slow_start: bool,
+    /// Each good delivery at the limit raises it by one, up to one above
+    /// `proven`: in slow start (until the first pushback), and once a
+    /// full receiver's quiet time is over. Otherwise (after other
+    /// pushback) a raise takes `limit × 2^probes_failed` of them.
+    climbing: bool,
+    /// The most of ours the receiver was seen to take at once since the
+    /// last lowering: a good delivery started in this epoch beside k
+    /// others of the key proves k + 1.
+    proven: u32,
+    /// A receiver said it was full: no raise before then.
+    quiet_until: Option<Instant>,
     /// Good deliveries at the limit since the last change.
     streak: u32,
     /// Raises that were followed by pushback, in a row.
@@ -242,7 +302,9 @@ impl Adaptation {
                 0 => configured.limit,
                 n => n.min(configured.limit),
             },
-            slow_start: true,
+            climbing: true,
+            proven: 0,
+            quiet_until: None,
             streak: 0,
             probes_failed: 0,
             last_was_raise: false,
@@ -312,16 +374,11 @@ impl Adaptation {
             || self.rule_rate.is_some()
     }
 
-    /// What a result of a delivery started in `epoch` teaches. When it
-    /// came, `others` of the key were still running, and the key was
-    /// `saturated` (running at its limit, or with deliveries held): only
-    /// then does a good result say the limit itself was fine.
+    /// What the result of a delivery that `ran` teaches.
     pub fn learn(
         &mut self,
         heard: Heard<'_>,
-        epoch: u32,
-        others: u32,
-        saturated: bool,
+        ran: Ran,
         now: Instant,
         policy: &Policy,
     ) -> Learned {
@@ -329,10 +386,10 @@ impl Adaptation {
         let full = heard.full;
         let mut learned = match heard.verdict {
             Verdict::Neutral => Learned::default(),
-            Verdict::Good => self.good(saturated, policy),
+            Verdict::Good => self.good(ran, now, policy),
             Verdict::Pushback(why) => {
-                let took = full.then_some(others);
-                self.pushback(&why, took, epoch, now, policy)
+                let took = full.then_some(ran.others);
+                self.pushback(&why, took, ran.epoch, now, policy)
             }
             Verdict::Rule(rule) => self.rule(rule, now),
         };
@@ -345,43 +402,57 @@ impl Adaptation {
         learned
     }
 
-    /// A good delivery: the failures end, and at the limit it counts
-    /// toward a raise.
-    fn good(&mut self, saturated: bool, policy: &Policy) -> Learned {
+    /// A good delivery: the failures end, what it ran beside is proven,
+    /// and at the limit it counts toward a raise.
+    fn good(&mut self, ran: Ran, now: Instant, policy: &Policy) -> Learned {
         self.failures = 0;
-        if !policy.adapts()
-            || !saturated
+        if !policy.adapts() {
+            return Learned::default();
+        }
+        // Started before the last lowering, it proves nothing: the
+        // receiver refused one of ours since.
+        if ran.epoch == self.epoch {
+            let took = ran.beside.saturating_add(1);
+            self.proven = self.proven.max(took);
+            if took >= self.adaptive && self.last_was_raise {
+                // It ran at the raised limit: the probe held.
+                self.probes_failed = 0;
+            }
+        }
+        if !ran.saturated
             || self.adaptive >= self.configured.limit
+            || self.quiet_until.is_some_and(|t| now < t)
         {
             return Learned::default();
         }
-        self.streak += 1;
-        let need = if self.slow_start {
+        let need = if self.climbing {
             1
         } else {
             self.adaptive.saturating_mul(1 << self.probes_failed)
         };
-        if self.streak < need {
+        self.streak = self.streak.saturating_add(1);
+        // Never more than one above what the receiver was seen to take.
+        if self.streak < need || self.adaptive > self.proven {
             return Learned::default();
-        }
-        if self.last_was_raise {
-            // The last probe held: the ceiling moved up.
-            self.probes_failed = 0;
         }
         self.adaptive += 1;
         self.streak = 0;
         self.last_was_raise = true;
-        let why = if self.slow_start {
-            Why::SlowStart
-        } else {
-            Why::Said(format!("{need} good deliveries at the limit"))
+        let why = match (self.climbing, self.quiet_until.take()) {
+            (true, None) => Why::SlowStart,
+            (true, Some(_)) => {
+                Why::Said("a probe, the receiver's quiet time over".into())
+            }
+            (false, _) => {
+                Why::Said(format!("{need} good deliveries at the limit"))
+            }
         };
         Learned { change: Some(why), ..Learned::default() }
     }
 
     /// Site-level pushback: one step down once per epoch, or straight
-    /// to the number a receiver that said it was full `took`; and one
-    /// more failure in a row toward suspension.
+    /// to the number a receiver that said it was full `took`, and then
+    /// a quiet time; and one more failure in a row toward suspension.
     fn pushback(
         &mut self,
         why: &str,
@@ -394,8 +465,8 @@ impl Adaptation {
         self.failures = self.failures.saturating_add(1);
         self.streak = 0;
         if policy.adapts() {
-            self.slow_start = false;
             let current = epoch == self.epoch;
+            let refused = self.probes_failed;
             let step = self.adaptive.saturating_sub(1).max(1);
             let to = match (took, current) {
                 (Some(n), true) => n.clamp(1, step),
@@ -412,6 +483,7 @@ impl Adaptation {
                         (self.probes_failed + 1).min(PROBES_MAX);
                 }
                 self.adaptive = to;
+                self.proven = self.proven.min(to);
                 self.epoch = self.epoch.wrapping_add(1);
                 self.last_was_raise = false;
                 let line = match took {
@@ -421,6 +493,18 @@ impl Adaptation {
                     None => format!("site-level failure: {why}"),
                 };
                 learned.change = Some(Why::Said(line));
+            }
+            match (took, current) {
+                // It told its number: climb from there, but not before
+                // its quiet time is over. The rest of a burst came back
+                // from what that time already answers for.
+                (Some(_), true) => {
+                    self.climbing = true;
+                    let until = now + quiet(refused);
+                    self.quiet_until = self.quiet_until.max(Some(until));
+                }
+                (Some(_), false) => {}
+                (None, _) => self.climbing = false,
             }
         }
         let n = self.failures;
@@ -500,7 +584,9 @@ impl Adaptation {
             self.failures = 0;
             if policy.adapts() {
                 self.adaptive = 1;
-                self.slow_start = true;
+                self.climbing = true;
+                self.proven = 0;
+                self.quiet_until = None;
                 self.streak = 0;
                 self.probes_failed = 0;
                 self.last_was_raise = false;
@@ -516,6 +602,13 @@ impl Adaptation {
             rate_after: self.rate(),
         })
     }
+}
+
+/// How long a receiver that said it was full is left at what it had of
+/// ours, when it had `refused` probes in a row before: [`QUIET`] doubled
+/// for each, at most [`QUIET_MAX`].
+fn quiet(refused: u32) -> Duration {
+    QUIET.saturating_mul(1 << refused.min(16)).min(QUIET_MAX)
 }
 
 /// A configured limit of 0 would stop the key for good: it is 1.
@@ -544,20 +637,25 @@ mod tests {
         Heard { verdict, full: false }
     }
 
-    fn push(a: &mut Adaptation, now: Instant) -> Learned {
-        let (epoch, verdict) = (a.epoch(), "greeting failed".into());
-        a.learn(
-            plain(Verdict::Pushback(verdict)),
-            epoch,
-            0,
-            true,
-            now,
-            &POLICY,
-        )
+    /// A delivery started in `epoch` beside `beside` others, whose
+    /// result came with `others` still running, the key saturated.
+    fn ran(epoch: u32, beside: u32, others: u32) -> Ran {
+        Ran { epoch, beside, others, saturated: true }
     }
 
+    /// A delivery that ran at the key's limit, in its current epoch.
+    fn at_limit(a: &Adaptation) -> Ran {
+        ran(a.epoch(), a.adaptive() - 1, 0)
+    }
+
+    fn push(a: &mut Adaptation, now: Instant) -> Learned {
+        let verdict = Verdict::Pushback("greeting failed".into());
+        a.learn(plain(verdict), ran(a.epoch(), 0, 0), now, &POLICY)
+    }
+
+    /// A good delivery that ran at the limit.
     fn good(a: &mut Adaptation, now: Instant) -> Learned {
-        a.learn(plain(Verdict::Good), a.epoch(), 0, true, now, &POLICY)
+        a.learn(plain(Verdict::Good), at_limit(a), now, &POLICY)
     }
 
     /// Good deliveries at the limit until the next raise; how many.
@@ -580,7 +678,8 @@ mod tests {
         assert_eq!(good(&mut a, now).change, Some(Why::SlowStart));
         assert_eq!(a.limit(), 6);
         // Not at the limit, nothing waiting: it says nothing of the limit.
-        let idle = a.learn(plain(Verdict::Good), 0, 0, false, now, &POLICY);
+        let idle = Ran { saturated: false, ..at_limit(&a) };
+        let idle = a.learn(plain(Verdict::Good), idle, now, &POLICY);
         assert_eq!((idle, a.limit()), (Learned::default(), 6));
         // Never past the configured limit.
         for _ in 0..40 {
@@ -614,7 +713,7 @@ mod tests {
         let _ = push(&mut a, now);
         // A delivery started before the lowering: counted, not lowered.
         let verdict = Verdict::Pushback("greeting failed".into());
-        let late = a.learn(plain(verdict), started, 0, true, now, &POLICY);
+        let late = a.learn(plain(verdict), ran(started, 0, 0), now, &POLICY);
         assert_eq!(late.change, None);
         assert_eq!((a.limit(), a.failures()), (4, 2));
         // One started since: lowers again.
@@ -627,20 +726,30 @@ mod tests {
         assert_eq!(a.limit(), 1);
     }
 
-    /// Pushback from a receiver that said it was full, started in
-    /// `epoch`, with `others` of the key still running.
-    fn full(a: &mut Adaptation, epoch: u32, others: u32) -> Learned {
+    /// Pushback at `now` from a receiver that said it was full, started
+    /// in `epoch`, with `others` of the key still running.
+    fn full_at(
+        a: &mut Adaptation,
+        epoch: u32,
+        others: u32,
+        now: Instant,
+    ) -> Learned {
         let heard = Heard {
             verdict: Verdict::Pushback("too many".into()),
             full: true,
         };
-        a.learn(heard, epoch, others, true, Instant::now(), &POLICY)
+        a.learn(heard, ran(epoch, others, others), now, &POLICY)
     }
 
-    /// [`full`] from a delivery started in the current epoch.
-    fn now_full(a: &mut Adaptation, others: u32) -> Learned {
+    /// [`full_at`] any time.
+    fn full(a: &mut Adaptation, epoch: u32, others: u32) -> Learned {
+        full_at(a, epoch, others, Instant::now())
+    }
+
+    /// [`full_at`] from a delivery started in the current epoch.
+    fn now_full(a: &mut Adaptation, others: u32, now: Instant) -> Learned {
         let epoch = a.epoch();
-        full(a, epoch, others)
+        full_at(a, epoch, others, now)
     }
 
     #[test]
@@ -670,24 +779,160 @@ mod tests {
         assert_eq!(a.limit(), 5);
         // Pushback that says no number, from the burst: nothing.
         let verdict = Verdict::Pushback("no SMTP connection".into());
-        let late = a.learn(plain(verdict), burst, 0, true, now, &POLICY);
+        let late = a.learn(plain(verdict), ran(burst, 0, 0), now, &POLICY);
         assert_eq!((late.change, a.limit()), (None, 5));
-        // Out of slow start: a raise takes 5 good deliveries, a probe
-        // refused at 6 with 5 others running is back at 5, and the next
-        // probe waits twice as long.
-        assert_eq!(raise(&mut a, now), 5);
-        let _ = now_full(&mut a, 5);
-        assert_eq!(a.limit(), 5);
-        assert_eq!(raise(&mut a, now), 10);
         // Started since the last lowering: at least one step, even if it
         // ran beside as many as the limit.
-        let _ = now_full(&mut a, 6);
-        assert_eq!(a.limit(), 5);
+        let _ = now_full(&mut a, 6, now);
+        assert_eq!(a.limit(), 4);
         // Nothing else of ours running: 1, not 0.
-        let _ = now_full(&mut a, 0);
+        let _ = now_full(&mut a, 0, now);
         assert_eq!(a.limit(), 1);
-        // Refusals since the last good delivery are failures in a row.
-        assert_eq!(a.failures(), 2);
+        // Every refusal since the last good delivery, of the burst or
+        // not, is one more failure in a row.
+        assert_eq!(a.failures(), 8);
+    }
+
+    /// The results of one round at the limit, all good, in the order of
+    /// `order` (the others each ran beside).
+    fn round(a: &mut Adaptation, order: &[u32], now: Instant) -> Vec<u32> {
+        let epoch = a.epoch();
+        let mut limits = Vec::new();
+        for &beside in order {
+            let heard = plain(Verdict::Good);
+            let _ = a.learn(heard, ran(epoch, beside, 0), now, &POLICY);
+            limits.push(a.limit());
+        }
+        limits
+    }
+
+    /// Slow start raises one above what the receiver was seen to take,
+    /// never more: the deliveries of a round that ran beside fewer say
+    /// nothing new, so a round at the limit raises it by one, whatever
+    /// order its results come in, and a receiver that takes 5 refuses
+    /// one delivery of ours, not a round of them.
+    #[test]
+    fn slow_start_runs_at_most_one_above_what_was_proven() {
+        let now = Instant::now();
+        let mut a = key(50);
+        // The initial limit needs no proof; one above it does.
+        assert_eq!(round(&mut a, &[0, 1, 2, 3], now), [5, 5, 5, 5]);
+        assert_eq!(round(&mut a, &[4], now), [6]);
+        assert_eq!(round(&mut a, &[2, 4, 0, 3, 1], now), [6; 5]);
+        // One that ran beside 5 proves 6, and the limit goes to 7.
+        assert_eq!(
+            round(&mut a, &[3, 5, 0, 4, 1, 2], now),
+            [6, 7, 7, 7, 7, 7]
+        );
+        // A lowering: what ran before it proves nothing, however many
+        // it ran beside.
+        let _ = push(&mut a, now);
+        assert_eq!(a.limit(), 6);
+        let stale = ran(a.epoch() - 1, 6, 0);
+        let _ = a.learn(plain(Verdict::Good), stale, now, &POLICY);
+        let _ = a.learn(plain(Verdict::Good), stale, now, &POLICY);
+        assert_eq!(a.limit(), 6);
+    }
+
+    /// A receiver that takes all: one more a round, from the initial 5
+    /// to the configured 50 in 45 rounds, and never past it.
+    #[test]
+    fn a_roomy_receiver_is_climbed_one_a_round_to_the_configured_limit() {
+        let now = Instant::now();
+        let mut a = key(50);
+        let mut rounds = 0;
+        while a.limit() < 50 {
+            let order: Vec<u32> = (0..a.limit()).rev().collect();
+            let _ = round(&mut a, &order, now);
+            rounds += 1;
+            assert!(rounds <= 100, "stuck at {}", a.limit());
+        }
+        assert_eq!(rounds, 45);
+        let order: Vec<u32> = (0..50).collect();
+        assert_eq!(round(&mut a, &order, now), [50; 50]);
+    }
+
+    /// A receiver that said it was full: the limit is what it had of
+    /// ours, and nothing raises it for [`QUIET`], however many good
+    /// deliveries run at it; then one good delivery at the limit raises
+    /// it, a probe, with a line that says so.
+    #[test]
+    fn after_a_full_receiver_the_probe_waits_its_time() {
+        let t0 = Instant::now();
+        let mut a = key(50);
+        let _ = round(&mut a, &[0, 1, 2, 3, 4], t0);
+        assert_eq!(a.limit(), 6);
+        // The sixth refused, with the five others running.
+        let _ = now_full(&mut a, 5, t0);
+        assert_eq!(a.limit(), 5);
+        let almost = t0 + QUIET - Duration::from_millis(1);
+        for _ in 0..1000 {
+            assert_eq!(good(&mut a, almost).change, None);
+        }
+        assert_eq!(a.limit(), 5);
+        let learned = good(&mut a, t0 + QUIET);
+        assert_eq!(
+            learned.change,
+            Some(Why::Said(
+                "effective limit 5 -> 6: a probe, the receiver's quiet time \
+                 over"
+                    .into()
+            ))
+        );
+        // The rest of a burst that came back later sets no new time.
+        let mut b =
+            Adaptation::new(50.into(), &Policy { initial: 50, ..POLICY });
+        let burst = b.epoch();
+        let _ = full_at(&mut b, burst, 7, t0);
+        let _ = full_at(&mut b, burst, 5, t0 + QUIET - Duration::from_secs(1));
+        assert_eq!(b.limit(), 5);
+        let _ = good(&mut b, t0 + QUIET);
+        assert_eq!(b.limit(), 6);
+    }
+
+    /// The time before the next probe, after a full receiver's refusal
+    /// at `t`: the moment a good delivery at the limit first raises it,
+    /// looked for at the waits it may be.
+    fn wait_for_probe(a: &mut Adaptation, t: Instant) -> Duration {
+        let limit = a.limit();
+        let mut wait = QUIET / 2;
+        while a.limit() == limit {
+            wait *= 2;
+            assert!(wait <= QUIET_MAX * 4, "never probed");
+            let _ = good(a, t + wait - Duration::from_millis(1));
+            if a.limit() == limit {
+                let _ = good(a, t + wait);
+            }
+        }
+        wait
+    }
+
+    /// Each probe the receiver refuses doubles the wait for the next, up
+    /// to [`QUIET_MAX`]; a probe that holds (a good delivery at the
+    /// raised limit) ends the doubling, and climbing goes on from there.
+    #[test]
+    fn refused_probes_double_the_quiet_time_and_one_that_holds_ends_it() {
+        let mut t = Instant::now();
+        let mut a = key(50);
+        let _ = round(&mut a, &[0, 1, 2, 3, 4], t);
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            // The probe at 6 refused, with 5 others running.
+            let _ = now_full(&mut a, 5, t);
+            assert_eq!(a.limit(), 5);
+            let wait = wait_for_probe(&mut a, t);
+            waits.push(wait.as_secs() / 60);
+            t += wait;
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 160, 160]);
+        assert_eq!(QUIET_MAX.as_secs() / 60, 160);
+        // The probe at 6 holds: one ran beside 5. Climbing goes on, one
+        // a round: the next at 7.
+        assert_eq!(round(&mut a, &[0, 5], t), [6, 7]);
+        // Refused at 7: the wait is back at its start.
+        let _ = now_full(&mut a, 6, t);
+        assert_eq!(a.limit(), 6);
+        assert_eq!(wait_for_probe(&mut a, t), QUIET);
     }
 
     #[test]
@@ -696,7 +941,7 @@ mod tests {
         let mut a = key(20);
         let verdict = Verdict::Pushback("no SMTP connection".into());
         let epoch = a.epoch();
-        let _ = a.learn(plain(verdict), epoch, 0, true, now, &POLICY);
+        let _ = a.learn(plain(verdict), ran(epoch, 0, 0), now, &POLICY);
         assert_eq!(a.limit(), 4);
     }
 
@@ -778,9 +1023,9 @@ mod tests {
             waits.push(raise(&mut a, now));
         }
         assert_eq!(waits, [8, 16, 32, 64, 128, 256, 256, 256]);
-        // A probe that holds is known to have held only at the next
-        // raise (still 5 × 2^6 away); the one after it is quick again.
-        assert_eq!(raise(&mut a, now), 320);
+        // A probe that holds is known as soon as a delivery ran at the
+        // raised limit: the next raise is quick again.
+        assert_eq!(raise(&mut a, now), 5);
         assert_eq!(raise(&mut a, now), 6);
     }
 
@@ -867,7 +1112,7 @@ mod tests {
         let rule = &rules.rules()[0];
         let mut a = key(20);
         let learned =
-            a.learn(plain(Verdict::Rule(rule)), 0, 0, true, now, &POLICY);
+            a.learn(plain(Verdict::Rule(rule)), ran(0, 0, 0), now, &POLICY);
         let until = now + Duration::from_secs(30);
         assert_eq!(learned.wake, Some(until));
         assert_eq!(
@@ -880,18 +1125,19 @@ mod tests {
         );
         assert_eq!(a.limit(), 1);
         assert!(a.is_timed());
-        // Meanwhile adaptation goes on learning under the cap.
-        for _ in 0..3 {
-            let _ = good(&mut a, now);
-        }
-        assert_eq!((a.limit(), a.adaptive()), (1, 8));
+        // Meanwhile adaptation goes on learning under the cap: one
+        // started before it ran at 5, and under it one at a time proves
+        // nothing more.
+        let _ = a.learn(plain(Verdict::Good), ran(0, 4, 0), now, &POLICY);
+        let _ = a.learn(plain(Verdict::Good), ran(0, 0, 0), now, &POLICY);
+        assert_eq!((a.limit(), a.adaptive()), (1, 6));
         assert_eq!(a.refresh(until - Duration::from_millis(1), &POLICY), None);
         let line = a.refresh(until, &POLICY).unwrap().to_string();
         assert_eq!(
             line,
-            "the rule's limit ended; effective limit 1 -> 8, rate none"
+            "the rule's limit ended; effective limit 1 -> 6, rate none"
         );
-        assert_eq!(a.limit(), 8);
+        assert_eq!(a.limit(), 6);
         assert!(!a.is_timed());
     }
 }

@@ -15,7 +15,10 @@
 //! A key's effective limit moves (issue 7): it starts at the initial
 //! limit, is lowered by site-level pushback (one step, or straight to
 //! the number of our deliveries the receiver had when it says it has
-//! too many) and raised by runs of good deliveries, and a response rule
+//! too many, and then left there a while) and raised by good
+//! deliveries, never more than one above what the receiver was seen to
+//! take (each delivery remembers how many of its key ran beside it when
+//! it started), and a response rule
 //! can cap it, cap its rate, or suspend the key for a while. Every
 //! result of a qmail-remote that ran is heard by [`adapt::hear`]; the
 //! rules of the adaptation are in
@@ -36,7 +39,7 @@ use shardspawn_common::response::Responses;
 use shardspawn_common::status::{KeyStatus, printable, utc};
 
 pub use crate::adapt::Policy;
-use crate::adapt::{self, Adaptation, Learned, Why};
+use crate::adapt::{self, Adaptation, Learned, Ran, Why};
 
 /// How many bits of a [`SlotId::generation`] are used: generations wrap
 /// at `1 << GENERATION_BITS`, because the driver packs one into an epoll
@@ -124,12 +127,23 @@ struct Running {
     generation: u32,
     delnum: u16,
     key: Key,
-    /// The key's epoch when it started: pushback from a delivery started
-    /// before the last lowering is not counted again.
-    epoch: u32,
+    /// How its key stood when it started.
+    started: Started,
     output: Translator,
     end: Option<ChildEnd>,
     eof: bool,
+}
+
+/// How a delivery's key stood when it started: what its result is
+/// judged against.
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    /// The key's epoch: pushback from a delivery started before the last
+    /// lowering is not counted again, and a good result proves nothing.
+    epoch: u32,
+    /// Others of the key already running: a good result proves the
+    /// receiver took them and this one at once.
+    beside: u32,
 }
 
 #[derive(Debug)]
@@ -516,12 +530,13 @@ impl Core {
             Slot::Free { generation } => generation,
             Slot::Busy(_) => unreachable!("free list holds a busy slot"),
         };
-        let mut epoch = 0;
+        let mut started = Started { epoch: 0, beside: 0 };
         if let Some(state) = self.keys.get_mut(&key) {
+            started =
+                Started { epoch: state.adapt.epoch(), beside: state.running };
             state.running += 1;
             state.started += 1;
             state.peak = state.peak.max(state.running);
-            epoch = state.adapt.epoch();
             if let Some(rate) = state.rate() {
                 let now = self.now;
                 // Evenly spaced, no burst: the next start is one interval
@@ -536,7 +551,7 @@ impl Core {
             generation,
             delnum: job.delnum,
             key,
-            epoch,
+            started,
             output: Translator::new(),
             end: None,
             eof: false,
@@ -549,20 +564,20 @@ impl Core {
     fn finish_if_done(&mut self, id: SlotId, effects: &mut Vec<Effect>) {
         let Some(run) = self.running_mut(id) else { return };
         let (Some(end), true) = (run.end, run.eof) else { return };
-        let epoch = run.epoch;
+        let started = run.started;
         let body = std::mem::take(&mut run.output).finish(end);
-        self.release(id, body, Some(epoch), effects);
+        self.release(id, body, Some(started), effects);
     }
 
     /// The one place a slot is freed and a key's running count goes down;
-    /// every end of a started delivery comes here. `ran` is the key's
-    /// epoch at the start if qmail-remote ran (its result is feedback),
+    /// every end of a started delivery comes here. `ran` is how its key
+    /// stood at the start if qmail-remote ran (its result is feedback),
     /// `None` if it never started.
     fn release(
         &mut self,
         id: SlotId,
         body: Vec<u8>,
-        ran: Option<u32>,
+        ran: Option<Started>,
         effects: &mut Vec<Effect>,
     ) {
         let Some(run) = self.running_mut(id) else { return };
@@ -571,8 +586,8 @@ impl Core {
             generation: (id.generation + 1) % (1 << GENERATION_BITS),
         };
         self.free.push(id.index);
-        if let Some(epoch) = ran {
-            self.learn(&key, epoch, &body, effects);
+        if let Some(started) = ran {
+            self.learn(&key, started, &body, effects);
         }
         self.running -= 1;
         self.report(delnum, body, effects);
@@ -603,26 +618,22 @@ impl Core {
     fn learn(
         &mut self,
         key: &Key,
-        epoch: u32,
+        started: Started,
         body: &[u8],
         effects: &mut Vec<Effect>,
     ) {
         let now = self.now;
         let heard = adapt::hear(&self.responses, body);
         let Some(state) = self.keys.get_mut(key) else { return };
-        let saturated = state.saturated();
-        // The others of the key still running (this one still counts
-        // until it is released): what a receiver that refused it for
-        // having too many of ours had of them.
-        let others = state.running.saturating_sub(1);
-        let Learned { change, suspend, wake } = state.adapt.learn(
-            heard,
-            epoch,
-            others,
-            saturated,
-            now,
-            &self.policy,
-        );
+        let ran = Ran {
+            epoch: started.epoch,
+            beside: started.beside,
+            // This one still counts until it is released.
+            others: state.running.saturating_sub(1),
+            saturated: state.saturated(),
+        };
+        let Learned { change, suspend, wake } =
+            state.adapt.learn(heard, ran, now, &self.policy);
         if let Some(at) = wake {
             self.wakeups.push(Reverse((at, key.clone())));
         }
@@ -869,11 +880,14 @@ impl Core {
             changed: k.changed.as_ref().map_or(0, |c| c.0),
             why: match k.changed.as_ref().map(|c| &c.1) {
                 None => String::new(),
-                Some(Why::SlowStart) => format!(
-                    "raised to {} in slow start: good deliveries at \
-                         the limit",
-                    k.adapt.adaptive()
-                ),
+                Some(Why::SlowStart) => {
+                    let n = k.adapt.adaptive();
+                    format!(
+                        "raised to {n} in slow start: the receiver took {} \
+                         at once",
+                        n - 1
+                    )
+                }
                 Some(Why::Ended(ended)) => ended.to_string(),
                 Some(Why::Said(line)) => line.clone(),
             },
@@ -1359,14 +1373,16 @@ mod tests {
     /// Issue 16, item 5: a receiver that says it is full tells its
     /// number, the others still running; the limit goes there at once,
     /// and the rest of the burst, in any order, lowers it no further
-    /// step. A failed connect tells none: one step, even with nothing
+    /// step; no probe above it before the receiver's quiet time is
+    /// over. A failed connect tells none: one step, even with nothing
     /// else running.
     #[test]
     fn a_full_receiver_sets_the_limit_to_what_it_had_of_ours() {
         let now = Instant::now();
         let mut c = Core::new(
             1000,
-            Duration::from_secs(120),
+            // Held ones wait out the quiet time.
+            2 * adapt::QUIET,
             Some(10_000),
             Box::new(|_| 50.into()),
             Policy { initial: 20, ..Policy::STATIC },
@@ -1398,15 +1414,22 @@ mod tests {
             "{}",
             s.why
         );
-        // The served ones end well and held ones take their places; five
-        // good deliveries at the limit probe one above it, as after any
-        // lowering.
-        for &id in &ids[..4] {
+        // The served ones end well and held ones take their places, five
+        // at the limit. What started before the refusals proves nothing,
+        // and for the receiver's quiet time nothing raises the limit.
+        for &id in &ids[..5] {
             end(&mut c, id, OK, &mut fx);
         }
+        let at_five: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
         assert_eq!((c.running(), status(&c).effective), (5, 5));
-        end(&mut c, ids[4], OK, &mut fx);
+        end(&mut c, at_five[0], OK, &mut fx);
+        assert_eq!((c.running(), status(&c).effective), (5, 5));
+        // Then one good delivery at the limit probes one above it.
+        c.handle(Event::Tick(now + adapt::QUIET), &mut fx);
+        end(&mut c, at_five[1], OK, &mut fx);
         assert_eq!((c.running(), status(&c).effective), (6, 6));
+        let s = status(&c);
+        assert!(s.why.ends_with("quiet time over"), "{}", s.why);
         c.check_invariants();
 
         // A failed connect with nothing else running: one step, not 1.
@@ -1429,14 +1452,14 @@ mod tests {
         for id in ids {
             end(&mut c, id, OK, &mut fx);
         }
-        // Each good delivery at the limit: +1, and its slot to the next.
+        // Each gives its slot to the next. Only the fifth ran beside
+        // four: it proves the receiver takes 5, and the limit goes one
+        // above, to 6; the others ran beside fewer and prove less.
         let s = status(&c);
-        // (The fifth found the key under its limit, nothing waiting: no
-        // raise.)
-        assert_eq!((s.effective, s.running, s.held), (9, 7, 0));
+        assert_eq!((s.effective, s.running, s.held), (6, 6, 1));
         assert_eq!(
             s.why,
-            "raised to 9 in slow start: good deliveries at the limit"
+            "raised to 6 in slow start: the receiver took 5 at once"
         );
         // Not a line each in the log: a busy relay would drown in them.
         assert!(c.take_notes().changes.is_empty());
@@ -1523,10 +1546,11 @@ mod tests {
         assert_eq!(starts(&fx).len(), 1, "one at a time");
         fx.clear();
         c.handle(Event::Tick(now + Duration::from_secs(30)), &mut fx);
-        // Back to what adaptation has now: 5, and one more for each of
-        // the 4 good deliveries at the limit (slow start).
+        // Back to what adaptation has now: 5, and one more, as the fifth
+        // of those that started before the rule ran beside four (slow
+        // start).
         let s = status(&c);
-        assert_eq!(s.effective, 9);
+        assert_eq!(s.effective, 6);
         assert!(s.why.starts_with("the rule's limit ended"), "{}", s.why);
         c.check_invariants();
     }

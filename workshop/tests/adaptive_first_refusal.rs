@@ -1,31 +1,46 @@
 //! Issue #16, item 5: against strict receivers, a key finds the
 //! receiver's number at its first refusal instead of walking down to it
-//! one refusal at a time.
+//! one refusal at a time, and then leaves it alone.
 //!
 //! Eight domains, each its own strict receiver (`strict5`: a 421 "too
 //! many concurrent connections" at the greeting whenever 5 of our
-//! deliveries to it already run), each configured at 50, all sent at
-//! once with far more in flight than any receiver takes. Every `Z` is a
-//! receiver's refusal (the hold bounds are generous, suspension is off),
-//! which the test checks, so the refusals per domain measure how often
-//! adaptation ran into a receiver over its ceiling.
+//! deliveries to it already run), all sent at once with far more in
+//! flight than any receiver takes. Every `Z` is a receiver's refusal
+//! (the hold bounds are generous, suspension is off), which the test
+//! checks, so the refusals per domain measure how often adaptation ran
+//! into a receiver over its ceiling.
 //!
-//! Two starts, each configured at 50 as in the issue:
-//!
-//! - The default initial limit (5), the issue's case: slow start climbs
-//!   past the ceiling (to 10 when a round of good deliveries ends at
-//!   once), and the deliveries it started over it are refused together.
-//!   The walk of issue 7 then went down one step per round, each round
-//!   refused again: up to 15 refusals for a domain in 40 deliveries
-//!   (most runs had a domain at 12 to 15; means 4 to 7.5). Going
-//!   straight to what the receiver had leaves the overshoot and the
-//!   probes above the ceiling: at most 8 a domain seen (means 2.9 to
-//!   5.8). Every domain at most 10.
+//! - No limit configured (the default 20) and the default initial limit
+//!   (5), 100 deliveries a domain: the issue's own case. Slow start
+//!   used to climb past the ceiling (to 10 when a round of good
+//!   deliveries ends at once) and have those over it refused together,
+//!   then probe above it every `limit × 2^p` good deliveries: 4.75 to
+//!   8.75 refusals per domain on average. Now it runs at most one above
+//!   what the receiver was seen to take, so the one delivery at 6 is
+//!   refused, and the receiver's quiet time (10 minutes) outlasts the
+//!   run: 1 per domain when the machine is not loaded. A stand-in
+//!   counted as running before it has connected (a start queued in the
+//!   shard, a child not yet at its exec on a loaded machine) can make a
+//!   delivery look as if it ran beside more than the receiver had, and
+//!   let the climb pass 6: the bound leaves room for that, and the
+//!   stand-ins take 200 ms so that it is rare.
+//! - Each domain configured at 50, the default initial limit: the walk
+//!   of issue 7 went down one step per round, each round refused again:
+//!   up to 15 refusals for a domain in 40 deliveries (means 4 to 7.5);
+//!   going straight to what the receiver had left the overshoot and the
+//!   probes (means 2.9 to 5.8, a domain at up to 8). Now, with stand-ins
+//!   of 200 ms as above, 1 a domain. At most 1.5 on average, 3 a domain.
+//!   (With stand-ins of 60 ms on a loaded machine, means 1.75 to 2.0,
+//!   and a key could end at 7, set by a refusal that came with 7 of ours
+//!   counted running, some of them not yet at the receiver.)
 //! - A key that starts at its configured 50: a whole burst is refused
 //!   at once and comes back in any order, and then the walk refused
 //!   again every round: 29 to 50 refusals a domain in 80 deliveries.
-//!   Now the first burst (10 of the 15 in flight) and the probes: about
-//!   13. At most 20 on average.
+//!   Going straight to the number left the first burst (10 of the 15 in
+//!   flight) and the probes: 13.1 to 14.25 (13.4 with stand-ins of
+//!   200 ms). Now the burst alone: 10.1 to 10.75 with stand-ins of
+//!   200 ms (9.5 to 11.75 with 60 ms on a loaded machine). At most 12.5
+//!   on average.
 
 mod limits_common;
 
@@ -41,7 +56,8 @@ use limits_common::{Rig, finish, show};
 
 /// The receivers' ceiling.
 const M: u32 = 5;
-/// The configured limit of every domain, well above it.
+/// The configured limit of every domain in the issue's example, well
+/// above it.
 const CONFIGURED: u32 = 50;
 const DOMAINS: usize = 8;
 /// Deliveries qmail-send keeps in flight: 15 a domain, three times what
@@ -52,14 +68,17 @@ fn domain(d: usize) -> String {
     format!("strict{d}.test")
 }
 
-/// Runs the workload with the key's first effective limit `initial`;
-/// the refusals of each domain, and each domain's effective limit at
-/// the end.
+/// Runs the workload under the limits file `limits`, with the key's
+/// first effective limit `initial`, each stand-in taking `ms`; the
+/// refusals of each domain, and each domain's effective limit at the
+/// end.
 fn refusals(
+    limits: &str,
     initial: u32,
     per_domain: usize,
+    ms: u32,
 ) -> (Vec<usize>, Vec<Option<u32>>) {
-    let rig = Rig::new(&format!(":{CONFIGURED}\n"), 2);
+    let rig = Rig::new(limits, 2);
     let slots = rig.home.path().join("strict-slots");
     std::fs::create_dir(&slots).unwrap();
     let slots = slots.to_str().unwrap().to_string();
@@ -80,7 +99,7 @@ fn refusals(
             messid: rig.messid.clone(),
             sender: b"s@origin.test".to_vec(),
             recipient: format!(
-                "u{i}+sleep60+strict{M}@{}",
+                "u{i}+sleep{ms}+strict{M}@{}",
                 domain(i % DOMAINS)
             )
             .into_bytes(),
@@ -124,19 +143,43 @@ fn mean(refused: &[usize]) -> f64 {
     refused.iter().sum::<usize>() as f64 / refused.len() as f64
 }
 
-/// Slow start from the default 5 climbs past the ceiling of 5; the
-/// refusals of that overshoot put the key back at 5 at once, and only
-/// the probes above it are refused later.
+/// The issue's case: no limit configured, the default start. One
+/// refusal a key, the delivery one above the receiver's 5, and then
+/// none for the receiver's quiet time.
+#[test]
+fn with_no_limit_configured_a_strict_receiver_costs_a_key_one_refusal() {
+    let (refused, effective) = refusals("", 5, 100, 200);
+    eprintln!(
+        "no limit configured, initial 5: refusals per domain {refused:?} \
+         (mean {:.2}); effective at the end {effective:?}",
+        mean(&refused)
+    );
+    assert!(mean(&refused) <= 1.5, "refusals per domain {refused:?}");
+    assert!(
+        refused.iter().all(|&n| n <= 3),
+        "refusals per domain {refused:?}"
+    );
+    for e in effective {
+        let e = e.expect("no status sample of a key");
+        assert!((M - 1..=M + 1).contains(&e), "settled at {e}, ceiling {M}");
+    }
+}
+
+/// Slow start from the default 5 runs one above what the receiver was
+/// seen to take: the one refused puts the key back at 5, and nothing
+/// probes above it for the rest of the run.
 #[test]
 fn from_the_default_start_no_key_walks_down_round_after_round() {
-    let (refused, effective) = refusals(5, 40);
+    let (refused, effective) =
+        refusals(&format!(":{CONFIGURED}\n"), 5, 40, 200);
     eprintln!(
         "initial 5: refusals per domain {refused:?} (mean {:.2}); \
          effective at the end {effective:?}",
         mean(&refused)
     );
+    assert!(mean(&refused) <= 1.5, "refusals per domain {refused:?}");
     assert!(
-        refused.iter().all(|&n| n <= 10),
+        refused.iter().all(|&n| n <= 3),
         "refusals per domain {refused:?}"
     );
     for e in effective {
@@ -151,15 +194,16 @@ fn from_the_default_start_no_key_walks_down_round_after_round() {
 /// further down.
 #[test]
 fn from_a_high_start_one_burst_of_refusals_finds_the_ceiling() {
-    let (refused, effective) = refusals(CONFIGURED, 80);
+    let (refused, effective) =
+        refusals(&format!(":{CONFIGURED}\n"), CONFIGURED, 80, 200);
     eprintln!(
         "initial {CONFIGURED}: refusals per domain {refused:?} (mean \
          {:.2}); effective at the end {effective:?}",
         mean(&refused)
     );
-    // The first burst: up to 15 in flight per domain, 5 taken; then
-    // the probes.
-    assert!(mean(&refused) <= 20.0, "refusals per domain {refused:?}");
+    // The first burst: up to 15 in flight per domain, 5 taken; then no
+    // probe for the receiver's quiet time.
+    assert!(mean(&refused) <= 12.5, "refusals per domain {refused:?}");
     // Never left above the ceiling (a number taken while some of ours
     // had just ended may be below it; probes climb back).
     for e in effective {

@@ -14,6 +14,12 @@
 //! it to at most a third, and the key's effective limit, read from the
 //! shard's status file once the run is over, must end within one of the
 //! receiver's 3.
+//!
+//! Adaptation starts at 5, over the receiver's 3: the first round has
+//! two refused, and the receiver's refusal sets the limit to what it
+//! had. Probing above it, every `limit × 2^p` good deliveries, cost 7 of
+//! 150 in all; now nothing probes it for the receiver's quiet time (10
+//! minutes): 2. At most 4.
 
 mod adaptive_common;
 mod limits_common;
@@ -123,6 +129,11 @@ fn adaptation_defers_a_third_as_much_and_settles_at_the_receivers_ceiling() {
         "adaptive deferred {:.3}, static {:.3}",
         share(&adaptive),
         share(&fixed)
+    );
+    assert!(
+        adaptive.deferred <= 4,
+        "adaptive deferred {} of {DELIVERIES}",
+        adaptive.deferred
     );
     let settled = adaptive.effective.expect("no status sample of the key");
     assert!(
