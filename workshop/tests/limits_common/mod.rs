@@ -259,3 +259,34 @@ pub fn show(bytes: &[u8]) -> String {
 pub fn rcpt(directives: &[&str], host: &str) -> Vec<u8> {
     shardspawn_workshop::remote::recipient("u", directives, host)
 }
+
+/// Runs `deliveries` (at most `in_flight` at once, for up to two
+/// minutes) and checks that each got exactly one result, a K; the
+/// report, for what else a test wants of it.
+pub fn run_all_k(
+    rig: &Rig,
+    emu: &mut Emulator,
+    deliveries: &[shardspawn_workshop::emulator::Delivery],
+    in_flight: usize,
+) -> shardspawn_workshop::emulator::RunReport {
+    let report =
+        emu.run(deliveries, in_flight, deadline_in(Duration::from_secs(120)));
+    assert!(report.is_clean(), "{:?}\n{}", report.violations, rig.log_text());
+    for (d, o) in deliveries.iter().zip(&report.outcomes) {
+        let Some(o) = o else {
+            panic!(
+                "{} has no result; log:\n{}",
+                show(&d.recipient),
+                rig.log_text()
+            )
+        };
+        assert_eq!(
+            o.body.first(),
+            Some(&b'K'),
+            "{}: {}",
+            show(&d.recipient),
+            show(&o.body)
+        );
+    }
+    report
+}
