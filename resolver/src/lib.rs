@@ -45,6 +45,7 @@
 //! lookup (the supervisor logs a failure once per domain), and never
 //! writes a partial frame of its own making.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod dns;
 

@@ -45,8 +45,9 @@ fn child(args: &[OsString]) -> Command {
     cmd
 }
 
-/// Domains: 4 MX sets over 200 domains, 20 with an address only, 20
-/// that do not exist, 20 whose server never answers.
+/// Domains: 4 MX sets over 200 domains, and 20 each with an address
+/// only, that do not exist, whose server never answers, that fail, and
+/// whose MX come only over TCP.
 fn zone_and_expected() -> (String, HashMap<Vec<u8>, Outcome>) {
     let mut zone = String::new();
     let mut expect = HashMap::new();
@@ -68,6 +69,21 @@ fn zone_and_expected() -> (String, HashMap<Vec<u8>, Outcome>) {
         zone.push_str(&format!("h{i}.test A 127.0.0.{}\n", i + 1));
         expect.insert(format!("h{i}.test").into_bytes(), Outcome::Host);
         expect.insert(format!("nx{i}.test").into_bytes(), Outcome::NoHost);
+        zone.push_str(&format!("sf{i}.test SERVFAIL\n"));
+        expect.insert(
+            format!("sf{i}.test").into_bytes(),
+            Outcome::Failed("SERVFAIL".into()),
+        );
+        zone.push_str(&format!(
+            "tc{i}.test TRUNCATE\ntc{i}.test MX 1 big{i}\n"
+        ));
+        expect.insert(
+            format!("tc{i}.test").into_bytes(),
+            Outcome::Mx(vec![Exchange {
+                preference: 1,
+                host: format!("big{i}").into_bytes(),
+            }]),
+        );
         zone.push_str(&format!("silent{i}.test DROP\n"));
         expect.insert(
             format!("silent{i}.test").into_bytes(),
@@ -77,8 +93,12 @@ fn zone_and_expected() -> (String, HashMap<Vec<u8>, Outcome>) {
     (zone, expect)
 }
 
+/// How long a conversation may take before the child is taken to hang.
+const HANG: Duration = Duration::from_secs(120);
+
 /// Writes `lookups` to the child's fd 0 and closes it, while reading
-/// every answer from its fd 1; the answers and the exit code.
+/// every answer from its fd 1; the answers and the exit code. A child
+/// that has not finished after [`HANG`] is killed and the test fails.
 fn converse(cfg: &ResolverConfig, lookups: Vec<u8>) -> (Vec<Answer>, i32) {
     let mut proc = child(&cfg.to_args())
         .stdin(Stdio::piped())
@@ -86,12 +106,24 @@ fn converse(cfg: &ResolverConfig, lookups: Vec<u8>) -> (Vec<Answer>, i32) {
         .spawn()
         .unwrap();
     let mut stdin = proc.stdin.take().unwrap();
+    let mut stdout = proc.stdout.take().unwrap();
     let writer = std::thread::spawn(move || {
         stdin.write_all(&lookups).unwrap();
         // Dropped: EOF on the child's fd 0.
     });
-    let mut out = Vec::new();
-    proc.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        let _ = done_tx.send(());
+        out
+    });
+    if done.recv_timeout(HANG).is_err() {
+        let _ = proc.kill();
+        let _ = proc.wait();
+        panic!("the resolver did not finish within {HANG:?}");
+    }
+    let out = reader.join().unwrap();
     writer.join().unwrap();
     let code = proc.wait().unwrap().code().expect("exited, not killed");
     let mut decoder = FrameDecoder::new(MAX_ANSWER);
@@ -117,7 +149,7 @@ fn every_lookup_gets_one_answer() {
         servers: vec![server.addr()],
         timeout: Duration::from_secs(2),
     };
-    // Each domain 5 times, interleaved: 1300 lookups.
+    // Each domain 5 times, interleaved: 1500 lookups.
     let mut domains: Vec<&Vec<u8>> = expect.keys().collect();
     domains.sort();
     let mut asked: HashMap<Vec<u8>, usize> = HashMap::new();

@@ -14,6 +14,16 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardspawn-fake-dns"))
 }
 
+/// Kills the server when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ask(addr: SocketAddr, name: &str) -> Message {
     let mut q = Message::query();
     q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::MX));
@@ -33,10 +43,13 @@ fn it_prints_its_address_and_serves_the_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let zone = dir.join("zone");
     std::fs::write(&zone, "example.com MX 10 mx.example.net\n").unwrap();
-    let mut child =
-        bin().arg("--zone").arg(&zone).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Killed(
+        bin().arg("--zone").arg(&zone).stdout(Stdio::piped()).spawn().unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr: SocketAddr = line.trim_end().parse().expect("IP:PORT");
     assert!(addr.ip().is_loopback());
     let m = ask(addr, "example.com.");
@@ -53,8 +66,7 @@ fn it_prints_its_address_and_serves_the_file() {
         ask(addr, "other.example.").metadata.response_code,
         ResponseCode::NXDomain
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
