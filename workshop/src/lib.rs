@@ -4,7 +4,7 @@
 //! # Where it sits
 //!
 //! On top of the product, never under it. The crate graph is
-//! `common <- os <- {spawner, supervisor}`, and the workshop depends on
+//! `common <- os <- {spawner, resolver, supervisor}`, and the workshop depends on
 //! `common` and `os` and runs the built `shardspawn` binary as a
 //! separate process, as qmail-start would. Nothing the admin installs
 //! depends on it: `shardspawn` does not link it (its `simulate`
@@ -16,7 +16,7 @@
 //!
 //! # What it owns
 //!
-//! It plays the three parts around the spawner:
+//! It plays the four parts around the spawner:
 //!
 //! - **qmail-send**, the other end of the wire ([`emulator`]): it starts
 //!   the spawner with fd 0 a command pipe, fd 1 a result pipe and fd 2
@@ -31,6 +31,12 @@
 //!   output, exit code, crash or hang each test chooses through the
 //!   recipient address (`user+sleep50+exit111@d1.test`), and which can
 //!   report what it was given (argv, fds, cwd, environment, signal mask).
+//! - **the DNS** ([`dns`]): a small authoritative server on loopback
+//!   (UDP and TCP on one port, answers from a zone written as text, and
+//!   per name the ways a server fails: SERVFAIL, REFUSED, silence, a
+//!   truncated UDP answer), which the tests of sites, `simulate
+//!   --mx-sets` and the bench name with `SHARDSPAWN_DNS`; also a
+//!   binary, `shardspawn-fake-dns`.
 //! - **a recorder** ([`recorder`]): every stand-in appends when it started
 //!   and ended on one monotonic clock, so a test can compute the peak
 //!   number of deliveries that ran at once per domain and prove a limit
