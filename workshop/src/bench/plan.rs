@@ -10,6 +10,9 @@ usage: shardspawn-bench [--deliveries N] [--rounds N] [--in-flight N,...]
                         [--seed N] [--out DIR] [--quick] [--no-baselines]
                         [--live N] [--no-live] [--remote PATH]
                         [--shardspawn PATH]
+       shardspawn-bench --sites [--deliveries N] [--rounds N]
+                        [--in-flight N] [--shards N] [--domains N]
+                        [--mx-sets N] [--cold N] [--out DIR]
 
 Measures shardspawn (supervisor and shards, driven by an emulated
 qmail-send) and two baselines with no protocol (one spawn/waitpid loop
@@ -37,6 +40,20 @@ between its markers) and DIR/benchmarks.svg.
                    each shard count, 2 x N deliveries (default 10000)
   --no-live        skip that
   --remote PATH    stand-in qmail-remote  (default: beside this program)
+  --sites          instead of all that, MX grouping (issue 16) against
+                   none, same binary and workload, in one sitting:
+                   deliveries/s and CPU/delivery with SHARDSPAWN_SITES=1
+                   and every lookup cached (one warm-up delivery per
+                   domain first, TTL 3600 s) against SHARDSPAWN_SITES=0,
+                   rounds alternating; then command -> stand-in start for
+                   deliveries to fresh domains (each a cold lookup at a
+                   DNS server on loopback in this process) with sites on
+                   and off, at 1 and 100 in flight. Writes its own block
+                   of DIR/BENCHMARKS.md. Defaults: 20000 deliveries, 3
+                   rounds, 1000 in flight, 2 shards, 1000 domains
+                   (flags after it still count)
+  --mx-sets N      with --sites: the domains' MX sets   (default 100)
+  --cold N         with --sites: fresh domains per cold run (default 1000)
   --shardspawn PATH  shardspawn           (default: beside this program)
 ";
 
@@ -58,6 +75,10 @@ pub(super) struct Plan {
     pub(super) live: Option<usize>,
     pub(super) remote: Option<PathBuf>,
     pub(super) shardspawn: Option<PathBuf>,
+    /// `--sites`: MX grouping on against off, nothing else.
+    pub(super) sites: bool,
+    pub(super) mx_sets: usize,
+    pub(super) cold: usize,
 }
 
 impl Default for Plan {
@@ -76,6 +97,9 @@ impl Default for Plan {
             live: Some(10_000),
             remote: None,
             shardspawn: None,
+            sites: false,
+            mx_sets: 100,
+            cold: 1000,
         }
     }
 }
@@ -97,6 +121,17 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
                 plan.shards = vec![1, 2];
                 plan.live = None;
                 plan.out = PathBuf::from("target/bench-quick");
+                continue;
+            }
+            "--sites" => {
+                plan.sites = true;
+                plan.deliveries = 20_000;
+                plan.rounds = 3;
+                plan.in_flight = vec![1000];
+                plan.shards = vec![2];
+                plan.domains = 1000;
+                plan.baselines = false;
+                plan.live = None;
                 continue;
             }
             "--no-baselines" => {
@@ -152,6 +187,8 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
             }
             "--domains" => plan.domains = num(&value)? as usize,
             "--seed" => plan.seed = num(&value)?,
+            "--mx-sets" => plan.mx_sets = num(&value)? as usize,
+            "--cold" => plan.cold = num(&value)? as usize,
             "--out" => plan.out = PathBuf::from(&value),
             "--remote" => plan.remote = Some(PathBuf::from(&value)),
             "--shardspawn" => plan.shardspawn = Some(PathBuf::from(&value)),
@@ -198,6 +235,10 @@ mod tests {
         assert_eq!(Plan::default().live, Some(10_000));
         assert_eq!(p(&["--live", "500"]).unwrap().live, Some(500));
         assert_eq!(p(&["--no-live"]).unwrap().live, None);
+        let q = p(&["--shards", "4", "--sites", "--cold", "50"]).unwrap();
+        assert!(q.sites && !q.baselines);
+        assert_eq!((q.shards, q.in_flight, q.cold), (vec![2], vec![1000], 50));
+        assert_eq!(p(&["--sites", "--mx-sets=7"]).unwrap().mx_sets, 7);
         assert_eq!(p(&["--quick"]).unwrap().live, None);
         for bad in [
             &["--deliveries"][..],
