@@ -11,7 +11,7 @@ usage: shardspawn-bench [--deliveries N] [--rounds N] [--in-flight N,...]
                         [--live N] [--no-live] [--remote PATH]
                         [--shardspawn PATH]
        shardspawn-bench --sites [--deliveries N] [--rounds N]
-                        [--in-flight N] [--shards N] [--domains N]
+                        [--in-flight N] [--shards N,...] [--domains N]
                         [--mx-sets N] [--cold N] [--out DIR]
 
 Measures shardspawn (supervisor and shards, driven by an emulated
@@ -49,8 +49,9 @@ between its markers) and DIR/benchmarks.svg.
                    deliveries to fresh domains (each a cold lookup at a
                    DNS server on loopback in this process) with sites on
                    and off, at 1 and 100 in flight. Writes its own block
-                   of DIR/BENCHMARKS.md. Defaults: 20000 deliveries, 3
-                   rounds, 1000 in flight, 2 shards, 1000 domains
+                   of DIR/BENCHMARKS.md. Defaults: 36000 deliveries, 9
+                   rounds, 1000 in flight, 1 and 2 shards (the cold
+                   runs: the last), 1000 domains
                    (flags after it still count)
   --mx-sets N      with --sites: the domains' MX sets   (default 100)
   --cold N         with --sites: fresh domains per cold run (default 1000)
@@ -125,10 +126,10 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
             }
             "--sites" => {
                 plan.sites = true;
-                plan.deliveries = 20_000;
-                plan.rounds = 3;
+                plan.deliveries = 36_000;
+                plan.rounds = 9;
                 plan.in_flight = vec![1000];
-                plan.shards = vec![2];
+                plan.shards = vec![1, 2];
                 plan.domains = 1000;
                 plan.baselines = false;
                 plan.live = None;
@@ -237,7 +238,10 @@ mod tests {
         assert_eq!(p(&["--no-live"]).unwrap().live, None);
         let q = p(&["--shards", "4", "--sites", "--cold", "50"]).unwrap();
         assert!(q.sites && !q.baselines);
-        assert_eq!((q.shards, q.in_flight, q.cold), (vec![2], vec![1000], 50));
+        assert_eq!(
+            (q.shards, q.in_flight, q.cold),
+            (vec![1, 2], vec![1000], 50)
+        );
         assert_eq!(p(&["--sites", "--mx-sets=7"]).unwrap().mx_sets, 7);
         assert_eq!(p(&["--quick"]).unwrap().live, None);
         for bad in [
