@@ -40,6 +40,7 @@ between its markers) and DIR/benchmarks.svg.
                    each shard count, 2 x N deliveries (default 10000)
   --no-live        skip that
   --remote PATH    stand-in qmail-remote  (default: beside this program)
+  --shardspawn PATH  shardspawn           (default: beside this program)
   --sites          instead of all that, MX grouping (issue 16) against
                    none, same binary and workload, in one sitting:
                    deliveries/s and CPU/delivery with SHARDSPAWN_SITES=1
@@ -54,8 +55,8 @@ between its markers) and DIR/benchmarks.svg.
                    runs: the last), 1000 domains
                    (flags after it still count)
   --mx-sets N      with --sites: the domains' MX sets   (default 100)
-  --cold N         with --sites: fresh domains per cold run (default 1000)
-  --shardspawn PATH  shardspawn           (default: beside this program)
+  --cold N         with --sites: fresh domains per cold run, each run
+                   once per round                      (default 1000)
 ";
 
 /// What to measure.

@@ -238,7 +238,7 @@ pub(super) fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
                     measured: None,
                     starts: Some(&mut starts),
                 };
-                let m = plan.cold.div_ceil(rounds);
+                let m = plan.cold;
                 let (p, _) = run_point(
                     &ctx,
                     &cold_deliveries,
@@ -464,7 +464,7 @@ fn render(r: &Report) -> String {
          on, this holds the lookup (supervisor → resolver process → DNS \
          server → back); off, everything else. The difference is what the \
          lookup costs a delivery.\n",
-        thousands(plan.cold.div_ceil(plan.rounds.max(1)) as f64),
+        thousands(plan.cold as f64),
         r.shards,
         plan.rounds.max(1),
     );
