@@ -78,10 +78,11 @@ stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
                   greeting when M deliveries to it already run; shows
                   the effective limit of the busiest keys over time
   --initial-limit N  SHARDSPAWN_INITIAL_LIMIT; 0 turns adaptation off
-  --mx-sets N     the domains share N MX sets (domain k has set k mod N),
-                  served by a DNS server on loopback that simulate
-                  starts; sites on. Half the sets are at a provider (MX
-                  hosts under bigmail.test), the rest sites of their own.
+  --mx-sets N     the domains share N MX sets, in turn (d1.test has set
+                  1, d2.test set 2, ...), served by a DNS server on
+                  loopback that simulate starts; sites on. Half the
+                  sets are at a provider (MX hosts under bigmail.test),
+                  the rest sites of their own.
                   Without --limits the limits are:
                   :65535 @:10 @.bigmail.test:=bigmail =bigmail:20
                   Every delivery may wait for its key (SHARDSPAWN_HOLD_MAX
