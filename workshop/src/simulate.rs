@@ -19,6 +19,17 @@
 //! shards' status files are sampled once a second, and the effective
 //! limit of the busiest keys is shown over time, so adaptation (or
 //! `--initial-limit 0`, the static limit) can be watched finding M.
+//!
+//! With `--mx-sets N` the domains share N MX sets, served by a DNS
+//! server on loopback that simulate starts itself ([`crate::dns`]) and
+//! names to shardspawn (`SHARDSPAWN_DNS`), sites on: half of the sets
+//! are hosted at one provider (MX hosts under `bigmail.test`), the rest
+//! are sites of their own. Without `--limits` a file with a provider
+//! limit and a site limit is used, and printed. The end table then
+//! lists the keys as shardspawn counts them (the provider, each site),
+//! each domain mapped to its key by this program from the MX hosts it
+//! put in the zone (`Limits::site`), not by shardspawn; a `check` line
+//! per key says whether the recorded peak stayed within its limit.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -27,8 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::dns::{DnsServer, Zone};
 use crate::emulator::{Emulator, Options, Progress, Stderr};
 use crate::home::QmailHome;
 use crate::recorder::Recording;
@@ -37,13 +49,15 @@ use crate::workload;
 use shardspawn_common::command::DelnumWidth;
 use shardspawn_common::domain::{self, printable};
 use shardspawn_common::limits::Limits;
+use shardspawn_common::lookup::Exchange;
 use shardspawn_common::status::{KeyStatus, ShardStatus};
 
 const USAGE: &str = "\
 usage: shardspawn simulate [--messages N] [--domains N] [--skew F]
                            [--shards N] [--slots N] [--latency-ms N]
                            [--seed N] [--limits FILE] [--hold-seconds N]
-                           [--strict M] [--initial-limit N] [--keep]
+                           [--strict M] [--initial-limit N]
+                           [--mx-sets N] [--keep]
 
 Runs the real supervisor and shards against an emulated qmail-send and a
 stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
@@ -64,6 +78,17 @@ stand-in qmail-remote (shardspawn-fake-remote, built beside this binary).
                   greeting when M deliveries to it already run; shows
                   the effective limit of the busiest keys over time
   --initial-limit N  SHARDSPAWN_INITIAL_LIMIT; 0 turns adaptation off
+  --mx-sets N     the domains share N MX sets, in turn (d1.test has set
+                  1, d2.test set 2, ...), served by a DNS server on
+                  loopback that simulate starts; sites on. Half the
+                  sets are at a provider (MX hosts under bigmail.test),
+                  the rest sites of their own.
+                  Without --limits the limits are:
+                  :65535 @:10 @.bigmail.test:=bigmail =bigmail:20
+                  Every delivery may wait for its key (SHARDSPAWN_HOLD_MAX
+                  is the message count). The table lists the keys
+                  shardspawn counts (provider, site), and a `check` line
+                  each: the recorded peak within its limit or not
   --keep          keep the scratch qmail home and its logs
 ";
 
@@ -80,6 +105,7 @@ struct Plan {
     hold_seconds: Option<u64>,
     strict: Option<u32>,
     initial_limit: Option<u32>,
+    mx_sets: Option<usize>,
     keep: bool,
 }
 
@@ -99,6 +125,7 @@ fn parse(args: &[OsString]) -> Result<Option<Plan>, String> {
         hold_seconds: None,
         strict: None,
         initial_limit: None,
+        mx_sets: None,
         keep: false,
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -112,7 +139,7 @@ fn parse(args: &[OsString]) -> Result<Option<Plan>, String> {
             Long(
                 name @ ("messages" | "domains" | "skew" | "shards" | "slots"
                 | "latency-ms" | "seed" | "limits" | "hold-seconds"
-                | "strict" | "initial-limit"),
+                | "strict" | "initial-limit" | "mx-sets"),
             ) => format!("--{name}"),
             arg => return Err(usage(arg.unexpected())),
         };
@@ -157,6 +184,7 @@ fn parse(args: &[OsString]) -> Result<Option<Plan>, String> {
                 o.strict =
                     Some(u32::try_from(num(1)?).map_err(|_| bad("too big"))?)
             }
+            "--mx-sets" => o.mx_sets = Some(num(1)? as usize),
             _ => {
                 o.initial_limit =
                     Some(u32::try_from(num(0)?).map_err(|_| bad("too big"))?)
@@ -247,11 +275,13 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     let deliveries =
         workload::generate(&home, o.messages, o.domains, o.skew, o.seed, "");
     // No --limits: nothing is limited (not the product's default of 20
-    // per domain), so that runs with and without limits compare.
-    let limits_text = match &o.limits {
-        Some(path) => std::fs::read(path)
+    // per domain), so that runs with and without limits compare; with
+    // --mx-sets, a provider limit and a site limit to watch.
+    let limits_text = match (&o.limits, o.mx_sets) {
+        (Some(path), _) => std::fs::read(path)
             .map_err(|e| format!("unable to read {}: {e}", path.display()))?,
-        None => b":65535\n".to_vec(),
+        (None, Some(_)) => MX_LIMITS.as_bytes().to_vec(),
+        (None, None) => b":65535\n".to_vec(),
     };
     let limits = Limits::parse(&limits_text).map_err(|e| {
         format!(
@@ -263,12 +293,39 @@ fn simulate(o: &Plan) -> Result<bool, String> {
     })?;
     home.write_file("control/concurrencydomains", &limits_text)
         .map_err(|e| format!("unable to write the limits file: {e}"))?;
+    // With --mx-sets: the domains' MX hosts, and the server that gives
+    // them out (it lives until the run's end).
+    let sets = o.mx_sets.map(|n| MxSets::new(n, o.domains));
+    let dns = match &sets {
+        Some(sets) => Some(
+            DnsServer::start(sets.zone()?)
+                .map_err(|e| format!("unable to start the DNS server: {e}"))?,
+        ),
+        None => None,
+    };
+    if let (Some(sets), Some(dns)) = (&sets, &dns) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "shardspawn simulate: {} domains share {} MX sets ({} at the \
+             provider {PROVIDER}), served by a DNS server at {}; limits \
+             (control/concurrencydomains):",
+            o.domains,
+            sets.sets,
+            sets.at_provider(),
+            dns.addr()
+        );
+        for line in String::from_utf8_lossy(&limits_text).lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+        let _ = out.flush();
+    }
 
     let mut cmd = Command::new(&spawner_bin);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("SHARDSPAWN_HOME", home.path())
-        .env("SHARDSPAWN_SITES", "0")
+        .env("SHARDSPAWN_SITES", if dns.is_some() { "1" } else { "0" })
         .env("SHARDSPAWN_QUEUE_OWNER", home.owner_uid().to_string())
         .env("SHARDSPAWN_SHARDS", shards.to_string())
         .env("SHARDSPAWN_SLOTS", o.slots.to_string())
@@ -277,6 +334,14 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         .env("QMAILREMOTE", &remote_bin)
         .env(remote::ENV_RECORD, &record)
         .env(remote::ENV_LATENCY_MS, o.latency_ms.to_string());
+    if let Some(dns) = &dns {
+        // Every delivery may wait for its key rather than be deferred
+        // (the default holds 4 x the limit): the limits are watched
+        // over the whole run, every delivery a K.
+        cmd.env("SHARDSPAWN_DNS", dns.addr().to_string())
+            .env("SHARDSPAWN_DNS_SECONDS", "5")
+            .env("SHARDSPAWN_HOLD_MAX", o.messages.to_string());
+    }
     if let Some(h) = o.hold_seconds {
         cmd.env("SHARDSPAWN_HOLD_SECONDS", h.to_string());
     }
@@ -329,15 +394,37 @@ fn simulate(o: &Plan) -> Result<bool, String> {
 
     let recording = Recording::read(&record)
         .map_err(|e| format!("unable to read {}: {e}", record.display()))?;
-    let key_of = |host: &[u8]| limits.lookup(&domain::normalise(host)).key;
-    let peaks = recording.peak_by(|host| printable(&key_of(host.as_bytes())));
-    // Per key: deliveries, and the limit.
+    // What each domain counts under: its domain rule, else (with
+    // --mx-sets) its provider or site from the MX hosts put in the zone,
+    // as shardspawn is to find them through DNS.
+    let matched = |host: &[u8]| {
+        let name = domain::normalise(host);
+        let m = limits.lookup(&name);
+        match sets.as_ref().and_then(|s| s.exchanges_of(&name)) {
+            Some(x) if !m.is_domain_rule() => limits.site(&x),
+            _ => m,
+        }
+    };
+    let peaks =
+        recording.peak_by(|host| printable(&matched(host.as_bytes()).key));
+    // Per key: deliveries, the limit, and the domains it holds.
     let mut volume = BTreeMap::<String, (usize, u32)>::new();
+    let mut domains = BTreeMap::<String, BTreeSet<Vec<u8>>>::new();
     for d in &deliveries {
         let host = domain::host(&d.recipient).unwrap_or_default();
-        let m = limits.lookup(&domain::normalise(host));
-        volume.entry(printable(&m.key)).or_insert((0, m.limit)).0 += 1;
+        let m = matched(host);
+        let key = printable(&m.key);
+        domains.entry(key.clone()).or_default().insert(host.to_vec());
+        volume.entry(key).or_insert((0, m.limit)).0 += 1;
     }
+    // A key whose recorded peak passed its limit: a limit not held.
+    let over: Vec<&String> = volume
+        .iter()
+        .filter(|(k, (_, limit))| {
+            peaks.get(*k).is_some_and(|&p| p > *limit as usize)
+        })
+        .map(|(k, _)| k)
+        .collect();
     // What the shards counted: held and deferred per key, from their
     // last status files.
     let mut counted = BTreeMap::<String, KeyStatus>::new();
@@ -364,10 +451,22 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         shards,
         slots,
         o.latency_ms,
-        o.limits
-            .as_ref()
-            .map_or("none".to_string(), |p| p.display().to_string())
+        match (&o.limits, &sets) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(_)) => "as printed above".to_string(),
+            (None, None) => "none".to_string(),
+        }
     );
+    if let (Some(sets), Some(dns)) = (&sets, &dns) {
+        let _ = writeln!(
+            out,
+            "  DNS              {} MX sets, {} at the provider; {} queries \
+             to the server",
+            sets.sets,
+            sets.at_provider(),
+            dns.queries()
+        );
+    }
     let _ = writeln!(out, "  elapsed          {:.2} s", secs);
     let _ = writeln!(
         out,
@@ -396,13 +495,25 @@ fn simulate(o: &Plan) -> Result<bool, String> {
         exit.map_or("did not exit".to_string(), |s| s.to_string())
     );
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "  {:<16} {:>10} {:>6} {:>6} {:>6} {:>8} {:>9}",
-        "key", "deliveries", "limit", "eff", "peak", "held", "deferred"
-    );
     let mut by_volume: Vec<(&String, &(usize, u32))> = volume.iter().collect();
     by_volume.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+    // Sites are named by their hosts: as wide as the longest shown.
+    let w = by_volume
+        .iter()
+        .take(12)
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    let _ = write!(out, "  {:<w$} ", "key");
+    if sets.is_some() {
+        let _ = write!(out, "{:>7} ", "domains");
+    }
+    let _ = writeln!(
+        out,
+        "{:>10} {:>6} {:>6} {:>6} {:>8} {:>9}",
+        "deliveries", "limit", "eff", "peak", "held", "deferred"
+    );
     for (key, (n, limit)) in by_volume.iter().take(12) {
         let peak = peaks.get(*key).copied().unwrap_or(0);
         let limit =
@@ -418,15 +529,49 @@ fn simulate(o: &Plan) -> Result<bool, String> {
                 (eff, k.held_total.to_string(), k.deferred.to_string())
             },
         );
+        let _ = write!(out, "  {key:<w$} ");
+        if sets.is_some() {
+            let held_domains = domains.get(*key).map_or(0, BTreeSet::len);
+            let _ = write!(out, "{held_domains:>7} ");
+        }
         let _ = writeln!(
             out,
-            "  {key:<16} {n:>10} {limit:>6} {eff:>6} {peak:>6} {held:>8} \
-             {deferred:>9}"
+            "{n:>10} {limit:>6} {eff:>6} {peak:>6} {held:>8} {deferred:>9}"
         );
     }
     if by_volume.len() > 12 {
         let _ = writeln!(out, "  ({} more keys)", by_volume.len() - 12);
     }
+    if sets.is_some() {
+        // One line per key for a program to read: the key, its limit,
+        // the recorded peak, whether the shards' status files list the
+        // key (shardspawn counted under it too), and whether the limit
+        // held.
+        let _ = writeln!(out);
+        for (key, (n, limit)) in &by_volume {
+            let peak = peaks.get(*key).copied().unwrap_or(0);
+            let held = if peak <= *limit as usize { "held" } else { "OVER" };
+            let listed = if counted.contains_key(*key) { "yes" } else { "no" };
+            let _ = writeln!(
+                out,
+                "  check {key} limit {limit} peak {peak} deliveries {n} \
+                 domains {} status {listed} {held}",
+                domains.get(*key).map_or(0, BTreeSet::len)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  limits held      {}",
+        if over.is_empty() {
+            format!(
+                "yes: no key's recorded peak above its limit ({} keys)",
+                volume.len()
+            )
+        } else {
+            format!("NO: {} keys above their limits", over.len())
+        }
+    );
     if let Some(m) = o.strict {
         let busiest: Vec<&str> =
             by_volume.iter().take(4).map(|(k, _)| k.as_str()).collect();
@@ -452,13 +597,114 @@ fn simulate(o: &Plan) -> Result<bool, String> {
             let _ = writeln!(out, "    {w}");
         }
     }
-    let clean = report.is_clean() && exit.is_some_and(|s| s.success());
+    let clean = report.is_clean()
+        && exit.is_some_and(|s| s.success())
+        && over.is_empty();
     if o.keep {
         let kept: PathBuf = home.path().to_path_buf();
         std::mem::forget(home);
         let _ = writeln!(out, "\n  kept {}", kept.display());
     }
     Ok(clean)
+}
+
+/// The limits `--mx-sets` uses without `--limits`: no domain limited
+/// as such, each site 10 at once, and every site at the provider (MX
+/// hosts under [`PROVIDER`]) sharing one limit of 20.
+pub const MX_LIMITS: &str = "\
+# shardspawn simulate --mx-sets: nothing limited per domain; a site 10;
+# every site whose MX hosts are at the provider, 20 in all.
+:65535
+@:10
+@.bigmail.test:=bigmail
+=bigmail:20
+";
+
+/// The provider's MX host suffix.
+pub const PROVIDER: &str = "bigmail.test";
+
+/// The TTL of the zone's records: long, so that one lookup a domain
+/// serves the whole run.
+const MX_TTL: u32 = 3600;
+
+/// `--mx-sets N`: which MX set each domain has, and its hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MxSets {
+    sets: usize,
+    domains: usize,
+}
+
+impl MxSets {
+    fn new(sets: usize, domains: usize) -> MxSets {
+        MxSets { sets: sets.max(1), domains }
+    }
+
+    /// Sets 1 to this are at the provider; the rest are sites of their
+    /// own. Half, rounded up: one set is the provider's.
+    fn at_provider(&self) -> usize {
+        self.sets.div_ceil(2)
+    }
+
+    /// The set (1-based) of the domain of rank `rank` (1-based): in
+    /// turn, so that the busiest domains spread over every set.
+    fn set_of(&self, rank: usize) -> usize {
+        (rank - 1) % self.sets + 1
+    }
+
+    /// The MX records of set `set`: at the provider `mx1.siteK.` and
+    /// `mx2.siteK.bigmail.test`, else `mx1.siteK.test` and
+    /// `mx2.siteK.test`; the first preferred.
+    fn exchanges(&self, set: usize) -> Vec<Exchange> {
+        let suffix = if set <= self.at_provider() {
+            format!("site{set}.{PROVIDER}")
+        } else {
+            format!("site{set}.test")
+        };
+        [(10, "mx1"), (20, "mx2")]
+            .into_iter()
+            .map(|(preference, host)| Exchange {
+                preference,
+                host: format!("{host}.{suffix}").into_bytes(),
+            })
+            .collect()
+    }
+
+    /// The MX records of a normalised domain, if it is one of the
+    /// workload's (`dR.test`, R from 1 to the domain count).
+    fn exchanges_of(&self, domain: &[u8]) -> Option<Vec<Exchange>> {
+        let rank: usize = std::str::from_utf8(domain)
+            .ok()?
+            .strip_prefix('d')?
+            .strip_suffix(".test")?
+            .parse()
+            .ok()?;
+        (1..=self.domains)
+            .contains(&rank)
+            .then(|| self.exchanges(self.set_of(rank)))
+    }
+
+    /// Every domain's MX records and every host's address.
+    fn zone(&self) -> Result<Zone, String> {
+        let mut text = String::new();
+        for rank in 1..=self.domains {
+            let name = workload::domain_name(rank);
+            for x in self.exchanges(self.set_of(rank)) {
+                let host = String::from_utf8_lossy(&x.host);
+                let _ = writeln!(
+                    text,
+                    "{name} {MX_TTL} MX {} {host}",
+                    x.preference
+                );
+            }
+        }
+        for set in 1..=self.sets {
+            for x in self.exchanges(set) {
+                let host = String::from_utf8_lossy(&x.host);
+                let _ = writeln!(text, "{host} {MX_TTL} A 127.0.0.1");
+            }
+        }
+        Zone::parse(&text).map_err(|e| format!("the MX sets' zone: {e}"))
+    }
 }
 
 /// Each key's effective limit and running count at one instant.
@@ -579,6 +825,45 @@ mod tests {
             "--keep=1: takes no value"
         );
         assert_eq!(parse(&args(&["x"])).unwrap_err(), "unexpected argument x");
+    }
+
+    #[test]
+    fn mx_sets_put_half_at_the_provider_and_the_rest_on_their_own() {
+        let o = parse(&args(&["--mx-sets", "4"])).unwrap().unwrap();
+        assert_eq!(o.mx_sets, Some(4));
+        assert!(parse(&args(&["--mx-sets", "0"])).is_err());
+        let sets = MxSets::new(4, 10);
+        let limits = Limits::parse(MX_LIMITS.as_bytes()).unwrap();
+        let key = |domain: &str| {
+            let m = limits.lookup(domain.as_bytes());
+            assert!(!m.is_domain_rule(), "{domain}");
+            let x = sets.exchanges_of(domain.as_bytes()).unwrap();
+            let m = limits.site(&x);
+            (printable(&m.key), m.limit)
+        };
+        // d1 and d5 have set 1, d2 set 2: both at the provider, one key.
+        for d in ["d1.test", "d5.test", "d2.test", "d10.test"] {
+            assert_eq!(key(d), ("=bigmail".to_string(), 20), "{d}");
+        }
+        // d3 set 3 and d4 set 4: sites of their own, named by their hosts.
+        assert_eq!(
+            key("d3.test"),
+            ("@mx1.site3.test,mx2.site3.test".to_string(), 10)
+        );
+        assert_eq!(
+            key("d8.test"),
+            ("@mx1.site4.test,mx2.site4.test".to_string(), 10)
+        );
+        // Not one of the workload's domains: no MX set.
+        for d in ["d0.test", "d11.test", "x.test", "d1.example"] {
+            assert_eq!(sets.exchanges_of(d.as_bytes()), None, "{d}");
+        }
+        // One set is the provider's; an odd count puts the extra there.
+        assert_eq!(MxSets::new(1, 5).at_provider(), 1);
+        assert_eq!(MxSets::new(5, 5).at_provider(), 3);
+        // The zone holds every domain's MX and every host's address.
+        let zone = sets.zone().unwrap();
+        assert_eq!(zone.len(), 10 + 4 * 2);
     }
 
     #[test]

@@ -44,6 +44,7 @@
 //! (results matched back to exits), `machine` (/proc and getrusage),
 //! `measures` (what each measurement holds and how rounds merge), `report`
 //! (the tables of `BENCHMARKS.md`) and `plot` (`benchmarks.svg`).
+//! `--sites` runs only `sites`: MX grouping (issue 16) on against off.
 
 mod baselines;
 mod latency;
@@ -54,6 +55,7 @@ mod plot;
 mod points;
 mod report;
 mod run;
+mod sites;
 
 pub use plot::PLOT_FILE;
 
@@ -87,7 +89,9 @@ pub fn main() -> i32 {
             return 100;
         }
     };
-    match run(&plan, &args) {
+    let outcome =
+        if plan.sites { sites::run(&plan, &args) } else { run(&plan, &args) };
+    match outcome {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {

@@ -10,6 +10,9 @@ usage: shardspawn-bench [--deliveries N] [--rounds N] [--in-flight N,...]
                         [--seed N] [--out DIR] [--quick] [--no-baselines]
                         [--live N] [--no-live] [--remote PATH]
                         [--shardspawn PATH]
+       shardspawn-bench --sites [--deliveries N] [--rounds N]
+                        [--in-flight N] [--shards N,...] [--domains N]
+                        [--mx-sets N] [--cold N] [--out DIR]
 
 Measures shardspawn (supervisor and shards, driven by an emulated
 qmail-send) and two baselines with no protocol (one spawn/waitpid loop
@@ -38,6 +41,22 @@ between its markers) and DIR/benchmarks.svg.
   --no-live        skip that
   --remote PATH    stand-in qmail-remote  (default: beside this program)
   --shardspawn PATH  shardspawn           (default: beside this program)
+  --sites          instead of all that, MX grouping (issue 16) against
+                   none, same binary and workload, in one sitting:
+                   deliveries/s and CPU/delivery with SHARDSPAWN_SITES=1
+                   and every lookup cached (one warm-up delivery per
+                   domain first, TTL 3600 s) against SHARDSPAWN_SITES=0,
+                   rounds alternating; then command -> stand-in start for
+                   deliveries to fresh domains (each a cold lookup at a
+                   DNS server on loopback in this process) with sites on
+                   and off, at 1 and 100 in flight. Writes its own block
+                   of DIR/BENCHMARKS.md. Defaults: 36000 deliveries, 9
+                   rounds, 1000 in flight, 1 and 2 shards (the cold
+                   runs: the last), 1000 domains
+                   (flags after it still count)
+  --mx-sets N      with --sites: the domains' MX sets   (default 100)
+  --cold N         with --sites: fresh domains per cold run, each run
+                   once per round                      (default 1000)
 ";
 
 /// What to measure.
@@ -58,6 +77,10 @@ pub(super) struct Plan {
     pub(super) live: Option<usize>,
     pub(super) remote: Option<PathBuf>,
     pub(super) shardspawn: Option<PathBuf>,
+    /// `--sites`: MX grouping on against off, nothing else.
+    pub(super) sites: bool,
+    pub(super) mx_sets: usize,
+    pub(super) cold: usize,
 }
 
 impl Default for Plan {
@@ -76,6 +99,9 @@ impl Default for Plan {
             live: Some(10_000),
             remote: None,
             shardspawn: None,
+            sites: false,
+            mx_sets: 100,
+            cold: 1000,
         }
     }
 }
@@ -97,6 +123,17 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
                 plan.shards = vec![1, 2];
                 plan.live = None;
                 plan.out = PathBuf::from("target/bench-quick");
+                continue;
+            }
+            "--sites" => {
+                plan.sites = true;
+                plan.deliveries = 36_000;
+                plan.rounds = 9;
+                plan.in_flight = vec![1000];
+                plan.shards = vec![1, 2];
+                plan.domains = 1000;
+                plan.baselines = false;
+                plan.live = None;
                 continue;
             }
             "--no-baselines" => {
@@ -152,6 +189,8 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
             }
             "--domains" => plan.domains = num(&value)? as usize,
             "--seed" => plan.seed = num(&value)?,
+            "--mx-sets" => plan.mx_sets = num(&value)? as usize,
+            "--cold" => plan.cold = num(&value)? as usize,
             "--out" => plan.out = PathBuf::from(&value),
             "--remote" => plan.remote = Some(PathBuf::from(&value)),
             "--shardspawn" => plan.shardspawn = Some(PathBuf::from(&value)),
@@ -198,6 +237,13 @@ mod tests {
         assert_eq!(Plan::default().live, Some(10_000));
         assert_eq!(p(&["--live", "500"]).unwrap().live, Some(500));
         assert_eq!(p(&["--no-live"]).unwrap().live, None);
+        let q = p(&["--shards", "4", "--sites", "--cold", "50"]).unwrap();
+        assert!(q.sites && !q.baselines);
+        assert_eq!(
+            (q.shards, q.in_flight, q.cold),
+            (vec![1, 2], vec![1000], 50)
+        );
+        assert_eq!(p(&["--sites", "--mx-sets=7"]).unwrap().mx_sets, 7);
         assert_eq!(p(&["--quick"]).unwrap().live, None);
         for bad in [
             &["--deliveries"][..],

@@ -48,6 +48,28 @@ pub(super) fn live_deliveries(
         .collect()
 }
 
+/// What a point may add to the plain one: settings, a warm-up run
+/// before the measured one, and a look at the state after it.
+#[derive(Default)]
+pub(super) struct Setup<'a> {
+    /// Settings besides the bench's (they replace its own of the name).
+    pub(super) env: Vec<(&'static str, String)>,
+    /// Run through the same shardspawn before the measured deliveries,
+    /// outside every measure (time, CPU, latency).
+    pub(super) warm: &'a [crate::emulator::Delivery],
+    /// Processes shardspawn runs besides the shards (the resolver).
+    pub(super) helpers: usize,
+    /// Called after the warm-up, just before the measured run, with
+    /// the state directory.
+    pub(super) warmed: Option<&'a mut dyn FnMut(&std::path::Path)>,
+    /// Called just after the measured run, before shardspawn exits.
+    pub(super) measured: Option<&'a mut dyn FnMut(&std::path::Path)>,
+    /// Where each measured delivery's stand-in started, by its host, and
+    /// when its command was sent, both monotonic ns, in delivery order:
+    /// filled when set.
+    pub(super) starts: Option<&'a mut Vec<(u64, Option<u64>)>>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_point(
     ctx: &Ctx,
@@ -57,11 +79,13 @@ pub(super) fn run_point(
     width: DelnumWidth,
     shards: u16,
     n: usize,
+    setup: &mut Setup,
 ) -> Result<(Point, LatRaw), String> {
     let bytes = width.bytes();
     let label = format!("{prefix}{in_flight}-{bytes}b-{shards}s");
     let home = ctx.home.path();
     let record = home.join(format!("{label}.record"));
+    let state = home.join(format!("state-{label}"));
     let mut cmd = Command::new(&ctx.shardspawn);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -71,9 +95,12 @@ pub(super) fn run_point(
         .env("SHARDSPAWN_SHARDS", shards.to_string())
         .env("SHARDSPAWN_SLOTS", in_flight.to_string())
         .env("SHARDSPAWN_DELNUM_BYTES", bytes.to_string())
-        .env("SHARDSPAWN_STATE_DIR", home.join(format!("state-{label}")))
+        .env("SHARDSPAWN_STATE_DIR", &state)
         .env("QMAILREMOTE", &ctx.remote)
         .env(remote::ENV_RECORD, &record);
+    for (k, v) in &setup.env {
+        cmd.env(k, v);
+    }
     let opts = Options {
         stderr: Stderr::File(home.join(format!("{label}.log"))),
         ..Options::default()
@@ -85,12 +112,34 @@ pub(super) fn run_point(
     if slots < in_flight {
         problems.push(format!("announced {slots} slots, not {in_flight}"));
     }
+    if !setup.warm.is_empty() {
+        let warm = emu.run(
+            setup.warm,
+            in_flight,
+            Instant::now() + Duration::from_secs(600),
+        );
+        if !warm.is_clean() || warm.letters.k != setup.warm.len() {
+            problems.push(format!(
+                "warm-up: {} of {} results were K",
+                warm.letters.k,
+                setup.warm.len()
+            ));
+        }
+    }
+    if let Some(f) = setup.warmed.as_mut() {
+        f(&state);
+    }
     let sup = emu.pid();
-    // Its children now are the shards (no logger is configured).
+    // Its children now are the shards and its helpers (no logger is
+    // configured): the stand-ins of a warm-up have all been reaped.
     let mut pids = vec![sup];
     pids.extend(crate::util::children(sup).iter().map(|c| c.0));
-    if pids.len() != usize::from(shards) + 1 {
-        problems.push(format!("found {} shards", pids.len() - 1));
+    if pids.len() != usize::from(shards) + 1 + setup.helpers {
+        problems.push(format!(
+            "found {} shards and helpers, not {}",
+            pids.len() - 1,
+            usize::from(shards) + setup.helpers
+        ));
     }
     let cpu = |pids: &[u32]| -> Option<(u64, u64)> {
         pids.iter().try_fold((0, 0), |(a, b), &p| {
@@ -124,6 +173,9 @@ pub(super) fn run_point(
     let after = cpu(&pids);
     let hwm: Option<u64> = pids.iter().map(|&p| vm_hwm_kib(p)).sum();
     let emu_after = proc_cpu(me).map_or(0, |c| c.0);
+    if let Some(f) = setup.measured.as_mut() {
+        f(&state);
+    }
     emu.close_commands();
     let exit = emu.wait_exit(Instant::now() + Duration::from_secs(60));
     if !exit.is_some_and(|s| s.success()) {
@@ -166,6 +218,23 @@ pub(super) fn run_point(
             answered: ns(o.answered),
         })
         .collect();
+    if let Some(starts) = setup.starts.as_mut() {
+        // The first start of each host: each measured delivery has a
+        // host of its own where this is asked for.
+        let mut by_host: HashMap<&[u8], u64> = HashMap::new();
+        for i in recording.intervals() {
+            let t = by_host.entry(i.host.as_bytes()).or_insert(i.start);
+            *t = (*t).min(i.start);
+        }
+        starts.clear();
+        for (d, o) in deliveries[..n].iter().zip(&report.outcomes) {
+            let host = shardspawn_common::domain::host(&d.recipient)
+                .unwrap_or_default();
+            if let Some(o) = o {
+                starts.push((ns(o.sent), by_host.get(host).copied()));
+            }
+        }
+    }
     let mut raw = match_runs(&mut runs, &arrivals);
     if let Some(w) = watch {
         match w.finish() {

@@ -683,12 +683,22 @@ fn render_targets(w: &mut String, r: &Results) {
 /// text of BENCHMARKS.md in place of the last generated block, or after
 /// a new title when there is none.
 pub(super) fn splice(existing: Option<&str>, block: &str) -> String {
+    splice_between(existing, block, BEGIN, END)
+}
+
+/// [`splice`] for a block with markers of its own (`--sites`).
+pub(super) fn splice_between(
+    existing: Option<&str>,
+    block: &str,
+    begin: &str,
+    end: &str,
+) -> String {
     let Some(text) = existing else {
         return format!("# Benchmarks\n\n{block}");
     };
-    match (text.find(BEGIN), text.find(END)) {
+    match (text.find(begin), text.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            let after = &text[e + END.len()..];
+            let after = &text[e + end.len()..];
             let after = after.strip_prefix('\n').unwrap_or(after);
             format!("{}{block}{after}", &text[..b])
         }

@@ -15,7 +15,7 @@ use super::measures::{
 };
 use super::plan::{Plan, framings};
 use super::plot::{PLOT_FILE, plot};
-use super::points::{live_deliveries, run_point};
+use super::points::{Setup, live_deliveries, run_point};
 use super::report::{micros, render, splice};
 use crate::home::QmailHome;
 use crate::workload;
@@ -73,7 +73,7 @@ pub(super) fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
 
 /// What the measurements share: the programs, checked, a home with the
 /// workload's messages, and the live points' deliveries.
-fn context(plan: &Plan) -> Result<Ctx, String> {
+pub(super) fn context(plan: &Plan) -> Result<Ctx, String> {
     let me = std::env::current_exe()
         .map_err(|e| format!("unable to find this program: {e}"))?;
     let remote = plan
@@ -213,8 +213,16 @@ fn run_points(
         .filter(|w| plan.framing.is_none_or(|f| f == w.bytes()));
     for width in widths {
         for &shards in &plan.shards {
-            let (p, raw) =
-                run_point(ctx, &ctx.deliveries, "", c, width, shards, n)?;
+            let (p, raw) = run_point(
+                ctx,
+                &ctx.deliveries,
+                "",
+                c,
+                width,
+                shards,
+                n,
+                &mut Setup::default(),
+            )?;
             let l =
                 summarize(raw.clone()).map_or(String::new(), |l| describe(&l));
             eprintln!(
@@ -271,6 +279,7 @@ fn run_live(ctx: &Ctx) -> Result<Vec<Point>, String> {
             DelnumWidth::Two,
             shards,
             ctx.live.len(),
+            &mut Setup::default(),
         )?;
         p.latency = summarize(raw);
         eprintln!(
