@@ -19,7 +19,7 @@
 //! received 1234
 //! reported 1219
 //! deferred_by_limit 4
-//! key gmail.com running 10 held 3 limit 20 effective 10 rate 600/m suspended_until 0 failures 0 peak 10 started 400 held_total 37 deferred 4 changed 1764336007 why 20 good deliveries at the limit
+//! key gmail.com running 10 held 3 limit 20 effective 10 rate 600/m suspended_until 0 failures 0 peak 10 started 400 held_total 37 deferred 4 refusals 2 changed 1764336007 why 20 good deliveries at the limit
 //! ```
 //!
 //! Times are Unix seconds; `stopped` is 0 while the process runs (a
@@ -72,6 +72,10 @@ pub struct KeyStatus {
     pub held_total: u64,
     /// Deliveries answered with a `Z` because of its limit.
     pub deferred: u64,
+    /// Results that were site-level pushback (a receiver's refusal, a
+    /// matched adapt rule, a failed connect) since the key was first
+    /// seen: a counter, for refusals per minute.
+    pub refusals: u64,
     /// Unix seconds of the last change of limit, rate or suspension; 0
     /// if none.
     pub changed: u64,
@@ -209,7 +213,7 @@ impl KeyStatus {
             out,
             "key {} running {} held {} limit {} effective {} rate {} \
              suspended_until {} failures {} peak {} started {} \
-             held_total {} deferred {} changed {}",
+             held_total {} deferred {} refusals {} changed {}",
             self.key,
             self.running,
             self.held,
@@ -222,6 +226,7 @@ impl KeyStatus {
             self.started,
             self.held_total,
             self.deferred,
+            self.refusals,
             self.changed,
         );
         if !self.why.is_empty() {
@@ -257,6 +262,7 @@ impl KeyStatus {
                 "started" => k.started = num(name, value)?,
                 "held_total" => k.held_total = num(name, value)?,
                 "deferred" => k.deferred = num(name, value)?,
+                "refusals" => k.refusals = num(name, value)?,
                 _ => {}
             }
         }
@@ -440,6 +446,7 @@ mod tests {
                     started: 400,
                     held_total: 37,
                     deferred: 4,
+                    refusals: 2,
                     changed: 1_764_336_007,
                     why: "20 good deliveries at the limit".into(),
                 },
@@ -500,7 +507,7 @@ mod tests {
         assert!(text.contains(
             "\nkey =google running 10 held 3 limit 20 effective 10 rate 600/m \
              suspended_until 0 failures 0 peak 10 started 400 held_total 37 \
-             deferred 4 changed 1764336007 why 20 good deliveries at the \
+             deferred 4 refusals 2 changed 1764336007 why 20 good deliveries at the \
              limit\n"
         ));
     }

@@ -35,7 +35,7 @@ use shardspawn_common::frame::Job;
 use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
-use shardspawn_common::response::Responses;
+use shardspawn_common::response::{Responses, Verdict};
 use shardspawn_common::status::{KeyStatus, printable, utc};
 
 pub use crate::adapt::Policy;
@@ -172,6 +172,8 @@ struct KeyState {
     started: u64,
     held_total: u64,
     deferred: u64,
+    /// Site-level pushback results, for the status page.
+    refusals: u64,
 }
 
 impl KeyState {
@@ -441,6 +443,7 @@ impl Core {
             started: 0,
             held_total: 0,
             deferred: 0,
+            refusals: 0,
         }
     }
 
@@ -625,6 +628,9 @@ impl Core {
         let now = self.now;
         let heard = adapt::hear(&self.responses, body);
         let Some(state) = self.keys.get_mut(key) else { return };
+        if matches!(heard.verdict, Verdict::Pushback(_)) {
+            state.refusals += 1;
+        }
         let ran = Ran {
             epoch: started.epoch,
             beside: started.beside,
@@ -877,6 +883,7 @@ impl Core {
             started: k.started,
             held_total: k.held_total,
             deferred: k.deferred,
+            refusals: k.refusals,
             changed: k.changed.as_ref().map_or(0, |c| c.0),
             why: match k.changed.as_ref().map(|c| &c.1) {
                 None => String::new(),

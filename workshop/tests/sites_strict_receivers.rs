@@ -15,6 +15,7 @@ mod limits_common;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use shardspawn_common::status::ShardStatus;
 use shardspawn_workshop::dns::{DnsServer, Zone};
 use shardspawn_workshop::emulator::Delivery;
 use shardspawn_workshop::remote::{
@@ -22,7 +23,7 @@ use shardspawn_workshop::remote::{
 };
 use shardspawn_workshop::util::deadline_in;
 
-use limits_common::{Rig, finish, show};
+use limits_common::{Rig, STATE_DIR, finish, show};
 
 /// Connections each receiver takes from us at once.
 const M: u32 = 5;
@@ -105,6 +106,25 @@ fn refusals(on: bool) -> usize {
                 show(body)
             );
         }
+    }
+    // The shards counted the same refusals, per key, in their status
+    // (which lists each shard's 20 busiest keys: all of them when the
+    // keys are the four sites).
+    let mut counted = 0;
+    for shard in 0..2 {
+        let path =
+            rig.home.path().join(STATE_DIR).join(format!("shard{shard}"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let keys = ShardStatus::parse(&text).unwrap().keys;
+        counted += keys.iter().map(|k| k.refusals).sum::<u64>();
+    }
+    if on {
+        assert_eq!(counted, refused as u64, "refusals in the status files");
+    } else {
+        assert!(
+            counted <= refused as u64,
+            "{counted} counted, {refused} refused"
+        );
     }
     refused
 }
