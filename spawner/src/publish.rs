@@ -14,6 +14,7 @@
 //! that every file follows the same conventions (`shardspawn_` names,
 //! `_total` counters, `_seconds` times, a `HELP` and a `TYPE` line per
 //! family, label values escaped).
+
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::path::PathBuf;
