@@ -29,6 +29,7 @@
 //! | `SHARDSPAWN_SITES` | `--sites` |
 //! | `SHARDSPAWN_DNS` | `--dns` |
 //! | `SHARDSPAWN_DNS_SECONDS` | `--dns-seconds` |
+//! | `SHARDSPAWN_METRICS_KEYS` | `--metrics-keys` |
 //!
 //! Values from the environment lose any trailing newlines (a file in an
 //! envdir usually ends in one). Numbers and the queue owner also lose
@@ -110,6 +111,10 @@ pub struct Settings {
     /// goes under its domain key. Default [`DEFAULT_DNS_WAIT`]; at least
     /// 1 s.
     pub dns_wait: Duration,
+    /// How many of each shard's busiest keys get series of their own in
+    /// its Prometheus file; 0: none. Default [`DEFAULT_METRICS_KEYS`], at
+    /// most [`METRICS_KEYS_MAX`].
+    pub metrics_keys: u32,
 }
 
 // Each default is named once, here: the settings, the arguments a shard
@@ -153,6 +158,14 @@ pub const DEFAULT_RESPONSES: &str = "control/responserules";
 /// `SHARDSPAWN_DNS_SECONDS`: longest a delivery waits for DNS. A
 /// resolver tries a silent server about twice in this time.
 pub const DEFAULT_DNS_WAIT: Duration = Duration::from_secs(5);
+
+/// `SHARDSPAWN_METRICS_KEYS`: the busiest keys of each shard with
+/// series of their own, as many as its status file lists.
+pub const DEFAULT_METRICS_KEYS: u32 = 20;
+
+/// Most `SHARDSPAWN_METRICS_KEYS`: each key is a handful of series per
+/// shard, and a Prometheus server pays for every one it keeps.
+pub const METRICS_KEYS_MAX: u32 = 1000;
 
 /// Longest `SHARDSPAWN_DNS_SECONDS`: a delivery waiting longer for DNS
 /// than qmail-remote would itself is worse than its domain key.
@@ -206,10 +219,11 @@ enum Name {
     Sites,
     Dns,
     DnsSeconds,
+    MetricsKeys,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 20] = [
+const TABLE: [(Name, &str, &str); 21] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -230,6 +244,7 @@ const TABLE: [(Name, &str, &str); 20] = [
     (Name::Sites, "SHARDSPAWN_SITES", "--sites"),
     (Name::Dns, "SHARDSPAWN_DNS", "--dns"),
     (Name::DnsSeconds, "SHARDSPAWN_DNS_SECONDS", "--dns-seconds"),
+    (Name::MetricsKeys, "SHARDSPAWN_METRICS_KEYS", "--metrics-keys"),
 ];
 
 /// Longest hold we accept, in seconds. Far beyond any sane setting, and
@@ -547,6 +562,13 @@ impl Settings {
                 None => DEFAULT_DNS_WAIT,
                 Some(r) => Duration::from_secs(r.number(1, DNS_SECONDS_MAX)?),
             },
+            metrics_keys: match get(Name::MetricsKeys) {
+                None => DEFAULT_METRICS_KEYS,
+                Some(r) => {
+                    u32::try_from(r.number(0, u64::from(METRICS_KEYS_MAX))?)
+                        .expect("bounded above")
+                }
+            },
         })
     }
 
@@ -628,6 +650,7 @@ mod tests {
             sites: true,
             dns: Vec::new(),
             dns_wait: Duration::from_secs(5),
+            metrics_keys: 20,
         };
         assert_eq!(s, want);
         assert_eq!(
@@ -664,6 +687,7 @@ mod tests {
             ("SHARDSPAWN_SITES", "0"),
             ("SHARDSPAWN_DNS", "127.0.0.1:5353, ::1"),
             ("SHARDSPAWN_DNS_SECONDS", "2"),
+            ("SHARDSPAWN_METRICS_KEYS", "0"),
         ];
         let want = Settings {
             home: PathBuf::from("/q"),
@@ -691,6 +715,7 @@ mod tests {
                 "[::1]:53".parse().unwrap(),
             ],
             dns_wait: Duration::from_secs(2),
+            metrics_keys: 0,
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
         let mut flags = Vec::new();
@@ -763,6 +788,15 @@ mod tests {
         let wait = |v: &str| parse(&[("SHARDSPAWN_DNS_SECONDS", v)], &[]);
         assert_eq!(wait("0").unwrap_err().why, "must be at least 1");
         assert_eq!(wait("301").unwrap_err().why, "must be at most 300");
+    }
+
+    #[test]
+    fn metrics_keys_are_bounded_and_zero_turns_them_off() {
+        let keys = |v: &str| parse(&[], &[("--metrics-keys", v)]);
+        assert_eq!(keys("0").unwrap().metrics_keys, 0);
+        assert_eq!(keys("1000").unwrap().metrics_keys, METRICS_KEYS_MAX);
+        assert_eq!(keys("1001").unwrap_err().why, "must be at most 1000");
+        assert_eq!(keys("x").unwrap_err().why, "not a number");
     }
 
     #[test]

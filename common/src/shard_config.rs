@@ -38,6 +38,9 @@ pub struct ShardConfig {
     pub suspend_after: u32,
     /// How long such a suspension lasts.
     pub suspend: Duration,
+    /// The busiest keys given series of their own in `shardN.prom`; 0:
+    /// none.
+    pub metrics_keys: u32,
 }
 
 impl ShardConfig {
@@ -60,6 +63,8 @@ impl ShardConfig {
             self.suspend_after.to_string().into(),
             "--suspend-ms".into(),
             self.suspend.as_millis().to_string().into(),
+            "--metrics-keys".into(),
+            self.metrics_keys.to_string().into(),
         ];
         if let Some(n) = self.hold_max {
             args.extend(["--hold-max".into(), n.to_string().into()]);
@@ -94,6 +99,7 @@ impl ShardConfig {
             initial_limit: settings::DEFAULT_INITIAL_LIMIT,
             suspend_after: settings::DEFAULT_SUSPEND_AFTER,
             suspend: settings::DEFAULT_SUSPEND,
+            metrics_keys: settings::DEFAULT_METRICS_KEYS,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -124,6 +130,9 @@ impl ShardConfig {
                 }
                 Some("--suspend-ms") => {
                     cfg.suspend = Duration::from_millis(number(flag, value)?)
+                }
+                Some("--metrics-keys") => {
+                    cfg.metrics_keys = number(flag, value)?
                 }
                 _ => return Err(format!("{}: unknown flag", flag.display())),
             }
@@ -157,6 +166,7 @@ mod tests {
             initial_limit: 5,
             suspend_after: 10,
             suspend: Duration::from_millis(2500),
+            metrics_keys: 7,
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
     }
@@ -169,6 +179,7 @@ mod tests {
         assert_eq!(cfg.initial_limit, settings::DEFAULT_INITIAL_LIMIT);
         assert_eq!(cfg.suspend_after, settings::DEFAULT_SUSPEND_AFTER);
         assert_eq!(cfg.suspend, settings::DEFAULT_SUSPEND);
+        assert_eq!(cfg.metrics_keys, settings::DEFAULT_METRICS_KEYS);
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! adaptation asks.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,9 @@ pub struct Core {
     clock: Option<(Instant, u64)>,
     counters: Counters,
     notes: Notes,
+    /// Results refused by the receiver, by the rule that judged them
+    /// ([`refusal_rule`]), since start: the metrics' refusals by rule.
+    refusals_by_rule: BTreeMap<String, u64>,
 }
 
 /// Most changes of keys kept for the log between two
@@ -327,6 +330,7 @@ impl Core {
             clock: None,
             counters: Counters::default(),
             notes: Notes::default(),
+            refusals_by_rule: BTreeMap::new(),
         }
     }
 
@@ -408,6 +412,12 @@ impl Core {
     /// Counters since start.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Results the receiver refused since start, by the rule that
+    /// judged them (see [`refusal_rule`]), in the rules' names' order.
+    pub fn refusals_by_rule(&self) -> &BTreeMap<String, u64> {
+        &self.refusals_by_rule
     }
 
     /// What happened since the last call, for the log.
@@ -627,6 +637,13 @@ impl Core {
     ) {
         let now = self.now;
         let heard = adapt::hear(&self.responses, body);
+        if let Some(rule) = refusal_rule(&self.responses, &heard.verdict, body)
+        {
+            match self.refusals_by_rule.get_mut(&rule) {
+                Some(n) => *n += 1,
+                None => drop(self.refusals_by_rule.insert(rule, 1)),
+            }
+        }
         let Some(state) = self.keys.get_mut(key) else { return };
         if matches!(heard.verdict, Verdict::Pushback(_)) {
             state.refusals += 1;
@@ -948,6 +965,30 @@ impl Core {
 /// most `2n` of them. When the buffer is full, the `n` first of it are
 /// selected (`select_nth_unstable_by`, linear) and the rest dropped, so
 /// the whole costs O(items + n log n) time and O(n) room.
+/// The rule a result from the receiver is counted under as a refusal,
+/// if it is one: a response rule that made it pushback or acted on it
+/// (`limit`, `rate`, `suspend`), named as the log names it (`response
+/// rule 4`, `built-in rule 3`); or, for pushback no rule made, its words
+/// (`no SMTP connection`, `greeting failed`, `the remote host said
+/// 421`). Good, neutral and ignored results are none.
+fn refusal_rule(
+    responses: &Responses,
+    verdict: &Verdict<'_>,
+    body: &[u8],
+) -> Option<String> {
+    match verdict {
+        Verdict::Rule(rule) => Some(rule.origin.to_string()),
+        Verdict::Pushback(words) => {
+            let lower = body.get(1..).unwrap_or_default().to_ascii_lowercase();
+            Some(match responses.find(&lower) {
+                Some(rule) => rule.origin.to_string(),
+                None => words.clone(),
+            })
+        }
+        Verdict::Good | Verdict::Neutral => None,
+    }
+}
+
 fn first<T>(
     items: impl IntoIterator<Item = T>,
     n: usize,
@@ -1497,6 +1538,9 @@ mod tests {
             .collect();
         assert_eq!(refused, vec![7], "{got:?}");
         assert_eq!(c.held(), 0);
+        // Counted under their words, as no rule made them pushback.
+        let by_rule: Vec<_> = c.refusals_by_rule().iter().collect();
+        assert_eq!(by_rule, [(&"no SMTP connection".to_string(), &4)]);
         let more: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
         assert_eq!(more.len(), 2, "5 and 6 started as 0 and 1 ended");
         // New ones too, at once.
@@ -1544,6 +1588,8 @@ mod tests {
         let s = status(&c);
         assert_eq!(s.effective, 1);
         assert!(s.why.contains("response rule 1 matched \"slow down\""));
+        // Its refusal is counted under the rule, as the log names it.
+        assert_eq!(c.refusals_by_rule().get("response rule 1"), Some(&1));
         // Four still run: nothing starts until they are down to 0.
         for &id in &ids[1..4] {
             end(&mut c, id, OK, &mut fx);

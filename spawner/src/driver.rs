@@ -296,7 +296,8 @@ impl Shard {
             Instant::now(),
         );
         let publisher =
-            Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone());
+            Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone())
+                .metrics_keys(cfg.metrics_keys);
         Ok(Shard {
             cfg,
             log,

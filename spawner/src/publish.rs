@@ -8,11 +8,22 @@
 //! never decides anything and never touches a delivery: it reads the
 //! [`Core`] through a plain [`ShardStatus`] snapshot and the core's
 //! notes.
+//!
+//! The Prometheus text is written here too, for the supervisor's
+//! `supervisor.prom` as well ([`supervisor_prometheus`]): one writer, so
+//! that every file follows the same conventions (`shardspawn_` names,
+//! `_total` counters, `_seconds` times, a `HELP` and a `TYPE` line per
+//! family, label values escaped).
 
+use std::collections::BTreeMap;
+use std::fmt::{Display, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shardspawn_common::status::{ShardStatus, printable};
+use shardspawn_common::settings::DEFAULT_METRICS_KEYS;
+use shardspawn_common::status::{
+    KeyStatus, ShardStatus, SupervisorStatus, printable,
+};
 use shardspawn_os::log::{Log, StatusWriter};
 
 use crate::core::Core;
@@ -37,6 +48,8 @@ pub struct Publisher {
     writer: StatusWriter,
     /// Deferrals by limit already reported in the log.
     deferred_logged: u64,
+    /// The busiest keys given series of their own in `shardN.prom`.
+    metrics_keys: usize,
 }
 
 /// Unix seconds of `t`.
@@ -44,13 +57,14 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// What the core shows now, as the status file says it; `stopped` when
-/// the shard is exiting.
+/// What the core shows now, as the status file says it, with its `keys`
+/// busiest keys; `stopped` when the shard is exiting.
 pub fn snapshot(
     core: &Core,
     shard: u16,
     started: u64,
     stopped: Option<SystemTime>,
+    keys: usize,
 ) -> ShardStatus {
     let counters = core.counters();
     ShardStatus {
@@ -64,16 +78,242 @@ pub fn snapshot(
         received: counters.received,
         reported: counters.reported,
         deferred_by_limit: counters.deferred_by_limit,
-        keys: core.key_status(STATUS_KEYS),
+        keys: core.key_status(keys),
     }
 }
 
+/// What the Prometheus file says beside the status file's numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct Metrics<'a> {
+    /// The keys with series of their own, busiest first.
+    pub keys: &'a [KeyStatus],
+    /// The receiver's refusals by the rule that judged them.
+    pub refusals: &'a BTreeMap<String, u64>,
+}
+
 /// The files a snapshot is published as: names in the state directory
-/// and their text.
-pub fn files(status: &ShardStatus) -> [(String, String); 2] {
+/// and their text. The status file lists the snapshot's first
+/// [`STATUS_KEYS`] keys.
+pub fn files(status: &ShardStatus, metrics: Metrics) -> [(String, String); 2] {
     let name = format!("shard{}", status.shard);
     let prom = format!("{name}.prom");
-    [(name, status.render()), (prom, status.prometheus())]
+    let text = if status.keys.len() > STATUS_KEYS {
+        let keys = status.keys[..STATUS_KEYS].to_vec();
+        ShardStatus { keys, ..status.clone() }.render()
+    } else {
+        status.render()
+    };
+    [(name, text), (prom, prometheus(status, metrics))]
+}
+
+/// A label value as the text format wants it: backslash, double quote
+/// and newline escaped. (Keys are already printable, `\DDD` for bytes
+/// outside `0x21..=0x7e`, but may hold `\\` and `"`.)
+pub fn label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One metric family of the text format: its `HELP` and `TYPE` lines and
+/// its samples, each `(labels, value)`; nothing if it has no sample.
+fn family<V: Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, V)>,
+) {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        out.push_str(name);
+        for (i, (label, v)) in labels.iter().enumerate() {
+            let sep = if i == 0 { '{' } else { ',' };
+            let _ = write!(out, "{sep}{label}=\"{}\"", label_value(v));
+        }
+        if !labels.is_empty() {
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+/// A key's series: name, type, help, and its value if it has one.
+type KeySeries =
+    (&'static str, &'static str, &'static str, fn(&KeyStatus) -> Option<u64>);
+
+/// The series of each key [`Metrics::keys`] lists, labelled `key` (as the
+/// status file writes it) and `shard`. Counters count since the shard
+/// first saw the key.
+const KEY_SERIES: [KeySeries; 10] = [
+    (
+        "shardspawn_key_running",
+        "gauge",
+        "qmail-remote processes running for the key",
+        |k| Some(k.running.into()),
+    ),
+    ("shardspawn_key_held", "gauge", "deliveries waiting for the key", |k| {
+        Some(k.held.into())
+    }),
+    ("shardspawn_key_limit", "gauge", "the key's configured limit", |k| {
+        Some(k.limit.into())
+    }),
+    (
+        "shardspawn_key_effective_limit",
+        "gauge",
+        "the key's limit in force, lowered by adaptation or a response rule",
+        |k| Some(k.effective.into()),
+    ),
+    (
+        "shardspawn_key_suspended",
+        "gauge",
+        "1 if the key is suspended, else 0",
+        |k| Some(u64::from(k.suspended_until > 0)),
+    ),
+    (
+        "shardspawn_key_suspension_end_time_seconds",
+        "gauge",
+        "when the key's suspension ends, Unix seconds (suspended keys only)",
+        |k| (k.suspended_until > 0).then_some(k.suspended_until),
+    ),
+    (
+        "shardspawn_key_failures",
+        "gauge",
+        "the key's site-level failures in a row",
+        |k| Some(k.failures.into()),
+    ),
+    (
+        "shardspawn_key_started_total",
+        "counter",
+        "deliveries started for the key",
+        |k| Some(k.started),
+    ),
+    (
+        "shardspawn_key_deferred_total",
+        "counter",
+        "deliveries answered Z because of the key's limit or suspension",
+        |k| Some(k.deferred),
+    ),
+    (
+        "shardspawn_key_refusals_total",
+        "counter",
+        "results from the key's receiver that were site-level pushback",
+        |k| Some(k.refusals),
+    ),
+];
+
+/// The shard's Prometheus text: the status file's counters, when it
+/// started, the series of the busiest keys, and the refusals by rule.
+pub fn prometheus(status: &ShardStatus, metrics: Metrics) -> String {
+    let mut out = status.prometheus();
+    let shard = status.shard.to_string();
+    let by_shard = || vec![("shard", shard.clone())];
+    family(
+        &mut out,
+        "shardspawn_start_time_seconds",
+        "gauge",
+        "when the shard started, Unix seconds",
+        [(by_shard(), status.started)],
+    );
+    for (name, kind, help, value) in KEY_SERIES {
+        let samples = metrics.keys.iter().filter_map(|k| {
+            let labels =
+                vec![("key", k.key.clone()), ("shard", shard.clone())];
+            value(k).map(|v| (labels, v))
+        });
+        family(&mut out, name, kind, help, samples);
+    }
+    family(
+        &mut out,
+        "shardspawn_refusals_total",
+        "counter",
+        "results the receiver refused, by the response rule that judged \
+         them (or the pushback's words when no rule did)",
+        metrics.refusals.iter().map(|(rule, n)| {
+            (vec![("rule", rule.clone()), ("shard", shard.clone())], *n)
+        }),
+    );
+    out
+}
+
+/// The supervisor's Prometheus text, `supervisor.prom`: its start,
+/// deliveries in flight, results, shard restarts, slots and shards, the
+/// MX lookups waiting and kept, and the domains of its busiest sites
+/// (labelled `key`, as the shards label a site's series, and `kind`).
+pub fn supervisor_prometheus(s: &SupervisorStatus) -> String {
+    let mut out = String::new();
+    let plain = |v: u64| [(Vec::new(), v)];
+    for (name, kind, help, value) in [
+        (
+            "shardspawn_supervisor_start_time_seconds",
+            "gauge",
+            "when the supervisor started, Unix seconds",
+            s.started,
+        ),
+        (
+            "shardspawn_slots",
+            "gauge",
+            "slots announced to qmail-send",
+            s.slots.into(),
+        ),
+        ("shardspawn_shards", "gauge", "shard processes", s.shards.into()),
+        (
+            "shardspawn_in_flight",
+            "gauge",
+            "deliveries sent to a shard and not yet answered",
+            s.in_flight.into(),
+        ),
+        (
+            "shardspawn_results_total",
+            "counter",
+            "results written to qmail-send",
+            s.results,
+        ),
+        (
+            "shardspawn_shard_restarts_total",
+            "counter",
+            "shard processes started again after one died",
+            s.restarts,
+        ),
+        (
+            "shardspawn_dns_waiting",
+            "gauge",
+            "deliveries waiting for their domain's MX lookup",
+            s.dns_waiting.into(),
+        ),
+        (
+            "shardspawn_dns_cached_domains",
+            "gauge",
+            "domains whose MX answers are kept",
+            s.dns_cached.into(),
+        ),
+    ] {
+        family(&mut out, name, kind, help, plain(value));
+    }
+    family(
+        &mut out,
+        "shardspawn_site_domains",
+        "gauge",
+        "domains whose kept MX answers put them under the site or provider",
+        s.sites_list.iter().map(|site| {
+            let labels =
+                vec![("key", site.key.clone()), ("kind", site.kind.clone())];
+            (labels, site.domains)
+        }),
+    );
+    out
 }
 
 impl Publisher {
@@ -88,7 +328,15 @@ impl Publisher {
             next: Instant::now(),
             writer: StatusWriter::default(),
             deferred_logged: 0,
+            metrics_keys: DEFAULT_METRICS_KEYS as usize,
         }
+    }
+
+    /// Gives the `n` busiest keys series of their own in `shardN.prom`
+    /// (`SHARDSPAWN_METRICS_KEYS`; 0: none).
+    pub fn metrics_keys(mut self, n: u32) -> Publisher {
+        self.metrics_keys = n as usize;
+        self
     }
 
     /// When the loop must wake up to publish: only with a state
@@ -112,8 +360,13 @@ impl Publisher {
     /// file; `stopped` for the last time, as the shard exits.
     pub fn publish(&mut self, core: &Core, stopped: Option<SystemTime>) {
         let Some(dir) = &self.dir else { return };
-        let status = snapshot(core, self.shard, self.started, stopped);
-        let files = files(&status);
+        let keys = STATUS_KEYS.max(self.metrics_keys);
+        let status = snapshot(core, self.shard, self.started, stopped, keys);
+        let metrics = Metrics {
+            keys: &status.keys[..self.metrics_keys.min(status.keys.len())],
+            refusals: core.refusals_by_rule(),
+        };
+        let files = files(&status, metrics);
         let files =
             files.iter().map(|(name, text)| (&name[..], text.as_bytes()));
         self.writer.write(&self.log, dir, files);
@@ -197,7 +450,9 @@ mod tests {
                 ..KeyStatus::default()
             }],
         };
-        let [(name, text), (prom_name, prom)] = files(&status);
+        let refusals = BTreeMap::new();
+        let metrics = Metrics { keys: &[], refusals: &refusals };
+        let [(name, text), (prom_name, prom)] = files(&status, metrics);
         assert_eq!(name, "shard2");
         assert_eq!(text, status.render());
         assert_eq!(ShardStatus::parse(&text), Ok(status));
@@ -219,10 +474,115 @@ mod tests {
              by a limit",
             "# TYPE shardspawn_deferred_by_limit_total counter",
             "shardspawn_deferred_by_limit_total{shard=\"2\"} 3",
+            "# HELP shardspawn_start_time_seconds when the shard started, \
+             Unix seconds",
+            "# TYPE shardspawn_start_time_seconds gauge",
+            "shardspawn_start_time_seconds{shard=\"2\"} 1764336000",
         ];
         assert_eq!(prom.lines().collect::<Vec<_>>(), want);
         // Every line ends in a newline, the last too, as the textfile
         // collector wants.
+        assert!(prom.ends_with('\n') && !prom.contains("\n\n"));
+    }
+
+    #[test]
+    fn the_busiest_keys_and_refusals_by_rule_have_series_of_their_own() {
+        let key = |key: &str, running, suspended_until| KeyStatus {
+            key: key.into(),
+            running,
+            held: 2,
+            limit: 20,
+            effective: 7,
+            suspended_until,
+            started: 40,
+            deferred: 3,
+            refusals: 5,
+            ..KeyStatus::default()
+        };
+        let keys =
+            [key("=google", 7, 0), key("a\"b\\001.test", 1, 1_764_336_300)];
+        let status = ShardStatus {
+            shard: 1,
+            keys: (0..30).map(|i| key(&format!("k{i}.test"), 0, 0)).collect(),
+            ..ShardStatus::default()
+        };
+        let refusals = BTreeMap::from([
+            ("built-in rule 3".to_string(), 4),
+            ("no SMTP connection".to_string(), 1),
+        ]);
+        let metrics = Metrics { keys: &keys, refusals: &refusals };
+        let [(_, text), (_, prom)] = files(&status, metrics);
+        // The status file keeps to its 20 keys.
+        assert_eq!(ShardStatus::parse(&text).unwrap().keys.len(), STATUS_KEYS);
+        let lines: Vec<&str> = prom.lines().collect();
+        for want in [
+            "# TYPE shardspawn_key_running gauge",
+            "shardspawn_key_running{key=\"=google\",shard=\"1\"} 7",
+            // Quote and backslash escaped, as the format wants.
+            "shardspawn_key_running{key=\"a\\\"b\\\\001.test\",shard=\"1\"} 1",
+            "shardspawn_key_effective_limit{key=\"=google\",shard=\"1\"} 7",
+            "shardspawn_key_suspended{key=\"=google\",shard=\"1\"} 0",
+            "# TYPE shardspawn_key_started_total counter",
+            "shardspawn_key_refusals_total{key=\"=google\",shard=\"1\"} 5",
+            "shardspawn_refusals_total{rule=\"built-in rule 3\",shard=\"1\"} 4",
+            "shardspawn_refusals_total{rule=\"no SMTP connection\",shard=\"1\"} 1",
+        ] {
+            assert!(lines.contains(&want), "{want} not in\n{prom}");
+        }
+        // A suspension's end only for the key that has one.
+        let ends: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("shardspawn_key_suspension_end"))
+            .collect();
+        assert_eq!(ends.len(), 1, "{prom}");
+        assert!(ends[0].ends_with("} 1764336300"));
+        // Each family once, its samples together.
+        let mut seen = Vec::new();
+        for l in &lines {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!seen.contains(&name), "{name} twice");
+                seen.push(name);
+            } else if !l.starts_with('#') {
+                assert!(l.starts_with(seen.last().unwrap()), "{l}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_supervisor_has_its_own_series() {
+        let s = SupervisorStatus {
+            started: 1_764_336_000,
+            slots: 255,
+            shards: 2,
+            in_flight: 9,
+            results: 120,
+            restarts: 1,
+            dns_waiting: 3,
+            dns_cached: 40,
+            sites_list: vec![shardspawn_common::status::SiteStatus {
+                key: "@mx1.test,mx2.test".into(),
+                kind: "site".into(),
+                domains: 12,
+            }],
+            ..SupervisorStatus::default()
+        };
+        let prom = supervisor_prometheus(&s);
+        for want in [
+            "# TYPE shardspawn_in_flight gauge",
+            "shardspawn_in_flight 9",
+            "# TYPE shardspawn_results_total counter",
+            "shardspawn_results_total 120",
+            "shardspawn_shard_restarts_total 1",
+            "shardspawn_slots 255",
+            "shardspawn_shards 2",
+            "shardspawn_dns_waiting 3",
+            "shardspawn_dns_cached_domains 40",
+            "shardspawn_supervisor_start_time_seconds 1764336000",
+            "shardspawn_site_domains{key=\"@mx1.test,mx2.test\",kind=\"site\"} 12",
+        ] {
+            assert!(prom.lines().any(|l| l == want), "{want} not in\n{prom}");
+        }
         assert!(prom.ends_with('\n') && !prom.contains("\n\n"));
     }
 

@@ -669,7 +669,9 @@ impl Mux {
         self.feed(event);
     }
 
-    /// Writes the `supervisor` status file; `stopped` as it exits.
+    /// Writes the `supervisor` status file and `supervisor.prom` (see
+    /// [`shardspawn_spawner::publish::supervisor_prometheus`]), each
+    /// renamed into place; `stopped` as it exits.
     fn publish(&mut self, stopped: Option<SystemTime>) {
         let Some(dir) = &self.rt.state_dir else { return };
         let unix = |t: SystemTime| {
@@ -692,7 +694,12 @@ impl Mux {
             sites_list: self.core.site_status(STATUS_SITES),
         };
         let text = status.render();
-        self.status.write(&self.log, dir, [("supervisor", text.as_bytes())]);
+        let prom = shardspawn_spawner::publish::supervisor_prometheus(&status);
+        let files = [
+            ("supervisor", text.as_bytes()),
+            ("supervisor.prom", prom.as_bytes()),
+        ];
+        self.status.write(&self.log, dir, files);
     }
 
     /// Reads what shard `id`'s result pipe holds and gives the core each

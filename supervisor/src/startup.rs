@@ -517,6 +517,7 @@ pub fn prepare(
             initial_limit: settings.initial_limit,
             suspend_after: settings.suspend_after,
             suspend: settings.suspend,
+            metrics_keys: settings.metrics_keys,
         },
         limits,
         responses,
