@@ -35,7 +35,7 @@ pub const FILE: &str = "controls";
 pub const LOCK: &str = "controls.lock";
 
 /// How long a `resume` line stays in the file: every shard looks at the
-/// file at least twice a second, so a shard that is up sees it well
+/// file four times a second, so a shard that is up sees it well
 /// within this; one that starts later has nothing of the key to resume.
 pub const RESUME_KEPT: Duration = Duration::from_secs(60);
 

@@ -201,13 +201,13 @@ struct Shard {
     effects: Vec<Effect>,
     /// The tokens of the last wait (kept to reuse its allocation).
     tokens: Vec<u64>,
-    /// The run-time controls file, looked at twice a second.
+    /// The run-time controls file, looked at four times a second.
     controls: Controls,
 }
 
 /// How the shard notices `shardspawn control` (issue 17): the file
 /// `controls` in the state directory, whose stamp it looks at every
-/// [`CONTROLS_EVERY`] and reads again when the stamp changes. A stat
+/// [`CONTROLS_EVERY`] (four times a second) and reads again when the stamp changes. A stat
 /// costs a microsecond; no stamp change, no read.
 struct Controls {
     /// `None`: no state directory, no controls.
@@ -223,7 +223,7 @@ struct Controls {
 
 /// How often a shard looks at the controls file: a control takes
 /// effect within this (plus a loop pass).
-const CONTROLS_EVERY: Duration = Duration::from_millis(500);
+const CONTROLS_EVERY: Duration = Duration::from_millis(250);
 
 /// Frames from the supervisor on fd 0.
 struct Jobs {

@@ -1,7 +1,7 @@
 //! `shardspawn control`: the admin's hands on the running shards (issue
 //! 17). It writes the controls file in the state directory
-//! ([`shardspawn_common::controls`]), which every shard looks at twice
-//! a second; it never touches the supervisor or a shard's pipes, so it
+//! ([`shardspawn_common::controls`]), which every shard looks at four
+//! times a second; it never touches the supervisor or a shard's pipes, so it
 //! works the same whether qmail-start or a test started them.
 //!
 //! Only the owner of the state directory (the user shardspawn runs as,
@@ -220,8 +220,18 @@ pub fn main(p: Parser) -> i32 {
 /// Anyone else is told so on one line, exit 100; no state directory is
 /// 111 (nothing has run here yet, or /run was emptied).
 fn may_write(dir: &Path) -> Result<(), i32> {
+    let euid = Uid::effective().as_raw();
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Not even allowed to look at it: not its owner, not root.
+            eprintln!(
+                "shardspawn control: refused: only root and the owner of \
+                 the state directory {} may give controls",
+                dir.display()
+            );
+            return Err(100);
+        }
         Err(e) => {
             eprintln!(
                 "shardspawn control: unable to use the state directory {}: \
@@ -231,7 +241,6 @@ fn may_write(dir: &Path) -> Result<(), i32> {
             return Err(111);
         }
     };
-    let euid = Uid::effective().as_raw();
     if euid == 0 || euid == meta.uid() {
         return Ok(());
     }
