@@ -249,8 +249,8 @@ fn may_write(dir: &Path) -> Result<(), i32> {
         .flatten()
         .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
     eprintln!(
-        "shardspawn control: refused: only root and {owner}, the owner of \
-         the state directory {}, may give controls",
+        "shardspawn control: refused: only root and the owner of the state \
+         directory {} ({owner}) may give controls",
         dir.display()
     );
     Err(100)
@@ -296,7 +296,7 @@ fn give(dir: &Path, c: Control, now: u64) -> std::io::Result<()> {
 /// What a command says it did, or what `list` says of a line.
 fn said(c: &Control, now: u64) -> String {
     let left = c.until.saturating_sub(now);
-    let when = format!("until {} UTC ({left}s)", utc(c.until));
+    let when = format!("until {} ({left}s)", utc(c.until));
     match c.action {
         Action::Suspend => {
             format!("{} suspended {when}: {}", c.key, c.by_hand())
@@ -351,7 +351,7 @@ fn list(dir: &Path, now: u64) -> i32 {
                     let left = k.suspended_until - now;
                     let _ = writeln!(
                         page,
-                        "{} suspended until {} UTC ({left}s): automatic, \
+                        "{} suspended until {} ({left}s): automatic, \
                          shard {}: {}",
                         k.key,
                         utc(k.suspended_until),
