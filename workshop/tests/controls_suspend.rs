@@ -1,7 +1,9 @@
 //! Issue 17: `shardspawn control suspend` and `resume`, through the real
 //! binary. A key suspended by hand under load answers what it holds and
 //! what comes with the suspension `Z` naming its end, while other keys
-//! flow; a resume before the end lets it start within a second; a
+//! flow; a resume before the end lets it start within a second; one
+//! that ends by itself lets it start within a second of the end it
+//! named, its starts spread for a minute (no storm); a
 //! control given before a key exists applies when it appears; a resume
 //! cancels an automatic suspension; a shard killed with a suspension in
 //! force comes back with it; and nobody but root and the owner of the
@@ -129,6 +131,40 @@ fn a_key_suspended_by_hand_defers_with_its_end_others_flow_and_resume_is_prompt(
     );
     let list = control(&rig, &["list"]);
     assert!(!list.contains("sus.test suspended"), "{list}");
+    finish(&mut emu);
+}
+
+#[test]
+fn a_suspension_ends_when_it_says_and_the_key_starts_again_spread() {
+    let rig = Rig::new("burst.test:20\n", 1);
+    let mut emu = rig.start(&STATIC);
+    control(&rig, &["suspend", "burst.test", "--for", "2s"]);
+    wait_read(&rig, 1, 1);
+    let body = deliver(&rig, &mut emu, 0, "burst.test");
+    let until = suspended_until(&body, "burst.test", "by hand: root");
+    deliver_until_it_runs(&rig, &mut emu, 1, "burst.test", "by hand: root");
+    // It ran again within a second of the end the Z named.
+    assert!(unix_now() <= until + 1, "{} > {until} + 1", unix_now());
+    rig.wait_log(&["burst.test: the suspension ended"], 1);
+    // A burst (what qmail-send's SIGALRM flush sends) is spread: its
+    // limit of 20 per 10 s for a minute, one start each 500 ms.
+    let records = rig.recording().intervals().len();
+    for d in 2..7 {
+        rig.send(&mut emu, d, &rcpt(&[], "burst.test"));
+    }
+    for _ in 2..7 {
+        assert!(next(&mut emu).body.starts_with(b"K"));
+    }
+    let mut starts: Vec<u64> = rig.recording().intervals()[records..]
+        .iter()
+        .map(|i| i.start)
+        .collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 5);
+    for pair in starts.windows(2) {
+        let gap = Duration::from_nanos(pair[1] - pair[0]);
+        assert!(gap >= Duration::from_millis(450), "{gap:?}");
+    }
     finish(&mut emu);
 }
 
