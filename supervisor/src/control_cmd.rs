@@ -23,6 +23,7 @@ use nix::unistd::{Uid, User};
 use shardspawn_common::controls::{
     self, Action, Control, FILE, LOCK, RESUME_KEPT, one_line,
 };
+use shardspawn_common::domain;
 use shardspawn_common::limits::Rate;
 use shardspawn_common::settings::Settings;
 use shardspawn_common::status::utc;
@@ -131,8 +132,15 @@ fn parse(mut p: Parser) -> Result<(Ask, Option<PathBuf>), Usage> {
             "{key}: not a key (a domain, =group, @site or @.provider)"
         )));
     }
-    let key =
-        if key.starts_with('=') { key } else { key.to_ascii_lowercase() };
+    // As the shards print keys: a domain normalised (case, a trailing
+    // dot), a site or provider in lower case, a group as named.
+    let key = if key.starts_with('=') {
+        key
+    } else if key.starts_with('@') {
+        key.to_ascii_lowercase()
+    } else {
+        domain::printable(&domain::normalise(key.as_bytes()))
+    };
     let need_for =
         || lasts.ok_or_else(|| Usage::new(format!("{which}: missing --for")));
     let action = match which.as_str() {
@@ -384,7 +392,7 @@ mod tests {
     #[test]
     fn commands_parse() {
         assert_eq!(
-            ask(&["suspend", "Gmail.com", "--for", "10m", "--reason", "x y"]),
+            ask(&["suspend", "Gmail.com.", "--for", "10m", "--reason", "x y"]),
             Ok(Ask::Give {
                 key: "gmail.com".into(),
                 action: Action::Suspend,
