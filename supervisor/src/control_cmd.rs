@@ -284,12 +284,24 @@ fn who() -> String {
 /// Adds `c` to the controls file under its lock, so that two admins at
 /// once each keep the other's line: read, add, write a new file and
 /// rename it over the old one (a shard reads the old or the new).
+///
+/// Root gives the files to the directory's owner and group: the shards
+/// run as that user and must read what root wrote, and the owner must
+/// be able to take the lock and rewrite the file after root did. (A
+/// shard that looks between the rename and the chown cannot read it,
+/// says so once, and reads it a quarter of a second later.)
 fn give(dir: &Path, c: Control, now: u64) -> std::io::Result<()> {
+    let meta = std::fs::metadata(dir)?;
+    let owner = (Uid::effective().is_root() && meta.uid() != 0)
+        .then_some((meta.uid(), meta.gid()));
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&lock, Some(uid), Some(gid))?;
+    }
     lock.lock()?;
     let text = match std::fs::read_to_string(dir.join(FILE)) {
         Ok(t) => t,
@@ -298,7 +310,11 @@ fn give(dir: &Path, c: Control, now: u64) -> std::io::Result<()> {
     };
     let (mut lines, _bad) = controls::parse(&text);
     controls::add(&mut lines, c, now);
-    sys::write_atomically(dir, FILE, controls::render(&lines).as_bytes())
+    sys::write_atomically(dir, FILE, controls::render(&lines).as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir.join(FILE), Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// What a command says it did, or what `list` says of a line.

@@ -281,3 +281,52 @@ fn controls_are_refused_to_anyone_but_root_and_the_owner() {
     assert!(body.starts_with(b"K"), "{}", show(&body));
     finish(&mut emu);
 }
+
+/// The shards run as the owner of the state directory (qmail's user),
+/// not as root: what root writes there must be theirs to read, and the
+/// owner must be able to give the next control after root did.
+#[test]
+fn what_root_writes_is_the_owners_to_read_and_rewrite() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !geteuid().is_root() {
+        println!("controls_suspend: owner: skipped: needs root");
+        return;
+    }
+    let (uid, gid) = nobody();
+    let rig = Rig::new("x.test:2\n", 1);
+    let dir = rig.home.path().join(STATE_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))
+        .unwrap();
+    nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into())).unwrap();
+    // nobody must reach the directory through the home.
+    let mut up = dir.parent();
+    while let Some(p) = up {
+        let mode = std::fs::metadata(p).unwrap().mode();
+        if mode & 0o001 == 0 {
+            println!(
+                "controls_suspend: owner: skipped: {} closed",
+                p.display()
+            );
+            return;
+        }
+        up = p.parent();
+    }
+    control(&rig, &["suspend", "x.test", "--for", "1m"]);
+    for name in ["controls", "controls.lock"] {
+        let meta = std::fs::metadata(dir.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{name}");
+    }
+    let mut cmd = control_command(
+        &rig,
+        &["pin", "x.test", "--limit", "1", "--for", "1m"],
+    );
+    cmd.uid(uid).gid(gid);
+    let out = run(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = std::fs::read_to_string(dir.join("controls")).unwrap();
+    assert!(
+        text.contains("x.test suspend ") && text.contains("x.test limit=1 ")
+    );
+}
