@@ -207,8 +207,10 @@ struct Shard {
 
 /// How the shard notices `shardspawn control` (issue 17): the file
 /// `controls` in the state directory, whose stamp it looks at every
-/// [`CONTROLS_EVERY`] (four times a second) and reads again when the stamp changes. A stat
-/// costs a microsecond; no stamp change, no read.
+/// [`CONTROLS_EVERY`] (four times a second) and reads again when the
+/// stamp changes. A stat costs a microsecond; no stamp change, no read.
+/// The first look is in the first loop pass, before any job is read, so
+/// a restarted shard has the controls in force before its first job.
 struct Controls {
     /// `None`: no state directory, no controls.
     path: Option<std::path::PathBuf>,
