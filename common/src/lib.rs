@@ -18,6 +18,7 @@
 //! - [`domain`]: the recipient's host, its normalised limit key, and the
 //!   stable key → shard hash.
 //! - [`frame`]: the plain framing between the supervisor and its shards.
+//! - [`controls`]: the run-time controls file `shardspawn control` writes.
 //! - [`control`]: what the control files share: their lines, and the
 //!   error that names one.
 //! - [`limits`]: the per-destination limits file, and which key and
@@ -38,6 +39,7 @@
 
 pub mod command;
 pub mod control;
+pub mod controls;
 pub mod domain;
 pub mod errno;
 pub mod frame;

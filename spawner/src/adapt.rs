@@ -132,6 +132,8 @@ pub struct Ended {
     limit: bool,
     rate: bool,
     suspension: bool,
+    /// A pin given by hand (`shardspawn control pin`) ended.
+    pin: bool,
     before: u32,
     after: u32,
     rate_after: Option<Rate>,
@@ -143,6 +145,7 @@ impl fmt::Display for Ended {
             (self.limit, "the rule's limit ended"),
             (self.rate, "the rule's rate ended"),
             (self.suspension, "the suspension ended"),
+            (self.pin, "the pin by hand ended"),
         ];
         let mut first = true;
         for (_, what) in ended.iter().filter(|(yes, _)| *yes) {
@@ -289,6 +292,25 @@ pub struct Adaptation {
     rule_limit: Option<Timed<u32>>,
     rule_rate: Option<Timed<Rate>>,
     suspended: Option<Suspension>,
+    /// Pins given by hand: the limit and the rate in force, whatever
+    /// adaptation, the limits file and rules say, until they end.
+    pin_limit: Option<Timed<u32>>,
+    pin_rate: Option<Timed<Rate>>,
+    /// Back from a suspension: starts spaced by this rate for a while
+    /// (see [`ramp`]).
+    ramp: Option<Timed<Rate>>,
+}
+
+/// How long a key back from a suspension has its starts spread.
+pub const RAMP: Duration = Duration::from_secs(60);
+
+/// The rate that spreads the starts of a key back from a suspension
+/// whose configured limit is `limit`: its limit (at least 10) per
+/// 10 seconds, so a key of limit 20 fills its limit over 10 s rather
+/// than in one burst, and one of limit 1 starts at most one a second.
+pub fn ramp(limit: u32) -> Rate {
+    let per_10s = limit.clamp(10, 10_000);
+    Rate { count: per_10s * 6, per: shardspawn_common::limits::Per::Minute }
 }
 
 impl Adaptation {
@@ -313,6 +335,9 @@ impl Adaptation {
             rule_limit: None,
             rule_rate: None,
             suspended: None,
+            pin_limit: None,
+            pin_rate: None,
+            ramp: None,
         }
     }
 
@@ -329,16 +354,24 @@ impl Adaptation {
 
     /// The limit in force.
     pub fn limit(&self) -> u32 {
+        if let Some(pin) = self.pin_limit {
+            return pin.value.max(1);
+        }
         let rule = self.rule_limit.map_or(u32::MAX, |t| t.value);
         self.adaptive.min(rule).min(self.configured.limit).max(1)
     }
 
     /// The rate in force, if any.
     pub fn rate(&self) -> Option<Rate> {
-        match (self.configured.rate, self.rule_rate.map(|t| t.value)) {
+        if let Some(pin) = self.pin_rate {
+            return Some(pin.value);
+        }
+        let both = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        let rate = both(self.configured.rate, self.rule_rate.map(|t| t.value));
+        both(rate, self.ramp.map(|t| t.value))
     }
 
     /// What the limits file gives the key.
@@ -372,6 +405,65 @@ impl Adaptation {
         self.suspended.is_some()
             || self.rule_limit.is_some()
             || self.rule_rate.is_some()
+            || self.pin_limit.is_some()
+            || self.pin_rate.is_some()
+    }
+
+    /// Suspends the key by hand: this suspension replaces any in force,
+    /// longer or not (the admin's word is the last).
+    pub fn suspend_by_hand(
+        &mut self,
+        until: Instant,
+        until_unix: u64,
+        why: String,
+    ) {
+        self.suspended = Some(Suspension { until, until_unix, why });
+    }
+
+    /// Cancels the key's suspension, if any, at `now`: it starts again
+    /// as when a suspension ends. Whether there was one.
+    pub fn resume(&mut self, now: Instant, policy: &Policy) -> bool {
+        if self.suspended.take().is_none() {
+            return false;
+        }
+        self.restart(now, policy);
+        true
+    }
+
+    /// Lifts both pins; whether there was one.
+    pub fn unpin(&mut self) -> bool {
+        let had = self.pin_limit.is_some() || self.pin_rate.is_some();
+        self.pin_limit = None;
+        self.pin_rate = None;
+        had
+    }
+
+    /// Pins the limit (or, `None`, unpins it).
+    pub fn pin_limit(&mut self, pin: Option<(u32, Instant)>) {
+        self.pin_limit = pin.map(|(value, until)| Timed { value, until });
+    }
+
+    /// Pins the rate (or, `None`, unpins it).
+    pub fn pin_rate(&mut self, pin: Option<(Rate, Instant)>) {
+        self.pin_rate = pin.map(|(value, until)| Timed { value, until });
+    }
+
+    /// A key back from a suspension: no failures, slow start from 1 if
+    /// the key adapts, and its starts spread for [`RAMP`].
+    fn restart(&mut self, now: Instant, policy: &Policy) {
+        self.failures = 0;
+        if policy.adapts() {
+            self.adaptive = 1;
+            self.climbing = true;
+            self.proven = 0;
+            self.quiet_until = None;
+            self.streak = 0;
+            self.probes_failed = 0;
+            self.last_was_raise = false;
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        let value = ramp(self.configured.limit);
+        self.ramp = Some(Timed { value, until: now + RAMP });
     }
 
     /// What the result of a delivery that `ran` teaches.
@@ -577,26 +669,27 @@ impl Adaptation {
         if rate {
             self.rule_rate = None;
         }
+        let pin = self.pin_limit.is_some_and(|t| t.until <= now)
+            || self.pin_rate.is_some_and(|t| t.until <= now);
+        if pin {
+            self.pin_limit = self.pin_limit.filter(|t| t.until > now);
+            self.pin_rate = self.pin_rate.filter(|t| t.until > now);
+        }
+        if self.ramp.is_some_and(|t| t.until <= now) {
+            // Quietly: it only ever spread starts.
+            self.ramp = None;
+        }
         let suspension =
             self.suspended.as_ref().is_some_and(|s| s.until <= now);
         if suspension {
             self.suspended = None;
-            self.failures = 0;
-            if policy.adapts() {
-                self.adaptive = 1;
-                self.climbing = true;
-                self.proven = 0;
-                self.quiet_until = None;
-                self.streak = 0;
-                self.probes_failed = 0;
-                self.last_was_raise = false;
-                self.epoch = self.epoch.wrapping_add(1);
-            }
+            self.restart(now, policy);
         }
-        (limit || rate || suspension).then(|| Ended {
+        (limit || rate || suspension || pin).then(|| Ended {
             limit,
             rate,
             suspension,
+            pin,
             before,
             after: self.limit(),
             rate_after: self.rate(),
@@ -1049,11 +1142,12 @@ mod tests {
         // Failures of deliveries still running do not extend it.
         assert_eq!(push(&mut a, now).suspend, None);
         assert_eq!(a.refresh(now, &POLICY), None);
-        // At its end: 1, in slow start, no failures.
+        // At its end: 1, in slow start, no failures, its starts spread
+        // for a minute (issue 17).
         let line = a.refresh(until, &POLICY).unwrap().to_string();
         assert_eq!(
             line,
-            "the suspension ended; effective limit 1 -> 1, rate none"
+            "the suspension ended; effective limit 1 -> 1, rate 120/m"
         );
         assert!(a.suspension().is_none());
         assert_eq!((a.limit(), a.failures()), (1, 0));
@@ -1089,6 +1183,7 @@ mod tests {
             limit: true,
             rate: true,
             suspension: true,
+            pin: false,
             before: 1,
             after: 5,
             rate_after: Some(Rate { count: 30, per: Per::Minute }),

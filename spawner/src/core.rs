@@ -28,9 +28,12 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use shardspawn_common::controls::{Action, Control};
+use shardspawn_common::domain;
 use shardspawn_common::frame::Job;
 use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
@@ -273,6 +276,22 @@ pub struct Core {
     /// Results refused by the receiver, by the rule that judged them
     /// ([`refusal_rule`]), since start: the metrics' refusals by rule.
     refusals_by_rule: BTreeMap<String, u64>,
+    /// The controls given by hand (issue 17) in force, by key as
+    /// printed: applied to a key when they change, and to a key when it
+    /// first appears.
+    hand: HashMap<String, Hand>,
+}
+
+/// A key's controls given by hand, as the controls file has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Hand {
+    /// Until (Unix seconds), and `by hand: WHO: REASON`.
+    suspend: Option<(u64, String)>,
+    limit: Option<(u32, u64, String)>,
+    rate: Option<(Rate, u64, String)>,
+    /// A resume line: when it is dropped (which tells one from the
+    /// next), and who gave it.
+    resume: Option<(u64, String)>,
 }
 
 /// Most changes of keys kept for the log between two
@@ -331,6 +350,7 @@ impl Core {
             counters: Counters::default(),
             notes: Notes::default(),
             refusals_by_rule: BTreeMap::new(),
+            hand: HashMap::new(),
         }
     }
 
@@ -462,6 +482,13 @@ impl Core {
         if !self.keys.contains_key(&key) {
             let state = self.new_key(&key);
             self.keys.insert(key.clone(), state);
+            if !self.hand.is_empty() {
+                let printed = domain::printable(&key);
+                if let Some(new) = self.hand.get(&printed).cloned() {
+                    let old = Hand::default();
+                    self.apply_hand(&key, &old, &new, effects);
+                }
+            }
         }
         self.refresh(&key, now);
         let state = self.keys.get_mut(&key).expect("inserted above");
@@ -703,6 +730,20 @@ impl Core {
         if !state.adapt.suspend(until, until_unix, why.clone()) {
             return;
         }
+        self.suspended(key, until, until_unix, why, effects);
+    }
+
+    /// A key just suspended until `until` (`until_unix`): what it holds
+    /// is answered, it is looked at again then, and it is noted.
+    fn suspended(
+        &mut self,
+        key: &Key,
+        until: Instant,
+        until_unix: u64,
+        why: String,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(state) = self.keys.get_mut(key) else { return };
         let held: Vec<Held> = state.held.drain(..).collect();
         let refusal = Refusal::Suspended {
             key: key.to_vec(),
@@ -847,6 +888,154 @@ impl Core {
                 self.keys.shrink_to(2 * len);
             }
         }
+    }
+
+    /// The controls file changed (or a shard starts): `controls` are its
+    /// lines (any key; those of keys this shard never sees stay unused).
+    /// Each known key whose controls changed takes the new ones now; a
+    /// key that appears later takes its own when it does.
+    pub fn set_controls(
+        &mut self,
+        controls: &[Control],
+        effects: &mut Vec<Effect>,
+    ) {
+        let now_unix = self.unix(self.now);
+        let mut hand: HashMap<String, Hand> = HashMap::new();
+        for c in controls.iter().filter(|c| c.in_force(now_unix)) {
+            let h = hand.entry(c.key.clone()).or_default();
+            let why = c.by_hand();
+            match c.action {
+                Action::Suspend => h.suspend = Some((c.until, why)),
+                Action::Limit(n) => h.limit = Some((n, c.until, why)),
+                Action::Rate(r) => h.rate = Some((r, c.until, why)),
+                Action::Resume => h.resume = Some((c.until, why)),
+            }
+        }
+        let old = std::mem::replace(&mut self.hand, hand);
+        let mut changed: HashMap<&str, (Hand, Hand)> = HashMap::new();
+        for (k, h) in &self.hand {
+            if old.get(k) != Some(h) {
+                let was = old.get(k).cloned().unwrap_or_default();
+                changed.insert(k, (was, h.clone()));
+            }
+        }
+        for (k, h) in &old {
+            if !self.hand.contains_key(k) {
+                changed.insert(k, (h.clone(), Hand::default()));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let todo: Vec<(Key, Hand, Hand)> = self
+            .keys
+            .keys()
+            .filter_map(|key| {
+                let (old, new) = changed.get(&*domain::printable(key))?;
+                Some((key.clone(), old.clone(), new.clone()))
+            })
+            .collect();
+        for (key, old, new) in todo {
+            self.apply_hand(&key, &old, &new, effects);
+        }
+        self.schedule(effects);
+    }
+
+    /// Carries out a change of `key`'s controls by hand from `old` to
+    /// `new`, and notes each for the log.
+    fn apply_hand(
+        &mut self,
+        key: &Key,
+        old: &Hand,
+        new: &Hand,
+        effects: &mut Vec<Effect>,
+    ) {
+        let now = self.now;
+        let now_unix = self.unix(now);
+        let at = |unix: u64| now + Duration::from_secs(unix - now_unix);
+        let mut said = Vec::new();
+        let Some(state) = self.keys.get_mut(key) else { return };
+        if new.resume.is_some() && new.resume != old.resume {
+            let why = new.resume.as_ref().map(|r| r.1.as_str());
+            let why = why.unwrap_or_default();
+            let mut what = String::new();
+            if state.adapt.resume(now, &self.policy) {
+                what.push_str(
+                    "suspension cancelled, starts spread for a minute",
+                );
+            }
+            if state.adapt.unpin() {
+                let sep = if what.is_empty() { "" } else { "; " };
+                let _ = write!(what, "{sep}pins lifted");
+            }
+            if !what.is_empty() {
+                said.push(format!("resumed ({what}): {why}"));
+            }
+        }
+        if new.limit != old.limit {
+            let pin = new.limit.as_ref().filter(|p| p.1 > now_unix);
+            state.adapt.pin_limit(pin.map(|p| (p.0, at(p.1))));
+            match pin {
+                Some((n, until, why)) => {
+                    self.wakeups.push(Reverse((at(*until), key.clone())));
+                    said.push(format!(
+                        "limit pinned to {n} until {}: {why}",
+                        utc(*until)
+                    ));
+                }
+                None => said.push("the pin of the limit lifted".into()),
+            }
+        }
+        if new.rate != old.rate {
+            let pin = new.rate.as_ref().filter(|p| p.1 > now_unix);
+            state.adapt.pin_rate(pin.map(|p| (p.0, at(p.1))));
+            state.next_start = None;
+            match pin {
+                Some((r, until, why)) => {
+                    self.wakeups.push(Reverse((at(*until), key.clone())));
+                    said.push(format!(
+                        "rate pinned to {r} until {}: {why}",
+                        utc(*until)
+                    ));
+                }
+                None => said.push("the pin of the rate lifted".into()),
+            }
+        }
+        let mut suspend = None;
+        if new.suspend != old.suspend {
+            match &new.suspend {
+                Some((until, why)) if *until > now_unix => {
+                    state.adapt.suspend_by_hand(
+                        at(*until),
+                        *until,
+                        why.clone(),
+                    );
+                    suspend = Some((at(*until), *until, why.clone()));
+                }
+                _ => {
+                    // Its line went (a resume took it, or it ended): a
+                    // suspension by hand still in force ends now.
+                    let by_hand = state
+                        .adapt
+                        .suspension()
+                        .is_some_and(|s| s.why.starts_with("by hand: "));
+                    if by_hand && state.adapt.resume(now, &self.policy) {
+                        said.push(
+                            "suspension by hand lifted, starts spread for a \
+                             minute"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        for line in said {
+            self.note(key, Why::Said(line));
+        }
+        if let Some((until, until_unix, why)) = suspend {
+            self.suspended(key, until, until_unix, why, effects);
+        }
+        self.kick(key, now);
     }
 
     /// New limits: every known key takes its new configured limit and
@@ -1639,6 +1828,84 @@ mod tests {
         for (id, _) in starts(&fx) {
             end(c, id, output, &mut fx);
         }
+    }
+
+    fn hand(key: &str, action: Action, until: u64) -> Control {
+        Control {
+            key: key.into(),
+            action,
+            until,
+            who: "root".into(),
+            reason: "asked".into(),
+        }
+    }
+
+    /// Issue 17: a suspension by hand answers what a key holds and what
+    /// comes, reaches a key that appears later, and a resume cancels an
+    /// automatic one; a pin is the limit until it ends.
+    #[test]
+    fn controls_by_hand_suspend_resume_and_pin() {
+        let now = Instant::now();
+        let mut c = suspending(now, Duration::from_secs(600));
+        let mut fx = Vec::new();
+        // 25 for h.test: 5 run (the initial limit), 20 are held.
+        for d in 0..25 {
+            c.handle(Event::Job { job: job(d, "h.test"), now }, &mut fx);
+        }
+        assert_eq!((c.running(), c.held()), (5, 20));
+        fx.clear();
+        let until = 1_764_336_000 + 300;
+        let lines = [
+            hand("h.test", Action::Suspend, until),
+            hand("later.test", Action::Suspend, until),
+        ];
+        c.set_controls(&lines, &mut fx);
+        let want = b"Zshardspawn: h.test is suspended until 2025-11-28 \
+            13:25:00 UTC: by hand: root: asked. (#4.4.5)\n";
+        let got = reports(&fx);
+        assert_eq!(got.len(), 20);
+        assert!(got.iter().all(|(_, b)| b.as_slice() == want), "{got:?}");
+        let notes = c.take_notes();
+        assert!(notes.changes[0].1.contains("by hand: root: asked"));
+        // A key first seen after the control takes it.
+        fx.clear();
+        c.handle(Event::Job { job: job(30, "later.test"), now }, &mut fx);
+        assert!(starts(&fx).is_empty());
+        assert!(reports(&fx)[0].1.starts_with(b"Zshardspawn: later.test is"));
+
+        // An automatic suspension, cancelled by a resume.
+        deliver(
+            &mut c,
+            40,
+            "auto.test",
+            now,
+            b"ZSorry, I wasn't able to \
+            establish an SMTP connection. (#4.4.1)\n\0",
+        );
+        assert!(c.keys[&Rc::from(&b"auto.test"[..])].suspended());
+        let mut lines = lines.to_vec();
+        lines.push(hand("auto.test", Action::Resume, until));
+        lines.push(hand("h.test", Action::Limit(2), until));
+        fx.clear();
+        c.set_controls(&lines, &mut fx);
+        assert!(!c.keys[&Rc::from(&b"auto.test"[..])].suspended());
+        fx.clear();
+        c.handle(Event::Job { job: job(41, "auto.test"), now }, &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "{fx:?}");
+        // The pin is h.test's limit; its suspension still holds.
+        assert_eq!(c.keys[&Rc::from(&b"h.test"[..])].limit(), 2);
+        // h.test's suspension line goes: it ends now, and the pin stays.
+        lines.remove(0);
+        fx.clear();
+        c.set_controls(&lines, &mut fx);
+        let h = &c.keys[&Rc::from(&b"h.test"[..])];
+        assert!(!h.suspended());
+        assert_eq!(h.limit(), 2);
+        // The pin ends at its time: what adaptation has, 1 in slow
+        // start since the suspension ended.
+        let later = now + Duration::from_secs(301);
+        c.handle(Event::Tick(later), &mut fx);
+        assert_eq!(c.keys[&Rc::from(&b"h.test"[..])].limit(), 1);
     }
 
     /// Issue 15, finding 5: a key that was suspended, or capped by a

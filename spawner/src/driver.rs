@@ -201,7 +201,31 @@ struct Shard {
     effects: Vec<Effect>,
     /// The tokens of the last wait (kept to reuse its allocation).
     tokens: Vec<u64>,
+    /// The run-time controls file, looked at four times a second.
+    controls: Controls,
 }
+
+/// How the shard notices `shardspawn control` (issue 17): the file
+/// `controls` in the state directory, whose stamp it looks at every
+/// [`CONTROLS_EVERY`] (four times a second) and reads again when the
+/// stamp changes. A stat costs a microsecond; no stamp change, no read.
+/// The first look is in the first loop pass, before any job is read, so
+/// a restarted shard has the controls in force before its first job.
+struct Controls {
+    /// `None`: no state directory, no controls.
+    path: Option<std::path::PathBuf>,
+    /// (dev, inode, size, mtime ns) of what was read last; `None` for
+    /// no file.
+    stamp: Option<(u64, u64, u64, i128)>,
+    /// When to look next.
+    next: Instant,
+    /// A warning about the file was given for this stamp already.
+    warned: bool,
+}
+
+/// How often a shard looks at the controls file: a control takes
+/// effect within this (plus a loop pass).
+const CONTROLS_EVERY: Duration = Duration::from_millis(250);
 
 /// Frames from the supervisor on fd 0.
 struct Jobs {
@@ -298,6 +322,7 @@ impl Shard {
         let publisher =
             Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone())
                 .metrics_keys(cfg.metrics_keys);
+        let cfg_state_dir = cfg.state_dir.clone();
         Ok(Shard {
             cfg,
             log,
@@ -321,6 +346,13 @@ impl Shard {
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
             tokens: Vec::new(),
+            controls: Controls {
+                path: cfg_state_dir
+                    .map(|d| d.join(shardspawn_common::controls::FILE)),
+                stamp: None,
+                next: Instant::now(),
+                warned: false,
+            },
         })
     }
 
@@ -351,6 +383,9 @@ impl Shard {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             self.core.set_clock(now, unix);
+            if now >= self.controls.next {
+                self.look_at_controls(now, unix);
+            }
             self.read_ready(now)?;
             self.core.handle(Event::Tick(now), &mut self.effects);
             // Results first: a child that ended must not wait for a
@@ -401,6 +436,10 @@ impl Shard {
     fn deadline(&mut self) -> Option<Instant> {
         let mut deadline = self.core.next_deadline();
         if let Some(at) = self.publisher.deadline() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
+        if self.controls.path.is_some() {
+            let at = self.controls.next;
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
         if !self.launch.queue.is_empty() {
@@ -485,6 +524,67 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Looks at the controls file's stamp; if it changed, reads it and
+    /// gives the core its lines (no file: none). A file that cannot be
+    /// read is said once, and what was in force stays.
+    fn look_at_controls(&mut self, now: Instant, unix: u64) {
+        use std::os::unix::fs::MetadataExt;
+        self.controls.next = now + CONTROLS_EVERY;
+        let Some(path) = &self.controls.path else { return };
+        let stamp = match std::fs::metadata(path) {
+            Ok(m) => Some((
+                m.dev(),
+                m.ino(),
+                m.size(),
+                i128::from(m.mtime()) * 1_000_000_000
+                    + i128::from(m.mtime_nsec()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                if !self.controls.warned {
+                    self.log.warn(format_args!(
+                        "unable to look at {}: {e}",
+                        path.display()
+                    ));
+                    self.controls.warned = true;
+                }
+                return;
+            }
+        };
+        if stamp == self.controls.stamp {
+            return;
+        }
+        let text = match stamp {
+            None => String::new(),
+            Some(_) => match std::fs::read(path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => {
+                    if !self.controls.warned {
+                        self.log.warn(format_args!(
+                            "unable to read {}: {e}",
+                            path.display()
+                        ));
+                        self.controls.warned = true;
+                    }
+                    return;
+                }
+            },
+        };
+        self.controls.stamp = stamp;
+        self.controls.warned = false;
+        let (lines, bad) = shardspawn_common::controls::parse(&text);
+        for (n, e) in &bad {
+            self.log.warn(format_args!(
+                "{} line {n} skipped: {e}",
+                path.display()
+            ));
+        }
+        let in_force = lines.iter().filter(|c| c.in_force(unix)).count();
+        self.log
+            .info(format_args!("controls by hand: {in_force} lines in force"));
+        self.core.set_controls(&lines, &mut self.effects);
     }
 
     fn close_jobs(&mut self) {

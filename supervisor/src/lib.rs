@@ -25,6 +25,7 @@
 
 pub mod cli;
 pub mod cmdline;
+pub mod control_cmd;
 pub mod core;
 pub mod framing;
 pub mod limits_cmd;
