@@ -6,6 +6,8 @@
 //! `deferred_by_limit`, refusals per minute from each key's `refusals`),
 //! timed by the `updated` stamp of the file each came from, so a file
 //! read twice before its writer rewrote it counts no time twice.
+//! Refusals per minute are over the last minute; for a shard younger
+//! than that, over its life (its counters were 0 when it started).
 //!
 //! With a terminal on stdout it is full screen (ratatui over
 //! crossterm): keys pick the sort column, the arrows pick a key whose
@@ -303,10 +305,26 @@ const REFUSALS_WINDOW: u64 = 60;
 #[derive(Default)]
 struct Rates {
     results: Counter,
-    /// Each shard's `deferred_by_limit`, by shard.
-    deferred: HashMap<u16, Counter>,
-    /// Each key's `refusals`, by (shard, key).
-    refusals: HashMap<(u16, String), Counter>,
+    /// Each shard's `deferred_by_limit`, by (shard, pid): a restarted
+    /// shard counts from 0 again.
+    deferred: HashMap<(u16, u32), Counter>,
+    /// Each key's `refusals`, by (shard, pid, key).
+    refusals: HashMap<(u16, u32, String), Counter>,
+}
+
+/// A new counter of a shard's. The shard's counters were all 0 when it
+/// started, so a shard younger than the refusals window gives its rate
+/// from the first read (over its life so far): the refusals of a
+/// shard's first seconds, before anything read its file, are not lost.
+fn young(started: u64, updated: u64) -> Counter {
+    let mut c = Counter::default();
+    if started != 0
+        && started < updated
+        && updated - started <= REFUSALS_WINDOW
+    {
+        c.push(started, 0, REFUSALS_WINDOW);
+    }
+    c
 }
 
 /// One key, as shown.
@@ -422,14 +440,19 @@ impl Rates {
             snap.shards_up += usize::from(*state == State::Up);
             snap.running += s.running;
             snap.held += s.held;
-            let c = self.deferred.entry(s.shard).or_default();
+            let c = self
+                .deferred
+                .entry((s.shard, s.pid))
+                .or_insert_with(|| young(s.started, s.updated));
             c.push(s.updated, s.deferred_by_limit, RESULTS_WINDOW);
             if let Some(r) = c.per_second() {
                 *deferred.get_or_insert(0.0) += r;
             }
             for k in &s.keys {
-                let c =
-                    self.refusals.entry((s.shard, k.key.clone())).or_default();
+                let c = self
+                    .refusals
+                    .entry((s.shard, s.pid, k.key.clone()))
+                    .or_insert_with(|| young(s.started, s.updated));
                 c.push(s.updated, k.refusals, REFUSALS_WINDOW);
                 snap.keys.push(KeyRow {
                     key: k.key.clone(),
@@ -450,6 +473,9 @@ impl Rates {
         // Keys gone from the files for a minute are forgotten.
         let now = view.now;
         self.refusals.retain(|_, c| {
+            now.saturating_sub(c.last_seen()) <= REFUSALS_WINDOW
+        });
+        self.deferred.retain(|_, c| {
             now.saturating_sub(c.last_seen()) <= REFUSALS_WINDOW
         });
         snap
@@ -655,7 +681,14 @@ fn full_screen(ask: &Ask, dir: &Path) -> i32 {
     let mut screen =
         Screen { sort: ask.sort, reverse: false, picked: None, index: 0 };
     // Raw mode, the alternate screen, and a panic hook that undoes both.
-    let mut term = ratatui::init();
+    let mut term = match ratatui::try_init() {
+        Ok(term) => term,
+        Err(e) => {
+            ratatui::restore();
+            eprintln!("shardspawn top: unable to use the terminal: {e}");
+            return 111;
+        }
+    };
     let mut next = Instant::now() + Duration::from_secs(1);
     let r = loop {
         if let Err(e) = term
@@ -890,7 +923,23 @@ fn draw(
         ),
         Some(r) => format!("{} (shard {}): no change yet", r.key, r.shard),
         None if all.is_empty() => format!("no keys in {}", snap.dir.display()),
-        None => "Up/Down: pick a key to see why it last changed".to_string(),
+        // Nothing picked: the latest change of any key shown, so the
+        // rule that fired last is on the screen.
+        None => match all
+            .iter()
+            .filter(|r| r.changed != 0)
+            .max_by_key(|r| r.changed)
+        {
+            Some(r) => format!(
+                "last change: {} {} ago: {}",
+                r.key,
+                age(snap.now.saturating_sub(r.changed)),
+                if r.why.is_empty() { "-" } else { &r.why }
+            ),
+            None => {
+                "no key has changed its limit, rate or suspension".to_string()
+            }
+        },
     };
     f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), detail);
     f.render_widget(
@@ -944,6 +993,17 @@ mod tests {
         assert_eq!(c.per_second(), None);
         c.push(202, 4, 60);
         assert_eq!(c.per_second(), Some(2.0));
+    }
+
+    #[test]
+    fn a_young_shard_rates_from_its_start() {
+        let mut c = young(100, 110);
+        c.push(110, 2, REFUSALS_WINDOW);
+        assert_eq!(c.per_second(), Some(0.2));
+        // Older than the window: from the next read on, as any other.
+        let mut c = young(100, 100 + REFUSALS_WINDOW + 1);
+        c.push(100 + REFUSALS_WINDOW + 1, 2, REFUSALS_WINDOW);
+        assert_eq!(c.per_second(), None);
     }
 
     #[test]
