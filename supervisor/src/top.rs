@@ -528,6 +528,17 @@ fn per(rate: Option<f64>) -> String {
     }
 }
 
+/// The last clause of a `why`, for the table's narrow column: the
+/// rule that fired and what it matched (`effective limit 5 -> 4:
+/// site-level failure: built-in rule 3 matched "..."` is `built-in rule
+/// 3 matched "..."`); the columns before it say the rest, and the line
+/// under the table has it whole. A `: ` inside the receiver's quoted
+/// text does not split it.
+fn gist(why: &str) -> &str {
+    let unquoted = why.find('"').map_or(why, |q| &why[..q]);
+    unquoted.rfind(": ").map_or(why, |at| &why[at + 2..])
+}
+
 /// `s` in at most `width` characters, its middle elided with `~` (a
 /// key's start and end say the most: `mx.` ... `.example.com`).
 fn elide(s: &str, width: usize) -> String {
@@ -843,7 +854,14 @@ fn draw(
     // Numbers: shard 2, run 4, held 5, lim 5, eff 4, rate 6, susp 5,
     // ref/m 5, chg 4, and a space between each.
     let numbers: u16 = 2 + 4 + 5 + 5 + 4 + 6 + 5 + 5 + 4 + 10;
-    let key_w = width.saturating_sub(numbers + 10).clamp(KEY_MIN, 28);
+    // The key column is as wide as the longest key shown needs, so
+    // short domain names leave `why` more room.
+    let longest = all.iter().map(|r| r.key.chars().count()).max();
+    let longest = u16::try_from(longest.unwrap_or(0)).unwrap_or(u16::MAX);
+    let key_w = width
+        .saturating_sub(numbers + 10)
+        .clamp(KEY_MIN, 28)
+        .min(longest.max(3));
     let head_cells = [
         ("key", Sort::Key),
         ("sh", Sort::Shard),
@@ -885,11 +903,7 @@ fn draw(
         for (i, c) in cells.iter().enumerate() {
             v.push(Cell::from(format!("{c:>w$}", w = WIDTHS[i + 2] as usize)));
         }
-        v.push(Cell::from(if r.why.is_empty() {
-            "-".to_string()
-        } else {
-            r.why.clone()
-        }));
+        v.push(Cell::from(if r.why.is_empty() { "-" } else { gist(&r.why) }));
         Row::new(v)
     });
     let widths = [
@@ -1039,6 +1053,21 @@ mod tests {
         );
         assert_eq!(elide("abcdefghij", 5), "ab~ij");
         assert_eq!(age(42), "42s");
+        assert_eq!(
+            gist(
+                "effective limit 5 -> 4: site-level failure: built-in rule \
+                 3 matched \"too many: concurrent\""
+            ),
+            "built-in rule 3 matched \"too many: concurrent\""
+        );
+        assert_eq!(
+            gist("suspended until 2026-12-02 21:40:00 UTC: 10 failures"),
+            "10 failures"
+        );
+        assert_eq!(
+            gist("response rule 1 matched \"a: b\""),
+            "response rule 1 matched \"a: b\""
+        );
         assert_eq!(age(600), "10m");
         assert_eq!(age(7200), "2h");
         assert_eq!(per(Some(0.25)), "0.2");
