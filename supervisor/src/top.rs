@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lexopt::Arg::{Long, Short};
@@ -181,6 +181,38 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: i32) {
     STOP.store(true, Ordering::Relaxed);
+}
+
+/// When the loop last went round, in milliseconds from its start.
+static BEAT: AtomicU64 = AtomicU64::new(0);
+
+/// Ends the full-screen view when its loop cannot: crossterm reads a
+/// terminal that hung up (an ssh connection dropped, a tmux server
+/// killed) over and over without returning, so neither SIGHUP nor the
+/// loop's own checks would end it. A stop asked for and not done
+/// within a second, or a loop stuck for five, gives the terminal back
+/// (if it is still there) and exits 1.
+fn watchdog(born: Instant) {
+    std::thread::spawn(move || {
+        let mut stopping: Option<Instant> = None;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now =
+                u64::try_from(born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let stuck =
+                now.saturating_sub(BEAT.load(Ordering::Relaxed)) > 5_000;
+            if STOP.load(Ordering::Relaxed) {
+                stopping.get_or_insert_with(Instant::now);
+            }
+            if stuck
+                || stopping
+                    .is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+            {
+                ratatui::restore();
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 fn catch_signals() {
@@ -701,7 +733,15 @@ fn full_screen(ask: &Ask, dir: &Path) -> i32 {
         }
     };
     let mut next = Instant::now() + Duration::from_secs(1);
+    let born = Instant::now();
+    let beat = || {
+        let ms = u64::try_from(born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        BEAT.store(ms, Ordering::Relaxed);
+    };
+    beat();
+    watchdog(born);
     let r = loop {
+        beat();
         if let Err(e) = term
             .draw(|f| draw(f, &snap, &mut screen, error.as_deref(), ask.keys))
         {

@@ -374,3 +374,79 @@ fn full_screen_in_tmux_fits_80x24_resorts_and_quits_on_q() {
     assert!(ended, "q did not end it:\n{}", tmux.screen());
     assert_eq!(std::fs::read_to_string(&exit).unwrap().trim(), "0");
 }
+
+/// Live (not zombie) shardspawn processes whose command line names
+/// `needle` (not the tmux server, whose command line names it too).
+fn live_with(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+            !zombie
+                && argv0.ends_with(b"shardspawn")
+                && text(&cmd).contains(needle)
+        })
+        .collect()
+}
+
+/// An ssh connection that drops hangs the terminal up under `top`:
+/// crossterm would read its end over and over; top must end instead.
+#[test]
+fn a_terminal_that_hangs_up_ends_it() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: no tmux");
+        return;
+    }
+    let home = QmailHome::new().unwrap();
+    let dir = state_dir(&home);
+    write_state(&dir, unix_now(), 100, [0, 0, 0]);
+    let tmux = Tmux(format!("shardspawn-top-hup-{}", std::process::id()));
+    let bin = bin_path("shardspawn");
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        bin.to_str().unwrap(),
+        "top",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "tmux: {}", text(&out.stderr));
+    let needle = dir.to_str().unwrap();
+    let mut screen = String::new();
+    assert!(
+        wait_for(
+            || {
+                screen = tmux.screen();
+                screen.contains("a.test")
+            },
+            deadline_in(Duration::from_secs(10))
+        ),
+        "no view:\n{screen}"
+    );
+    assert_eq!(live_with(needle).len(), 1);
+    tmux.run(&["kill-server"]);
+    let gone = wait_for(
+        || live_with(needle).is_empty(),
+        deadline_in(Duration::from_secs(10)),
+    );
+    let left = live_with(needle);
+    for pid in &left {
+        let _ =
+            Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+    assert!(gone, "top still runs after its terminal hung up: {left:?}");
+}
