@@ -620,10 +620,15 @@ impl KeyRow {
 impl Snapshot {
     /// The totals, as lines that fit 80 columns.
     fn totals(&self, sort: Sort, reverse: bool) -> [String; 3] {
-        let first = format!(
-            "shardspawn {}  shards {}/{} up  restarts {}",
-            self.state, self.shards_up, self.shards, self.restarts
-        );
+        // Not running: that alone, as the directory can be long.
+        let first = if self.sites.is_none() {
+            format!("shardspawn {}", self.state)
+        } else {
+            format!(
+                "shardspawn {}  shards {}/{} up  restarts {}",
+                self.state, self.shards_up, self.shards, self.restarts
+            )
+        };
         let second = format!(
             "in flight {}  running {}  held {}  results {}/s  Z by limit {}/s",
             self.in_flight,
