@@ -26,6 +26,14 @@ use std::time::{Duration, Instant};
 
 use lexopt::Arg::{Long, Short};
 use lexopt::Parser;
+use ratatui::Frame;
+use ratatui::crossterm::event::{
+    self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
+};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
 use shardspawn_common::settings::Settings;
 use shardspawn_common::status::utc;
 
@@ -799,15 +807,6 @@ fn full_screen(ask: &Ask, dir: &Path) -> i32 {
     }
 }
 
-use ratatui::Frame;
-use ratatui::crossterm::event::{
-    self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
-};
-use ratatui::layout::{Constraint, Layout};
-use ratatui::style::{Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
-
 impl Screen {
     /// Acts on a key; false to quit.
     fn key(&mut self, k: KeyEvent, snap: &Snapshot) -> bool {
@@ -856,8 +855,9 @@ impl Screen {
     }
 }
 
-/// Column widths at 80 columns: the key gets what is left over the
-/// numbers, up to 28, and `why` the rest.
+/// The key column: what the numbers leave (20 at 80 columns), at least
+/// this and at most 28, and no wider than the longest key shown; `why`
+/// gets the rest.
 const KEY_MIN: u16 = 16;
 
 fn draw(
