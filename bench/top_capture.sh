@@ -29,10 +29,10 @@ done
 command -v tmux >/dev/null || { echo "no tmux" >&2; exit 111; }
 
 scratch=$(mktemp -d)
-sock="shardspawn-top-capture-$$"
+sock="$scratch/tmux"
 sim=
 cleanup() {
-  tmux -L "$sock" kill-server 2>/dev/null || true
+  tmux -S "$sock" kill-server 2>/dev/null || true
   [ -n "$sim" ] && kill "$sim" 2>/dev/null && wait "$sim" 2>/dev/null
   rm -rf "$scratch"
 }
@@ -53,8 +53,8 @@ done
 [ -n "$home" ] || { echo "simulate made no home" >&2; cat "$scratch/simulate.out" >&2; exit 111; }
 state=${home%/}/state
 
-tmux -L "$sock" -f /dev/null new-session -d -x 80 -y 24 -s top \
+tmux -S "$sock" -f /dev/null new-session -d -x 80 -y 24 -s top \
   "$PWD/$bin/shardspawn" top --state-dir "$state"
 sleep "$after"
-tmux -L "$sock" capture-pane -p -t top
-tmux -L "$sock" send-keys -t top q
+tmux -S "$sock" capture-pane -p -t top
+tmux -S "$sock" send-keys -t top q

@@ -252,13 +252,16 @@ fn refusals_per_minute_come_from_the_counter_over_two_refreshes() {
     assert!(seen.contains("results 100/s"), "{seen}");
 }
 
-/// The tmux server of this test: its own socket, no config file.
-struct Tmux(String);
+/// The tmux server of this test: its own socket (in the test's home,
+/// so it goes with it), no config file.
+struct Tmux(PathBuf);
 
 impl Tmux {
     fn run(&self, args: &[&str]) -> Output {
         Command::new("tmux")
-            .args(["-L", &self.0, "-f", "/dev/null"])
+            .arg("-S")
+            .arg(&self.0)
+            .args(["-f", "/dev/null"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -304,7 +307,7 @@ fn full_screen_in_tmux_fits_80x24_resorts_and_quits_on_q() {
         dir.display(),
         exit.display()
     );
-    let tmux = Tmux(format!("shardspawn-top-{}", std::process::id()));
+    let tmux = Tmux(home.path().join("tmux"));
     let out = tmux.run(&[
         "new-session",
         "-d",
@@ -324,7 +327,10 @@ fn full_screen_in_tmux_fits_80x24_resorts_and_quits_on_q() {
     let shown = wait_for(
         || {
             screen = tmux.screen();
-            screen.contains("in flight 13") && screen.contains("a.test")
+            // The footer too: a capture can catch a frame half drawn.
+            screen.contains("in flight 13")
+                && screen.contains("a.test")
+                && screen.contains("q quit")
         },
         deadline_in(Duration::from_secs(10)),
     );
@@ -408,7 +414,7 @@ fn a_terminal_that_hangs_up_ends_it() {
     let home = QmailHome::new().unwrap();
     let dir = state_dir(&home);
     write_state(&dir, unix_now(), 100, [0, 0, 0]);
-    let tmux = Tmux(format!("shardspawn-top-hup-{}", std::process::id()));
+    let tmux = Tmux(home.path().join("tmux"));
     let bin = bin_path("shardspawn");
     let out = tmux.run(&[
         "new-session",
