@@ -27,7 +27,7 @@ use shardspawn_common::shard_config::ShardConfig;
 use shardspawn_os::log::Log;
 
 use crate::cmdline::{Usage, flag_value, help, version};
-use crate::{control_cmd, limits_cmd, mux, startup, status_cmd};
+use crate::{control_cmd, limits_cmd, mux, startup, status_cmd, top};
 
 const USAGE: &str = "\
 usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
@@ -42,6 +42,7 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
        shardspawn limits rules [FILE]
        shardspawn status [--json] [--keys N] [--state-dir DIR]
        shardspawn control suspend|resume|pin|list KEY [options]
+       shardspawn top [--state-dir DIR] [--sort COLUMN] [--once] [--keys N]
        shardspawn --version
 
 Run with no arguments as qmail-rspawn under qmail-start: settings come
@@ -60,6 +61,7 @@ pub fn main() -> i32 {
         Some("limits") => limits_cmd::main(Parser::from_args(rest)),
         Some("status") => status_cmd::main(Parser::from_args(rest)),
         Some("control") => control_cmd::main(Parser::from_args(rest)),
+        Some("top") => top::main(Parser::from_args(rest)),
         Some("help") => help(USAGE),
         _ => supervise(Parser::from_args(args)),
     }

@@ -35,3 +35,4 @@ pub mod shards;
 pub mod sites;
 pub mod startup;
 pub mod status_cmd;
+pub mod top;

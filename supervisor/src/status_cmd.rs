@@ -190,7 +190,7 @@ pub fn main(p: Parser) -> i32 {
 }
 
 /// Who may read `path` besides root: its group, by name if it has one.
-fn group_of(path: &Path) -> String {
+pub fn group_of(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return "its group".to_string();
