@@ -131,6 +131,8 @@ pub struct SupervisorStatus {
     pub in_flight: u32,
     /// Result records written since start.
     pub results: u64,
+    /// Of those, by letter: `K`, `Z`, `D`.
+    pub letters: [u64; 3],
     /// Shard restarts since start.
     pub restarts: u64,
     /// Domains are keyed by site (1) or by domain (0).
@@ -360,6 +362,9 @@ impl SupervisorStatus {
         let _ = writeln!(out, "shards {}", self.shards);
         let _ = writeln!(out, "in_flight {}", self.in_flight);
         let _ = writeln!(out, "results {}", self.results);
+        for (letter, n) in ["k", "z", "d"].iter().zip(self.letters) {
+            let _ = writeln!(out, "results_{letter} {n}");
+        }
         let _ = writeln!(out, "restarts {}", self.restarts);
         let _ = writeln!(out, "sites {}", self.sites);
         let _ = writeln!(out, "dns_waiting {}", self.dns_waiting);
@@ -388,6 +393,9 @@ impl SupervisorStatus {
                 "shards" => s.shards = num(name, v)?,
                 "in_flight" => s.in_flight = num(name, v)?,
                 "results" => s.results = num(name, v)?,
+                "results_k" => s.letters[0] = num(name, v)?,
+                "results_z" => s.letters[1] = num(name, v)?,
+                "results_d" => s.letters[2] = num(name, v)?,
                 "restarts" => s.restarts = num(name, v)?,
                 "sites" => s.sites = num(name, v)?,
                 "dns_waiting" => s.dns_waiting = num(name, v)?,
@@ -478,6 +486,7 @@ mod tests {
             shards: 4,
             in_flight: 5,
             results: 6,
+            letters: [3, 2, 1],
             restarts: 7,
             sites: 1,
             dns_waiting: 8,

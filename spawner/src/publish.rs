@@ -304,6 +304,16 @@ pub fn supervisor_prometheus(s: &SupervisorStatus) -> String {
     }
     family(
         &mut out,
+        "shardspawn_results_by_letter_total",
+        "counter",
+        "results written to qmail-send, by letter: K delivered, Z deferred, D bounced",
+        ["K", "Z", "D"]
+            .iter()
+            .zip(s.letters)
+            .map(|(l, n)| (vec![("letter", l.to_string())], n)),
+    );
+    family(
+        &mut out,
         "shardspawn_site_domains",
         "gauge",
         "domains whose kept MX answers put them under the site or provider",
@@ -557,6 +567,7 @@ mod tests {
             shards: 2,
             in_flight: 9,
             results: 120,
+            letters: [100, 15, 5],
             restarts: 1,
             dns_waiting: 3,
             dns_cached: 40,
@@ -573,6 +584,10 @@ mod tests {
             "shardspawn_in_flight 9",
             "# TYPE shardspawn_results_total counter",
             "shardspawn_results_total 120",
+            "# TYPE shardspawn_results_by_letter_total counter",
+            "shardspawn_results_by_letter_total{letter=\"K\"} 100",
+            "shardspawn_results_by_letter_total{letter=\"Z\"} 15",
+            "shardspawn_results_by_letter_total{letter=\"D\"} 5",
             "shardspawn_shard_restarts_total 1",
             "shardspawn_slots 255",
             "shardspawn_shards 2",

@@ -401,6 +401,8 @@ pub struct Core {
     /// [`Effect::Exit`] was emitted.
     exited: bool,
     results: u64,
+    /// Of `results`, by letter: `K`, `Z`, `D`.
+    letters: [u64; 3],
     restarts: u64,
     /// Set by [`Core::watch_framing`].
     framing: Option<FramingWatch>,
@@ -443,6 +445,7 @@ impl Core {
             reading: true,
             exited: false,
             results: 0,
+            letters: [0; 3],
             restarts: 0,
             framing: None,
             sites: Sites::off(),
@@ -626,6 +629,11 @@ impl Core {
     /// Results written (or due to be written) so far.
     pub fn results(&self) -> u64 {
         self.results
+    }
+
+    /// Results so far by letter: `K`, `Z`, `D`.
+    pub fn letters(&self) -> [u64; 3] {
+        self.letters
     }
 
     /// Shard restarts so far (failed ones too).
@@ -1228,6 +1236,12 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         self.results += 1;
+        match body.first() {
+            Some(b'K') => self.letters[0] += 1,
+            Some(b'Z') => self.letters[1] += 1,
+            Some(b'D') => self.letters[2] += 1,
+            _ => {}
+        }
         effects.push(Effect::Record { delnum, body });
     }
 
@@ -1562,6 +1576,29 @@ mod tests {
         }
         assert_eq!(rig.core.in_flight(), 1, "a refused delnum is not held");
         assert_eq!(jobs(&rig.send(4, &r)).len(), 1, "4 is free to use");
+    }
+
+    #[test]
+    fn results_are_counted_by_letter() {
+        let mut rig = Rig::new();
+        let r = rcpt_on(0, 0);
+        let _ = rig.send(1, &r);
+        let id = rig.id(0);
+        let _ = rig.done(id, 1);
+        let _ = rig.on(Event::Oversize { delnum: 2 });
+        let _ = rig.on(Event::Command(cmd(3, b"1", b"nohost"), rig.now));
+        let _ = rig.send(4, &r);
+        let body = b"Dno such user\n".to_vec();
+        let now = rig.now;
+        let _ = rig.on(Event::Frame {
+            shard: id,
+            kind: DONE,
+            delnum: 4,
+            body,
+            now,
+        });
+        assert_eq!(rig.core.results(), 4);
+        assert_eq!(rig.core.letters(), [1, 1, 2]);
     }
 
     #[test]

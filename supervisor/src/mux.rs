@@ -687,6 +687,7 @@ impl Mux {
             shards: self.rt.shards,
             in_flight: self.core.in_flight(),
             results: self.core.results(),
+            letters: self.core.letters(),
             restarts: self.core.restarts(),
             sites: u8::from(self.core.sites().on()),
             dns_waiting: self.core.sites().waiting() as u32,

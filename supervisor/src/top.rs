@@ -345,6 +345,8 @@ const REFUSALS_WINDOW: u64 = 60;
 #[derive(Default)]
 struct Rates {
     results: Counter,
+    /// The supervisor's results by letter: `K`, `Z`, `D`.
+    letters: [Counter; 3],
     /// Each shard's `deferred_by_limit`, by (shard, pid): a restarted
     /// shard counts from 0 again.
     deferred: HashMap<(u16, u32), Counter>,
@@ -397,6 +399,8 @@ pub struct Snapshot {
     running: u32,
     held: u32,
     results_per_s: Option<f64>,
+    /// Of those, `K`, `Z` and `D` per second.
+    letters_per_s: [Option<f64>; 3],
     deferred_per_s: Option<f64>,
     restarts: u64,
     dns_waiting: u32,
@@ -420,6 +424,7 @@ impl Rates {
             running: 0,
             held: 0,
             results_per_s: None,
+            letters_per_s: [None; 3],
             deferred_per_s: None,
             restarts: 0,
             dns_waiting: 0,
@@ -442,6 +447,9 @@ impl Rates {
             }
             Some((s, state)) => {
                 self.results.push(s.updated, s.results, RESULTS_WINDOW);
+                for (c, n) in self.letters.iter_mut().zip(s.letters) {
+                    c.push(s.updated, n, RESULTS_WINDOW);
+                }
                 snap.up = *state == State::Up;
                 snap.state = match state {
                     State::Up => format!(
@@ -470,6 +478,8 @@ impl Rates {
                 snap.dns_cached = s.dns_cached;
                 snap.sites = Some(s.sites == 1);
                 snap.results_per_s = self.results.per_second();
+                snap.letters_per_s =
+                    self.letters.each_ref().map(Counter::per_second);
             }
         }
         let mut deferred = None;
@@ -637,13 +647,13 @@ impl Snapshot {
                 self.state, self.shards_up, self.shards, self.restarts
             )
         };
+        let [k, z, d] = self.letters_per_s.map(per);
         let second = format!(
-            "in flight {}  running {}  held {}  results {}/s  Z by limit {}/s",
+            "in flight {}  running {}  held {}  results {}/s: K {k} Z {z} D {d}",
             self.in_flight,
             self.running,
             self.held,
             per(self.results_per_s),
-            per(self.deferred_per_s),
         );
         let sites = match self.sites {
             None => "-",
@@ -651,7 +661,8 @@ impl Snapshot {
             Some(false) => "off",
         };
         let third = format!(
-            "DNS waiting {}  cached {}  sites {}  sort {}{}  {}",
+            "Z by limit {}/s  DNS waiting {}  cached {}  sites {}  sort {}{}  {}",
+            per(self.deferred_per_s),
             self.dns_waiting,
             self.dns_cached,
             sites,

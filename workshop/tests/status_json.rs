@@ -44,6 +44,7 @@ fn status_json_is_json() {
         shards: 1,
         in_flight: 4,
         results: 99,
+        letters: [90, 8, 1],
         restarts: 1,
         sites: 1,
         dns_waiting: 2,

@@ -66,6 +66,8 @@ fn write_state(dir: &Path, at: u64, results: u64, refusals: [u64; 3]) {
         shards: 1,
         in_flight: 13,
         results,
+        // Nine in ten delivered, one in ten deferred.
+        letters: [results - results / 10, results / 10, 0],
         sites: 0,
         ..SupervisorStatus::default()
     };
@@ -249,7 +251,7 @@ fn refusals_per_minute_come_from_the_counter_over_two_refreshes() {
     assert_eq!(row(&seen, "c.test")[8], "30", "{seen}");
     assert_eq!(row(&seen, "b.test")[8], "0.0", "{seen}");
     assert_eq!(key_order(&seen), ["a.test", "c.test", "b.test"], "{seen}");
-    assert!(seen.contains("results 100/s"), "{seen}");
+    assert!(seen.contains("results 100/s: K 90 Z 10 D 0.0"), "{seen}");
 }
 
 /// The tmux server of this test: its own socket (in the test's home,
