@@ -672,8 +672,12 @@ impl Core {
             }
         }
         let Some(state) = self.keys.get_mut(key) else { return };
-        if matches!(heard.verdict, Verdict::Pushback(_)) {
+        // What this pushback was, should it be the one that suspends the
+        // key: its line names the rule that fired last (issue 17).
+        let mut cause = None;
+        if let Verdict::Pushback(why) = &heard.verdict {
             state.refusals += 1;
+            cause = Some(why.to_string());
         }
         let ran = Ran {
             epoch: started.epoch,
@@ -691,7 +695,7 @@ impl Core {
             self.note(key, why);
         }
         if let Some((until, why)) = suspend {
-            self.suspend(key, until, why, effects);
+            self.suspend(key, until, why, cause.as_deref(), effects);
         }
     }
 
@@ -723,6 +727,7 @@ impl Core {
         key: &Key,
         until: Instant,
         why: String,
+        cause: Option<&str>,
         effects: &mut Vec<Effect>,
     ) {
         let until_unix = self.unix(until);
@@ -730,17 +735,21 @@ impl Core {
         if !state.adapt.suspend(until, until_unix, why.clone()) {
             return;
         }
-        self.suspended(key, until, until_unix, why, effects);
+        self.suspended(key, until, until_unix, why, cause, effects);
     }
 
     /// A key just suspended until `until` (`until_unix`): what it holds
-    /// is answered, it is looked at again then, and it is noted.
+    /// is answered, it is looked at again then, and it is noted. The
+    /// note (log and status) also names `cause`, the pushback that came
+    /// last, when failures in a row suspended it; the `Z`s keep the
+    /// reason alone, as qmail-send's log has always had it.
     fn suspended(
         &mut self,
         key: &Key,
         until: Instant,
         until_unix: u64,
         why: String,
+        cause: Option<&str>,
         effects: &mut Vec<Effect>,
     ) {
         let Some(state) = self.keys.get_mut(key) else { return };
@@ -758,7 +767,9 @@ impl Core {
             self.report(h.job.delnum, body.clone(), effects);
         }
         self.wakeups.push(Reverse((until, key.clone())));
-        let line = format!("suspended until {}: {why}", utc(until_unix));
+        let last =
+            cause.map_or_else(String::new, |c| format!("; the last: {c}"));
+        let line = format!("suspended until {}: {why}{last}", utc(until_unix));
         self.note(key, Why::Said(line));
     }
 
@@ -1033,7 +1044,7 @@ impl Core {
             self.note(key, Why::Said(line));
         }
         if let Some((until, until_unix, why)) = suspend {
-            self.suspended(key, until, until_unix, why, effects);
+            self.suspended(key, until, until_unix, why, None, effects);
         }
         self.kick(key, now);
     }

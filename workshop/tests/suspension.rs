@@ -83,6 +83,9 @@ fn three_failures_in_a_row_suspend_held_and_new_deliveries() {
     // The log says so. (Not the status file: a 2 s suspension may be
     // over before a shard publishes it; status_per_key.rs reads one.)
     rig.wait_log(&["d1.test", "suspended until", REASON], 1);
+    // The log names the rule of the failure that came last (issue 17).
+    let line = rig.log_lines(&["d1.test", "suspended until"]).remove(0);
+    assert!(line.contains(&format!("{REASON}; the last: ")), "{line}");
 
     // Recovery: once the named time is past, a delivery runs. The
     // shard may lift the suspension a moment after the second the text
