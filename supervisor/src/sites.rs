@@ -222,12 +222,7 @@ impl Sites {
         now: Instant,
     ) -> Option<Settled> {
         let failed = match &answer.outcome {
-            Outcome::Failed(why) => Some(format!(
-                "MX lookup of {} failed ({why}); its deliveries go under \
-                 its domain for {} s",
-                domain::printable(&answer.domain),
-                FAILED_KEEP.as_secs()
-            )),
+            Outcome::Failed(why) => Some(failed_line(&answer.domain, why)),
             Outcome::Mx(_) | Outcome::Host | Outcome::NoHost => None,
         };
         let keep = match answer.outcome {
@@ -258,12 +253,7 @@ impl Sites {
             }
             let asked = self.asked.remove(&domain).expect("just seen");
             let why = format!("no answer in {} s", self.wait.as_secs());
-            let failed = Some(format!(
-                "MX lookup of {} failed ({why}); its deliveries go under \
-                 its domain for {} s",
-                domain::printable(&domain),
-                FAILED_KEEP.as_secs()
-            ));
+            let failed = Some(failed_line(&domain, &why));
             self.remember(
                 limits,
                 domain.clone(),
@@ -374,6 +364,16 @@ impl Sites {
             self.order.pop_front();
         }
     }
+}
+
+/// The log line of a lookup of `domain` that failed, once per failure.
+fn failed_line(domain: &[u8], why: &str) -> String {
+    format!(
+        "MX lookup of {} failed ({why}); its deliveries go under its \
+         domain for {} s",
+        domain::printable(domain),
+        FAILED_KEEP.as_secs()
+    )
 }
 
 /// The key of a domain whose lookup said `outcome`; `m` is its match
