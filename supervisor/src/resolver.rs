@@ -13,16 +13,14 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
-use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
 use shardspawn_common::frame::FrameDecoder;
 use shardspawn_common::lookup::{self, MAX_ANSWER, ResolverConfig};
-use shardspawn_os::spawn;
-use shardspawn_os::sys::{self, io_err, set_nonblocking};
+use shardspawn_os::sys;
+
+use crate::shards::start_self;
 
 /// A running resolver and our ends of its pipes.
 #[derive(Debug)]
@@ -49,26 +47,12 @@ pub fn start(
     generation: u32,
     cfg: &ResolverConfig,
 ) -> io::Result<ResolverProc> {
-    let (in_read, in_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    let (out_read, out_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    set_nonblocking(in_write.as_fd(), true)?;
-    set_nonblocking(out_read.as_fd(), true)?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("shardspawn")
-        .arg("resolver")
-        .args(cfg.to_args())
-        .stdin(Stdio::from(in_read))
-        .stdout(Stdio::from(out_write))
-        .stderr(Stdio::inherit());
-    spawn::die_with_parent(&mut cmd);
-    let child = cmd.spawn()?;
+    let child = start_self("resolver", cfg.to_args())?;
     Ok(ResolverProc {
         generation,
-        pid: Pid::from_raw(child.id() as i32),
-        lookups: in_write,
-        answers: out_read,
+        pid: child.pid,
+        lookups: child.input,
+        answers: child.output,
         decoder: FrameDecoder::new(MAX_ANSWER),
         out: Vec::new(),
         written: 0,

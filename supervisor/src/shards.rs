@@ -11,6 +11,7 @@
 //! that never fires.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -56,36 +57,59 @@ pub struct Process {
 /// Starts incarnation `id` of a shard: fork and exec of our own binary
 /// with its pipes wired as the module docs say.
 pub fn start(id: ShardId, cfg: &ShardConfig) -> io::Result<Process> {
-    let (job_read, job_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    let (res_read, res_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
-    set_nonblocking(job_write.as_fd(), true)?;
-    set_nonblocking(res_read.as_fd(), true)?;
     let cfg = ShardConfig { index: id.index, ..cfg.clone() };
-    // /proc/self/exe is this very program even if the file was replaced
-    // since (an upgrade in progress): shards always match their
-    // supervisor.
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("shardspawn")
-        .arg("shard")
-        .args(cfg.to_args())
-        .stdin(Stdio::from(job_read))
-        .stdout(Stdio::from(res_write))
-        .stderr(Stdio::inherit());
-    // With us gone its results reach no one: it dies with us, and its
-    // qmail-remotes with it (issue 15).
-    spawn::die_with_parent(&mut cmd);
-    let child = cmd.spawn()?;
+    let child = start_self("shard", cfg.to_args())?;
     Ok(Process {
         id,
-        pid: Pid::from_raw(child.id() as i32),
-        jobs: Some(job_write),
-        results: res_read,
+        pid: child.pid,
+        jobs: Some(child.input),
+        results: child.output,
         decoder: FrameDecoder::new(MAX_DONE),
         outbox: Outbox::default(),
         jobs_watched: false,
         closing: false,
+    })
+}
+
+/// A child that is our own binary, and our ends of its two pipes.
+pub struct SelfChild {
+    /// Its pid.
+    pub pid: Pid,
+    /// Write end of its fd 0 (non-blocking).
+    pub input: OwnedFd,
+    /// Read end of its fd 1 (non-blocking).
+    pub output: OwnedFd,
+}
+
+/// Starts our own binary as `shardspawn ROLE ARGS` (a shard, or the
+/// resolver) with fd 0 and fd 1 pipes to us, fd 2 ours (the log), and
+/// nothing else of ours: everything the supervisor holds is
+/// close-on-exec.
+pub fn start_self(role: &str, args: Vec<OsString>) -> io::Result<SelfChild> {
+    let (in_read, in_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
+    let (out_read, out_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
+    set_nonblocking(in_write.as_fd(), true)?;
+    set_nonblocking(out_read.as_fd(), true)?;
+    // /proc/self/exe is this very program even if the file was replaced
+    // since (an upgrade in progress): children always match their
+    // supervisor.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("shardspawn")
+        .arg(role)
+        .args(args)
+        .stdin(Stdio::from(in_read))
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::inherit());
+    // With us gone what it sends reaches no one: it dies with us, and a
+    // shard's qmail-remotes with it (issue 15).
+    spawn::die_with_parent(&mut cmd);
+    let child = cmd.spawn()?;
+    Ok(SelfChild {
+        pid: Pid::from_raw(child.id() as i32),
+        input: in_write,
+        output: out_read,
     })
 }
 
