@@ -31,6 +31,8 @@
 //! - [`response`]: the response rules, and what a result says about its
 //!   destination (site-level pushback or not).
 //! - [`status`]: the live status files a shard and the supervisor publish.
+//! - [`fleet`]: what a shard and its fleet client (Redis) say: claims
+//!   of leases and rate tokens for shared keys, and what was granted.
 //! - [`errno`]: which errnos qmail calls temporary, and what a failed
 //!   start tells qmail-send.
 //! - [`shard_config`]: what the supervisor tells a shard on its command
@@ -42,6 +44,7 @@ pub mod control;
 pub mod controls;
 pub mod domain;
 pub mod errno;
+pub mod fleet;
 pub mod frame;
 pub mod limits;
 pub mod lookup;

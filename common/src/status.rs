@@ -76,6 +76,16 @@ pub struct KeyStatus {
     /// matched adapt rule, a failed connect) since the key was first
     /// seen: a counter, for refusals per minute.
     pub refusals: u64,
+    /// A key the fleet shares (issue 18): its limit and rate are kept
+    /// in Redis for every relay that reads the same rules.
+    pub shared: bool,
+    /// Of a shared key: how many deliveries the fleet lets this shard
+    /// run at once now (its leases); while Redis is away, its local
+    /// share.
+    pub leases: u32,
+    /// Of a shared key: leases the whole fleet held at the last answer
+    /// from Redis, this shard's included; 0 while Redis is away.
+    pub fleet: u32,
     /// Unix seconds of the last change of limit, rate or suspension; 0
     /// if none.
     pub changed: u64,
@@ -108,6 +118,12 @@ pub struct ShardStatus {
     pub deferred_by_limit: u64,
     /// The busiest keys, busiest first.
     pub keys: Vec<KeyStatus>,
+    /// Its fleet (issue 18): empty with no Redis configured; `shared`
+    /// while Redis answers; `alone since UNIX: WHY` while it does not.
+    pub fleet: String,
+    /// Commands sent to Redis since start (one script call counts one,
+    /// whatever number of keys it carries).
+    pub redis_commands: u64,
 }
 
 /// What the supervisor publishes.

@@ -1101,6 +1101,10 @@ impl Core {
             held_total: k.held_total,
             deferred: k.deferred,
             refusals: k.refusals,
+            // Filled in by the fleet (issue 18).
+            shared: false,
+            leases: 0,
+            fleet: 0,
             changed: k.changed.as_ref().map_or(0, |c| c.0),
             why: match k.changed.as_ref().map(|c| &c.1) {
                 None => String::new(),

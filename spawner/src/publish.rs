@@ -79,6 +79,9 @@ pub fn snapshot(
         reported: counters.reported,
         deferred_by_limit: counters.deferred_by_limit,
         keys: core.key_status(keys),
+        // Filled in by the fleet (issue 18).
+        fleet: String::new(),
+        redis_commands: 0,
     }
 }
 
