@@ -158,6 +158,8 @@ pub enum Per {
     Minute,
     /// `/h`
     Hour,
+    /// `/d`: a day, 86,400 s (issue 18: warm-up caps).
+    Day,
 }
 
 impl Rate {
@@ -167,6 +169,7 @@ impl Rate {
             Per::Second => 1,
             Per::Minute => 60,
             Per::Hour => 3600,
+            Per::Day => 86_400,
         };
         std::time::Duration::from_nanos(
             period * 1_000_000_000 / u64::from(self.count.max(1)),
@@ -177,13 +180,15 @@ impl Rate {
     /// rest of the file).
     pub fn parse(text: &[u8]) -> Result<Rate, String> {
         let text = trim(text);
-        let bad = || format!("a rate is N/s, N/m or N/h, N 1 to {LIMIT_MAX}");
+        let bad =
+            || format!("a rate is N/s, N/m, N/h or N/d, N 1 to {LIMIT_MAX}");
         let slash = text.iter().position(|&b| b == b'/').ok_or_else(bad)?;
         let count = limit(trim(&text[..slash])).map_err(|_| bad())?;
         let per = match trim(&text[slash + 1..]) {
             b"s" | b"S" => Per::Second,
             b"m" | b"M" => Per::Minute,
             b"h" | b"H" => Per::Hour,
+            b"d" | b"D" => Per::Day,
             _ => return Err(bad()),
         };
         Ok(Rate { count, per })
@@ -202,6 +207,7 @@ impl fmt::Display for Rate {
             Per::Second => 's',
             Per::Minute => 'm',
             Per::Hour => 'h',
+            Per::Day => 'd',
         };
         write!(f, "{}/{per}", self.count)
     }
@@ -215,11 +221,14 @@ pub struct Allowance {
     pub limit: u32,
     /// Most starts per period, if any.
     pub rate: Option<Rate>,
+    /// Kept for the whole fleet in Redis (issue 18), not by this relay
+    /// alone.
+    pub shared: bool,
 }
 
 impl From<u32> for Allowance {
     fn from(limit: u32) -> Allowance {
-        Allowance { limit, rate: None }
+        Allowance { limit, rate: None, shared: false }
     }
 }
 
@@ -737,7 +746,7 @@ impl Limits {
             Some((b'@', rest)) => self.at_key(rest).1,
             _ => {
                 let m = self.lookup(key);
-                Allowance { limit: m.limit, rate: m.rate }
+                Allowance { limit: m.limit, rate: m.rate, shared: false }
             }
         }
     }
@@ -1033,7 +1042,11 @@ fn parse_value(value: &[u8]) -> Result<Value, String> {
                 ),
                 None => (value, None),
             };
-            Ok(Value::Limit(Allowance { limit: limit(n)?, rate }))
+            Ok(Value::Limit(Allowance {
+                limit: limit(n)?,
+                rate,
+                shared: false,
+            }))
         }
     }
 }
@@ -1403,8 +1416,8 @@ googlemail.com:=google
             (b"@mx.test:0", "line 1: @mx.test:0: a limit must be at least 1"),
             (b"@mx.test:", "line 1: @mx.test:: no value after ':'"),
             (
-                b"@.mx.test:5,1/d",
-                "line 1: @.mx.test:5,1/d: a rate is N/s, N/m or N/h, \
+                b"@.mx.test:5,1/w",
+                "line 1: @.mx.test:5,1/w: a rate is N/s, N/m, N/h or N/d, \
                  N 1 to 65535",
             ),
             (
@@ -1814,6 +1827,7 @@ gmail.com:=google
         let want = Allowance {
             limit: 30,
             rate: Some(Rate { count: 1, per: Per::Second }),
+            shared: false,
         };
         assert_eq!(
             (m.limit, m.rate, m.rule),
@@ -1863,6 +1877,7 @@ gmail.com:=google
         let outlook = Allowance {
             limit: 50,
             rate: Some(Rate { count: 600, per: Per::Minute }),
+            shared: false,
         };
         let table: &[(&[u8], Allowance, KeyKind)] = &[
             (b"@.protection.outlook.com", outlook, KeyKind::Provider),
@@ -1978,11 +1993,19 @@ gmail.com:=google
         let a = |key: &[u8]| limits.allowance_of_key(key);
         assert_eq!(
             a(b"x.test"),
-            Allowance { limit: 20, rate: rate(60, Per::Minute) }
+            Allowance {
+                limit: 20,
+                rate: rate(60, Per::Minute),
+                shared: false
+            }
         );
         assert_eq!(
             a(b"=google"),
-            Allowance { limit: 10, rate: rate(30, Per::Second) }
+            Allowance {
+                limit: 10,
+                rate: rate(30, Per::Second),
+                shared: false
+            }
         );
         assert_eq!(limits.lookup(b"gmail.com").rate, rate(30, Per::Second));
         assert_eq!(a(b"slow.test").rate, rate(1, Per::Hour));
@@ -2004,7 +2027,7 @@ gmail.com:=google
             "a.test:5,",
             "a.test:5,10",
             "a.test:5,0/s",
-            "a.test:5,10/d",
+            "a.test:5,10/w",
             "a.test:5,70000/s",
             "a.test:=g,10/s",
             "a.test:5,/s",
@@ -2047,6 +2070,7 @@ gmail.com:=google
                     Value::Limit(Allowance {
                         limit: 10,
                         rate: Some(Rate { count: 5, per: Per::Second }),
+                        shared: false,
                     }),
                 ),
                 "@.google.com:10,5/s",
@@ -2115,12 +2139,20 @@ gmail.com:=google
 
     /// A limit, half the time with a rate.
     fn allowance() -> impl Strategy<Value = Allowance> {
-        let per =
-            prop_oneof![Just(Per::Second), Just(Per::Minute), Just(Per::Hour)];
+        let per = prop_oneof![
+            Just(Per::Second),
+            Just(Per::Minute),
+            Just(Per::Hour),
+            Just(Per::Day)
+        ];
         let rate = prop::option::of(
             (limit(), per).prop_map(|(count, per)| Rate { count, per }),
         );
-        (limit(), rate).prop_map(|(limit, rate)| Allowance { limit, rate })
+        (limit(), rate).prop_map(|(limit, rate)| Allowance {
+            limit,
+            rate,
+            shared: false,
+        })
     }
 
     /// Any normalised rule. `narrow` makes clashes and nesting likely.

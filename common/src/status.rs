@@ -473,6 +473,7 @@ mod tests {
                     refusals: 2,
                     changed: 1_764_336_007,
                     why: "20 good deliveries at the limit".into(),
+                    ..KeyStatus::default()
                 },
                 KeyStatus {
                     key: "a.test".into(),
@@ -481,6 +482,7 @@ mod tests {
                     ..KeyStatus::default()
                 },
             ],
+            ..ShardStatus::default()
         }
     }
 

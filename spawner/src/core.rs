@@ -1502,7 +1502,7 @@ mod tests {
             1000,
             Duration::from_secs(120),
             Some(10_000),
-            Box::new(move |_| Allowance { limit: 20, rate }),
+            Box::new(move |_| Allowance { limit: 20, rate, shared: false }),
             Policy {
                 initial: 5,
                 suspend_after: 4,
@@ -2062,7 +2062,11 @@ mod tests {
             1000,
             Duration::from_secs(2),
             Some(100),
-            Box::new(move |_| Allowance { limit: 20, rate: Some(rate) }),
+            Box::new(move |_| Allowance {
+                limit: 20,
+                rate: Some(rate),
+                shared: false,
+            }),
             Policy::STATIC,
             Instant::now(),
         );
@@ -2153,7 +2157,7 @@ mod tests {
                     Some(8),
                     Box::new(move |k: &[u8]| match k {
                         b"a.test" => 3.into(),
-                        b"b.test" => Allowance { limit: 20, rate: Some(rate) },
+                        b"b.test" => Allowance { limit: 20, rate: Some(rate), shared: false },
                         _ => 1.into(),
                     }),
                     Policy {

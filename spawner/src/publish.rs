@@ -462,6 +462,7 @@ mod tests {
                 effective: 7,
                 ..KeyStatus::default()
             }],
+            ..ShardStatus::default()
         };
         let refusals = BTreeMap::new();
         let metrics = Metrics { keys: &[], refusals: &refusals };

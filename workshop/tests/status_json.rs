@@ -83,6 +83,7 @@ fn status_json_is_json() {
         reported: 36,
         deferred_by_limit: 2,
         keys: vec![key, quiet],
+        ..ShardStatus::default()
     };
     home.write_file("state/supervisor", supervisor.render().as_bytes())
         .unwrap();
