@@ -41,6 +41,34 @@ pub struct ShardConfig {
     /// The busiest keys given series of their own in `shardN.prom`; 0:
     /// none.
     pub metrics_keys: u32,
+    /// The fleet this relay shares its `shared` keys with (issue 18);
+    /// `None`: no Redis, shared keys are kept here alone. The Redis
+    /// address is not here: it may hold a password, and a command line
+    /// is anyone's to read, so a shard takes it from its environment
+    /// ([`REDIS_ENV`]), which the supervisor sets.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// The variable a shard reads its Redis address from.
+pub const REDIS_ENV: &str = "SHARDSPAWN_REDIS";
+
+/// How a shard takes part in its fleet (issue 18).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// Put before every Redis key: one fleet's keys apart from
+    /// another's on one server.
+    pub prefix: String,
+    /// Relays in the fleet: while Redis is away, each takes 1/relays of
+    /// a shared limit and rate.
+    pub relays: u32,
+    /// Leases and rate tokens taken ahead of need, at most, per key.
+    pub batch: u32,
+    /// How long a lease lasts unless renewed: a relay that dies gives
+    /// its leases back within it.
+    pub lease: Duration,
+    /// This relay's name in the fleet (the holder of its leases, with
+    /// the supervisor's pid and the shard's index).
+    pub name: String,
 }
 
 impl ShardConfig {
@@ -78,6 +106,20 @@ impl ShardConfig {
         for word in &self.logger {
             args.extend(["--logger-arg".into(), word.clone()]);
         }
+        if let Some(f) = &self.fleet {
+            args.extend([
+                "--fleet-prefix".into(),
+                f.prefix.clone().into(),
+                "--fleet-relays".into(),
+                f.relays.to_string().into(),
+                "--fleet-batch".into(),
+                f.batch.to_string().into(),
+                "--fleet-lease-ms".into(),
+                f.lease.as_millis().to_string().into(),
+                "--fleet-name".into(),
+                f.name.clone().into(),
+            ]);
+        }
         args
     }
 
@@ -100,6 +142,7 @@ impl ShardConfig {
             suspend_after: settings::DEFAULT_SUSPEND_AFTER,
             suspend: settings::DEFAULT_SUSPEND,
             metrics_keys: settings::DEFAULT_METRICS_KEYS,
+            fleet: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -134,6 +177,35 @@ impl ShardConfig {
                 Some("--metrics-keys") => {
                     cfg.metrics_keys = number(flag, value)?
                 }
+                Some(f) if f.starts_with("--fleet-") => {
+                    let fleet =
+                        cfg.fleet.get_or_insert_with(|| FleetSettings {
+                            prefix: String::new(),
+                            relays: 1,
+                            batch: 1,
+                            lease: Duration::from_secs(30),
+                            name: String::new(),
+                        });
+                    let text = || {
+                        value
+                            .to_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| format!("{f}: not UTF-8"))
+                    };
+                    match f {
+                        "--fleet-prefix" => fleet.prefix = text()?,
+                        "--fleet-relays" => {
+                            fleet.relays = number(flag, value)?
+                        }
+                        "--fleet-batch" => fleet.batch = number(flag, value)?,
+                        "--fleet-lease-ms" => {
+                            fleet.lease =
+                                Duration::from_millis(number(flag, value)?)
+                        }
+                        "--fleet-name" => fleet.name = text()?,
+                        _ => return Err(format!("{f}: unknown flag")),
+                    }
+                }
                 _ => return Err(format!("{}: unknown flag", flag.display())),
             }
         }
@@ -167,6 +239,13 @@ mod tests {
             suspend_after: 10,
             suspend: Duration::from_millis(2500),
             metrics_keys: 7,
+            fleet: Some(FleetSettings {
+                prefix: "fleet1:".into(),
+                relays: 3,
+                batch: 2,
+                lease: Duration::from_millis(7500),
+                name: "relay-a".into(),
+            }),
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));
     }

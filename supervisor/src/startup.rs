@@ -518,6 +518,8 @@ pub fn prepare(
             suspend_after: settings.suspend_after,
             suspend: settings.suspend,
             metrics_keys: settings.metrics_keys,
+            // Set from the fleet's settings (issue 18).
+            fleet: None,
         },
         limits,
         responses,
