@@ -570,6 +570,12 @@ impl Limits {
         self.rules.iter().map(|(line, rule)| (*line, rule))
     }
 
+    /// How many rules give a `shared` limit: with none, this relay
+    /// never asks Redis about a key.
+    pub fn shared_rules(&self) -> usize {
+        self.rules.iter().filter(|(_, rule)| rule.is_shared()).count()
+    }
+
     /// The default limit in force: the default line's, else
     /// [`DEFAULT_LIMIT`].
     pub fn default_limit(&self) -> u32 {
@@ -973,6 +979,22 @@ impl Rule {
                     return Err("empty host after '@'".to_owned());
                 }
                 Ok(Rule::Exchange(host, parse_value(value)?))
+            }
+        }
+    }
+
+    /// True for a rule whose own limit is `shared` (a member's sharing
+    /// is its group's rule's).
+    pub fn is_shared(&self) -> bool {
+        match self {
+            Rule::Default(a) | Rule::Group(_, a) | Rule::SiteDefault(a) => {
+                a.shared
+            }
+            Rule::Domain(_, v)
+            | Rule::Subdomain(_, v)
+            | Rule::Exchange(_, v)
+            | Rule::ExchangeSuffix(_, v) => {
+                matches!(v, Value::Limit(a) if a.shared)
             }
         }
     }
@@ -2162,6 +2184,9 @@ gmail.com:=google
         let m = parse(":7,shared\n").site(&mx(&[(5, "mx.unnamed.test")]));
         assert_eq!(m.allowance(), shared(7, None));
         assert!(!Limits::absent().lookup(b"a.test").shared);
+        // Seven lines say `shared`; members and local rules do not.
+        assert_eq!(limits.shared_rules(), 7);
+        assert_eq!(parse(EXAMPLE).shared_rules(), 0);
     }
 
     #[test]
