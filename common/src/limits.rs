@@ -281,8 +281,7 @@ impl Allowance {
 /// The word that marks a limit as the fleet's (issue 18).
 const SHARED: &[u8] = b"shared";
 
-/// `LIMIT[,RATE][,shared]`, the one order [`parse`](Limits::parse)
-/// prints whatever order the file gave.
+/// `LIMIT[,RATE][,shared]`: one order, whatever order the file gave.
 impl fmt::Display for Allowance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.limit)?;
