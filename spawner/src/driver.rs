@@ -23,6 +23,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 
+use shardspawn_common::fleet::Claim;
 use shardspawn_common::frame::{
     Done, FrameDecoder, JOB, Job, LIMITS, MAX_TEXT, RESPONSES,
 };
@@ -199,6 +200,9 @@ struct Shard {
     buf: Vec<u8>,
     /// What the core asked for in this pass, reused.
     effects: Vec<Effect>,
+    /// The core's claims of shared keys in this pass, for the fleet's
+    /// client.
+    claims: Vec<Claim>,
     /// The tokens of the last wait (kept to reuse its allocation).
     tokens: Vec<u64>,
     /// The run-time controls file, looked at four times a second.
@@ -345,6 +349,7 @@ impl Shard {
             publisher,
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
+            claims: Vec::new(),
             tokens: Vec::new(),
             controls: Controls {
                 path: cfg_state_dir
@@ -710,6 +715,7 @@ impl Shard {
                 Effect::Start { id, job } => {
                     self.launch.queue.push_back((id, job))
                 }
+                Effect::Claim(claim) => self.claims.push(claim),
             }
         }
     }

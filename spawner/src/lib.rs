@@ -31,5 +31,6 @@
 pub mod adapt;
 pub mod core;
 pub mod driver;
+pub mod fleet;
 pub mod publish;
 pub mod start;
