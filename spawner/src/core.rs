@@ -2411,6 +2411,337 @@ mod tests {
         assert_eq!(t, now + ms(2000));
     }
 
+    /// A core in a fleet of `relays` (batch 2, lease 30 s, hold 60 s)
+    /// where "s.test" is shared with limit `limit` and rate `rate`;
+    /// other keys have no limit.
+    fn fleet_core(limit: u32, rate: Option<Rate>, relays: u32) -> Core {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(60),
+            Some(100),
+            Box::new(move |k: &[u8]| match k {
+                b"s.test" => Allowance { limit, rate, shared: true },
+                _ => u32::MAX.into(),
+            }),
+            Policy::STATIC,
+            Instant::now(),
+        );
+        c.join_fleet(&FleetSettings {
+            prefix: "t:".into(),
+            relays,
+            batch: 2,
+            lease: Duration::from_secs(30),
+            name: "relay".into(),
+        });
+        c
+    }
+
+    fn claims(effects: &[Effect]) -> Vec<Claim> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Claim(claim) => Some(claim.clone()),
+                Effect::Start { .. } | Effect::Report { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The fleet's answer for s.test.
+    fn granted(allowed: u32, tokens: u32, waiting: u32) -> Event<'static> {
+        Event::Fleet(Report::Granted(vec![shardspawn_common::fleet::Grant {
+            key: b"s.test".to_vec(),
+            allowed,
+            fleet: allowed + 3,
+            waiting,
+            tokens,
+        }]))
+    }
+
+    /// Jobs `from..from + n` for s.test at `now`.
+    fn jobs(
+        c: &mut Core,
+        from: u16,
+        n: u16,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        for d in from..from + n {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, fx);
+        }
+    }
+
+    fn leases(c: &Core) -> &Leases {
+        c.keys[&Rc::from(&b"s.test"[..])].leases.as_ref().unwrap()
+    }
+
+    /// Without a fleet (no Redis configured), a key marked shared is a
+    /// plain local key: its whole limit, no claim, not shown shared.
+    #[test]
+    fn with_no_fleet_a_shared_key_is_a_local_key() {
+        let now = Instant::now();
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(10),
+            None,
+            Box::new(|_| Allowance { limit: 2, rate: None, shared: true }),
+            Policy::STATIC,
+            now,
+        );
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        assert_eq!(starts(&fx).len(), 2);
+        assert_eq!(c.held(), 3);
+        assert!(claims(&fx).is_empty());
+        let k = status(&c);
+        assert_eq!((k.shared, k.leases, k.fleet), (false, 0, 0));
+        assert_eq!(c.fleet_status(), (String::new(), 0));
+        c.check_invariants();
+    }
+
+    /// Before the fleet's first answer a shared key has no lease: its
+    /// deliveries are held and one claim goes out at once (want:
+    /// running + held + batch); then the grant starts them.
+    #[test]
+    fn a_shared_key_holds_and_claims_until_the_fleet_answers() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 2, now, &mut fx);
+        assert!(starts(&fx).is_empty());
+        let want = Claim {
+            key: b"s.test".to_vec(),
+            limit: 10,
+            running: 0,
+            want: 1 + 2,
+            rate: None,
+            tokens: 0,
+            unused: 0,
+        };
+        assert_eq!(claims(&fx), vec![want], "the first job claims");
+        assert_eq!(c.fleet_status(), ("shared".to_string(), 0));
+        fx.clear();
+        c.handle(granted(4, 0, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 2);
+        assert!(claims(&fx).is_empty(), "4 leases cover 2 and a batch");
+        c.set_redis_commands(7);
+        assert_eq!(c.fleet_status(), ("shared".to_string(), 7));
+        let k = status(&c);
+        assert_eq!((k.shared, k.leases, k.fleet), (true, 4, 7));
+        c.check_invariants();
+    }
+
+    /// Grants gate starts; a grant not met is asked for again no sooner
+    /// than [`fleet::AGAIN`]; a lower grant starts nothing until the key
+    /// runs under it; and one claim at most is out per key.
+    #[test]
+    fn grants_gate_starts_and_a_lower_grant_waits_until_under() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "one claim out, however many jobs");
+        assert_eq!(sent[0].want, 3);
+        fx.clear();
+        c.handle(granted(3, 0, 0), &mut fx);
+        let mut run: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(run.len(), 3);
+        // Its want was met, but more came meanwhile: it asks at once.
+        let sent = claims(&fx);
+        assert_eq!((sent[0].running, sent[0].want), (3, 3 + 2 + 2));
+        fx.clear();
+        c.handle(granted(3, 0, 0), &mut fx);
+        assert!(claims(&fx).is_empty(), "not met: not before AGAIN");
+        let again = now + crate::fleet::AGAIN;
+        assert_eq!(c.next_deadline(), Some(again));
+        fx.clear();
+        c.set_clock(again, 1_764_336_000);
+        c.handle(Event::Tick(again), &mut fx);
+        assert_eq!(claims(&fx).len(), 1);
+        // More jobs, an end: still that one claim out.
+        fx.clear();
+        jobs(&mut c, 5, 2, again, &mut fx);
+        finish(&mut c, run.remove(0), &mut fx);
+        run.extend(starts(&fx).iter().map(|s| s.0));
+        assert!(claims(&fx).is_empty(), "a claim is out already");
+        assert_eq!(c.running(), 3, "the end let a held one start");
+        // A lower grant: nothing starts until under 1.
+        fx.clear();
+        c.handle(granted(1, 0, 0), &mut fx);
+        assert!(starts(&fx).is_empty());
+        for _ in 0..2 {
+            fx.clear();
+            finish(&mut c, run.remove(0), &mut fx);
+            assert!(starts(&fx).is_empty());
+            c.check_invariants();
+        }
+        fx.clear();
+        finish(&mut c, run.remove(0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "under its one lease");
+        c.check_invariants();
+    }
+
+    /// A shared rate: each start takes a token (besides the local
+    /// spacing); tokens are claimed a batch at a time when deliveries
+    /// are held and none is left.
+    #[test]
+    fn rate_tokens_are_taken_one_per_start_and_claimed_in_batches() {
+        use shardspawn_common::limits::Per;
+        let rate = Rate { count: 600, per: Per::Minute };
+        let now = Instant::now();
+        let mut c = fleet_core(10, Some(rate), 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        let sent = claims(&fx);
+        assert_eq!((sent[0].tokens, sent[0].rate), (1, Some(rate)));
+        fx.clear();
+        c.handle(granted(7, 2, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "one now, spaced locally");
+        assert_eq!(leases(&c).tokens, 1);
+        let t = now + rate.interval();
+        fx.clear();
+        c.set_clock(t, 1_764_336_000);
+        c.handle(Event::Tick(t), &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+        assert_eq!(leases(&c).tokens, 0);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "no token left, 3 held");
+        assert_eq!((sent[0].tokens, sent[0].running), (2, 2));
+        // No token granted: nothing starts, and none is asked for
+        // again before the rate's interval.
+        fx.clear();
+        c.handle(granted(7, 0, 0), &mut fx);
+        assert!(starts(&fx).is_empty() && claims(&fx).is_empty());
+        let t = t + rate.interval();
+        fx.clear();
+        c.set_clock(t, 1_764_336_000);
+        c.handle(Event::Tick(t), &mut fx);
+        assert!(starts(&fx).is_empty());
+        assert_eq!(claims(&fx).len(), 1);
+        fx.clear();
+        c.handle(granted(7, 2, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+        c.check_invariants();
+    }
+
+    /// Redis goes away: for one lease time a key runs at most the
+    /// leases it held plus a batch (and its share); then its share,
+    /// limit / relays; no claim goes out meanwhile. Redis comes back:
+    /// keys claim what they run, and keep their cap until answered.
+    /// Each change is noted once for the log.
+    #[test]
+    fn down_caps_at_leases_plus_a_batch_then_a_share_and_up_claims() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 8, now, &mut fx);
+        c.handle(granted(1, 0, 0), &mut fx);
+        assert_eq!(c.running(), 1);
+        fx.clear();
+        c.handle(Event::Fleet(Report::Down("refused".into())), &mut fx);
+        assert_eq!(c.running(), 1 + 2, "held leases plus one batch");
+        let notes = c.take_fleet_notes();
+        assert_eq!(
+            notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            vec![
+                "Redis unreachable (refused): shared keys fall back to 1/2 \
+                 of their limits"
+            ]
+        );
+        c.handle(Event::Fleet(Report::Down("again".into())), &mut fx);
+        assert!(c.take_fleet_notes().is_empty(), "logged once");
+        assert_eq!(
+            c.fleet_status().0,
+            "alone since 1764336000: refused".to_string()
+        );
+        assert_eq!(status(&c).leases, 3);
+        // Within the change-over, the bound holds whatever comes.
+        let mut t = now;
+        while t < now + Duration::from_secs(29) {
+            t += Duration::from_secs(1);
+            c.set_clock(t, 1_764_336_000);
+            c.handle(Event::Tick(t), &mut fx);
+            jobs(&mut c, 100, 1, t, &mut fx);
+            assert!(c.running() <= 3);
+        }
+        assert!(claims(&fx).is_empty(), "no claim while alone");
+        // The change-over ends: its share, 10 / 2.
+        let end = now + Duration::from_secs(30);
+        c.set_clock(end, 1_764_336_000);
+        c.handle(Event::Tick(end), &mut fx);
+        assert_eq!(c.running(), 5);
+        assert_eq!(status(&c).leases, 5);
+        c.check_invariants();
+        // Back: one claim, counting the 5 running; the cap stays 5.
+        fx.clear();
+        c.handle(Event::Fleet(Report::Up), &mut fx);
+        let held = c.held();
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].running, sent[0].want), (5, 10.min(5 + held + 2)));
+        assert_eq!(
+            c.take_fleet_notes()
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            vec!["Redis answers again: shared keys are shared again"]
+        );
+        assert_eq!(c.fleet_status().0, "shared");
+        jobs(&mut c, 200, 1, end, &mut fx);
+        assert_eq!(c.running(), 5, "its alone cap until answered");
+        fx.clear();
+        c.handle(granted(8, 0, 0), &mut fx);
+        assert_eq!(c.running(), 8);
+        c.check_invariants();
+    }
+
+    /// Leases not used go back: at once while other relays wait (at
+    /// each end), else at most once a second, and all of them, with the
+    /// tokens, when the key is idle.
+    #[test]
+    fn leases_go_back_when_idle_and_at_once_when_others_wait() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 3, now, &mut fx);
+        fx.clear();
+        c.handle(granted(5, 0, 1), &mut fx);
+        let mut run: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(run.len(), 3);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "others wait: 2 spare go back now");
+        assert_eq!(sent[0].want, 3);
+        fx.clear();
+        c.handle(granted(3, 0, 1), &mut fx);
+        assert!(claims(&fx).is_empty());
+        fx.clear();
+        finish(&mut c, run.remove(0), &mut fx);
+        assert_eq!(claims(&fx)[0].want, 2, "at the end, not a second later");
+        fx.clear();
+        c.handle(granted(2, 0, 0), &mut fx);
+        // Nobody waits: idle, the rest goes back within a second of
+        // the last claim.
+        for id in run.drain(..) {
+            finish(&mut c, id, &mut fx);
+        }
+        assert!(claims(&fx).is_empty());
+        let second = now + crate::fleet::GIVE_BACK_EVERY;
+        assert_eq!(c.next_deadline(), Some(second));
+        fx.clear();
+        c.set_clock(second, 1_764_336_000);
+        c.handle(Event::Tick(second), &mut fx);
+        let sent = claims(&fx);
+        assert_eq!((sent[0].running, sent[0].want, sent[0].unused), (0, 0, 0));
+        c.handle(granted(0, 0, 0), &mut fx);
+        assert!(leases(&c).is_clear());
+        c.check_invariants();
+    }
+
     mod random {
         use super::*;
         use proptest::prelude::*;
