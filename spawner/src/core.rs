@@ -408,6 +408,7 @@ impl Core {
             batch: settings.batch.max(1),
             lease: settings.lease,
             mode: Mode::Shared,
+            back_until: None,
             commands: 0,
         });
         let keys: Vec<Key> = self.keys.keys().cloned().collect();
@@ -879,6 +880,8 @@ impl Core {
             self.report(h.job.delnum, body.clone(), effects);
         }
         self.wakeups.push(Reverse((until, key.clone())));
+        // What it held leases for was answered: they may go back.
+        self.touch(key);
         let last =
             cause.map_or_else(String::new, |c| format!("; the last: {c}"));
         let line = format!("suspended until {}: {why}{last}", utc(until_unix));
@@ -1080,9 +1083,13 @@ impl Core {
             });
         };
         let l = state.leases.get_or_insert_with(|| {
-            let l = Leases::new(fleet, now);
-            if let Mode::Alone { until, .. } = fleet.mode {
-                // Its change-over ends with everyone's.
+            let l = Leases::new(fleet, configured.limit, now);
+            // Its change-over or return ends with everyone's.
+            let until = match fleet.mode {
+                Mode::Alone { until, .. } => Some(until),
+                Mode::Shared => fleet.back_until,
+            };
+            if let Some(until) = until.filter(|&t| t > now) {
                 self.wakeups.push(Reverse((until, key.clone())));
             }
             l
@@ -1091,19 +1098,22 @@ impl Core {
         None
     }
 
-    /// A shared key alone whose change-over is over takes its share.
+    /// A shared key whose change-over is over takes its share; one
+    /// whose return is over, its leases.
     fn change_over(&mut self, key: &Key, now: Instant) {
-        let Some(Fleet { mode: Mode::Alone { until, .. }, .. }) = &self.fleet
-        else {
-            return;
-        };
-        if *until > now {
-            return;
-        }
+        let Some(fleet) = &self.fleet else { return };
         let Some(state) = self.keys.get_mut(key) else { return };
         let limit = state.adapt.configured().limit;
-        if let Some(l) = &mut state.leases {
-            l.alone(state.running, limit);
+        let Some(l) = &mut state.leases else { return };
+        match fleet.mode {
+            Mode::Alone { until, .. } if until <= now => {
+                l.alone(state.running, limit)
+            }
+            Mode::Alone { .. } => {}
+            Mode::Shared if fleet.back_until.is_none_or(|t| t <= now) => {
+                l.returned(state.running, limit)
+            }
+            Mode::Shared => {}
         }
     }
 
@@ -1119,13 +1129,14 @@ impl Core {
                     // From before Redis went away: nothing it says holds.
                     return;
                 }
+                let returning = fleet.back_until.is_some_and(|t| now < t);
                 for g in grants {
                     let Some(state) = self.keys.get_mut(&*g.key) else {
                         continue;
                     };
                     let configured = state.adapt.configured();
                     let Some(l) = &mut state.leases else { continue };
-                    l.granted(&g, state.running, configured, now);
+                    l.granted(&g, state.running, configured, returning, now);
                     let key = state.key.clone();
                     self.touch(&key);
                     self.kick(&key, now);
@@ -1138,6 +1149,7 @@ impl Core {
                 }
                 let until = now + fleet.lease;
                 let relays = fleet.relays;
+                fleet.back_until = None;
                 fleet.mode = Mode::Alone {
                     since_unix: now_unix,
                     until,
@@ -1159,6 +1171,8 @@ impl Core {
                     return;
                 }
                 fleet.mode = Mode::Shared;
+                let until = now + fleet.lease;
+                fleet.back_until = Some(until);
                 self.notes.fleet.push(FleetNote::Up);
                 for key in self.shared_keys() {
                     let state = self.keys.get_mut(&key).expect("listed");
@@ -1172,6 +1186,7 @@ impl Core {
                     if let Some(claim) = l.up(&key, need, now) {
                         effects.push(Effect::Claim(claim));
                     }
+                    self.wakeups.push(Reverse((until, key.clone())));
                     self.kick(&key, now);
                 }
             }
@@ -2693,9 +2708,16 @@ mod tests {
         assert_eq!(c.fleet_status().0, "shared");
         jobs(&mut c, 200, 1, end, &mut fx);
         assert_eq!(c.running(), 5, "its alone cap until answered");
+        // The fleet's answer may count on relays not back yet: for a
+        // lease time the key runs at most its alone cap plus a batch.
         fx.clear();
         c.handle(granted(8, 0, 0), &mut fx);
-        assert_eq!(c.running(), 8);
+        assert_eq!(c.running(), 5 + 2);
+        assert_eq!(status(&c).leases, 7);
+        let returned = end + Duration::from_secs(30);
+        c.set_clock(returned, 1_764_336_000);
+        c.handle(Event::Tick(returned), &mut fx);
+        assert_eq!(c.running(), 8, "then what its leases allow");
         c.check_invariants();
     }
 

@@ -18,7 +18,14 @@
 //!   spaced locally, no tokens.
 //! - **Back** (`Report::Up`): a key with deliveries running or held
 //!   claims at once, counting those running; until the fleet answers it
-//!   keeps the cap it had alone.
+//!   keeps the cap it had alone. For one lease time after the return it
+//!   runs at most that cap plus a batch, whatever the fleet gives: a
+//!   relay that claims first may be given leases that another, not yet
+//!   back, still runs alone (Redis came back empty, or the other's
+//!   reconnect comes a second later). So the return, like the fall,
+//!   keeps the fleet within `limit + relays × batch`; within a lease
+//!   time every relay has claimed what it runs, and renewals have cut
+//!   each to its part.
 //!
 //! Claims ([`Leases::look`]): one out at a time per key. More is asked
 //! when more leases would start something held (or a rated key holds
@@ -58,6 +65,8 @@ pub struct Fleet {
     pub lease: Duration,
     /// Whether Redis answers.
     pub mode: Mode,
+    /// Back from alone: the return's cap holds until then.
+    pub back_until: Option<Instant>,
     /// Commands sent to Redis since start, as the client counted them.
     pub commands: u64,
 }
@@ -113,6 +122,9 @@ impl std::fmt::Display for FleetNote {
 pub enum Gate {
     /// Its leases ([`Leases::allowed`]), and tokens for its rate.
     Leases,
+    /// Its leases and tokens, but at most this many, in the lease time
+    /// after Redis came back: the cap it had alone plus a batch.
+    Return(u32),
     /// Back from alone, before the fleet's first answer: this cap, the
     /// one it had alone.
     Interim(u32),
@@ -190,9 +202,13 @@ pub fn share_of_rate(rate: Rate, relays: u32) -> Rate {
 
 impl Leases {
     /// A shared key first seen, with the fleet in `fleet`'s mode at
-    /// `now`: no lease yet.
-    pub fn new(fleet: &Fleet, now: Instant) -> Leases {
+    /// `now`, its configured limit `limit`: no lease yet.
+    pub fn new(fleet: &Fleet, limit: u32, now: Instant) -> Leases {
+        let share = (limit / fleet.relays.max(1)).max(1);
         let gate = match &fleet.mode {
+            Mode::Shared if fleet.back_until.is_some_and(|t| now < t) => {
+                Gate::Return(share.saturating_add(fleet.batch))
+            }
             Mode::Shared => Gate::Leases,
             Mode::Alone { until, .. } if now < *until => {
                 Gate::ChangeOver(fleet.batch)
@@ -224,6 +240,7 @@ impl Leases {
         let share = (limit / self.relays).max(1);
         match self.gate {
             Gate::Leases => self.allowed,
+            Gate::Return(n) => self.allowed.min(n),
             Gate::Interim(n) => n,
             Gate::ChangeOver(n) => n.min(share),
             Gate::Share => share,
@@ -240,7 +257,7 @@ impl Leases {
     /// shared rate. `None` while the fleet's tokens pace it.
     pub fn alone_rate(&self, configured: Option<Rate>) -> Option<Rate> {
         match self.gate {
-            Gate::Leases => None,
+            Gate::Leases | Gate::Return(_) => None,
             Gate::Interim(_) | Gate::ChangeOver(_) | Gate::Share => {
                 configured.map(|r| share_of_rate(r, self.relays))
             }
@@ -250,14 +267,20 @@ impl Leases {
     /// Whether a start may go, as far as tokens go, for a key that
     /// has a shared rate (`rated`).
     pub fn has_token(&self, rated: bool) -> bool {
-        !(rated && self.gate == Gate::Leases) || self.tokens > 0
+        !(rated && self.paced()) || self.tokens > 0
     }
 
     /// A delivery of the key started: it took a token if it needed one.
     pub fn started(&mut self, rated: bool) {
-        if rated && self.gate == Gate::Leases {
+        if rated && self.paced() {
             self.tokens = self.tokens.saturating_sub(1);
         }
+    }
+
+    /// Paced by the fleet's tokens (Redis answered this key), not by a
+    /// share of the rate.
+    fn paced(&self) -> bool {
+        matches!(self.gate, Gate::Leases | Gate::Return(_))
     }
 
     /// Holds nothing in Redis and asks for nothing: the key may be
@@ -287,21 +310,25 @@ impl Leases {
     /// rules. A claim made is in flight from now.
     pub fn look(&mut self, key: &[u8], n: Need, now: Instant) -> Look {
         match self.gate {
-            Gate::Leases | Gate::Interim(_) => {}
+            Gate::Leases | Gate::Return(_) | Gate::Interim(_) => {}
             // Alone: nobody to ask.
             Gate::ChangeOver(_) | Gate::Share => return Look::Nothing,
         }
         if self.in_flight {
             return Look::Nothing;
         }
-        let allowed = match self.gate {
-            Gate::Leases => self.allowed,
-            _ => 0,
+        let (allowed, ceiling) = match self.gate {
+            Gate::Leases => (self.allowed, n.limit),
+            // More leases than the return's cap would not be used.
+            Gate::Return(cap) => (self.allowed, n.limit.min(cap)),
+            Gate::Interim(_) | Gate::ChangeOver(_) | Gate::Share => {
+                (0, n.limit)
+            }
         };
         let rated = n.configured.rate.is_some();
         let used = n.running.saturating_add(n.held);
         let ahead = used.saturating_add(self.batch).min(n.limit);
-        let more = used > allowed && allowed < n.limit;
+        let more = used > allowed && allowed < ceiling;
         let token = rated && n.held > 0 && self.tokens == 0;
         if more || token {
             if let Some(at) = self.again.filter(|&at| at > now) {
@@ -363,12 +390,14 @@ impl Leases {
 
     /// Redis answered for the key (a claim's answer or a renewal's).
     /// What it was not given, it asks again for after [`AGAIN`] (or
-    /// the rate's `interval` for tokens).
+    /// the rate's `interval` for tokens). `returning`: within the lease
+    /// time after Redis came back, when the return's cap holds.
     pub fn granted(
         &mut self,
         g: &Grant,
         running: u32,
         configured: Allowance,
+        returning: bool,
         now: Instant,
     ) {
         if self.in_flight {
@@ -384,7 +413,13 @@ impl Leases {
         }
         self.in_flight = false;
         self.asked_tokens = false;
-        self.gate = Gate::Leases;
+        self.gate = match self.gate {
+            Gate::Interim(n) if returning => {
+                Gate::Return(n.saturating_add(self.batch))
+            }
+            Gate::Return(n) if returning => Gate::Return(n),
+            _ => Gate::Leases,
+        };
         self.allowed = g.allowed;
         self.fleet = g.fleet;
         self.waiting = g.waiting;
@@ -396,8 +431,8 @@ impl Leases {
     /// batch; what Redis held for the key is let go (it expires there).
     pub fn down(&mut self, running: u32, limit: u32) {
         self.gate = match self.gate {
-            Gate::Leases => {
-                Gate::ChangeOver(self.allowed.saturating_add(self.batch))
+            Gate::Leases | Gate::Return(_) => {
+                Gate::ChangeOver(self.cap(limit).saturating_add(self.batch))
             }
             Gate::Interim(n) | Gate::ChangeOver(n) => Gate::ChangeOver(n),
             Gate::Share => Gate::Share,
@@ -421,17 +456,26 @@ impl Leases {
         }
     }
 
+    /// The return is over: the key runs what its leases allow.
+    pub fn returned(&mut self, running: u32, limit: u32) {
+        if let Gate::Return(_) = self.gate {
+            self.gate = Gate::Leases;
+            self.cap_changed(running, limit);
+        }
+    }
+
     /// Redis answers again: a key with deliveries running or held
     /// claims now and keeps its cap until the answer; one at rest waits
-    /// for a need, with no lease.
+    /// for a need, with no lease (and the return's cap).
     pub fn up(&mut self, key: &[u8], n: Need, now: Instant) -> Option<Claim> {
         let used = n.running.saturating_add(n.held);
+        let cap = self.cap(n.configured.limit);
         if used == 0 {
-            self.gate = Gate::Leases;
+            self.gate = Gate::Return(cap.saturating_add(self.batch));
             self.cap_changed(n.running, n.configured.limit);
             return None;
         }
-        self.gate = Gate::Interim(self.cap(n.configured.limit));
+        self.gate = Gate::Interim(cap);
         let want = used.saturating_add(self.batch).min(n.limit);
         let tokens = match n.configured.rate {
             Some(_) => n.held.min(self.batch),
@@ -449,7 +493,7 @@ impl Leases {
             self.bound(limit)
         );
         match self.gate {
-            Gate::Leases | Gate::Interim(_) => {
+            Gate::Leases | Gate::Return(_) | Gate::Interim(_) => {
                 assert!(!alone, "a key alone bounded by leases")
             }
             Gate::ChangeOver(_) | Gate::Share => {
@@ -458,7 +502,7 @@ impl Leases {
             }
         }
         assert!(
-            self.tokens == 0 || self.gate == Gate::Leases,
+            self.tokens == 0 || self.paced(),
             "tokens held while not paced by them"
         );
     }
