@@ -8,7 +8,11 @@
 //! long or too many already wait.
 //!
 //! Three bounds decide whether a delivery starts: its key's effective
-//! limit, its key's rate, and the shard's cap on running processes. When
+//! limit, its key's rate, and the shard's cap on running processes. A
+//! shared key in a fleet (issue 18) has a fourth: what the fleet lets
+//! this shard run ([`crate::fleet`]: its leases, or alone its share),
+//! and with a shared rate a token per start; the effective limit is
+//! then the least of the adaptive one and that. When
 //! the cap is the bottleneck, keys that could start take turns (a ring
 //! of ready keys), so one big destination cannot starve the others.
 //!
