@@ -879,6 +879,11 @@ fn join_fleet(
         }
         Err(e) => {
             let why = format!("unable to start the fleet client: {e}");
+            // The status says since when.
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            core.set_clock(Instant::now(), unix);
             let mut effects = Vec::new();
             core.handle(Event::Fleet(Report::Down(why)), &mut effects);
             for note in core.take_fleet_notes() {
