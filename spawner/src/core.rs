@@ -8,7 +8,11 @@
 //! long or too many already wait.
 //!
 //! Three bounds decide whether a delivery starts: its key's effective
-//! limit, its key's rate, and the shard's cap on running processes. When
+//! limit, its key's rate, and the shard's cap on running processes. A
+//! shared key in a fleet (issue 18) has a fourth: what the fleet lets
+//! this shard run ([`crate::fleet`]: its leases, or alone its share),
+//! and with a shared rate a token per start; the effective limit is
+//! then the least of the adaptive one and that. When
 //! the cap is the bottleneck, keys that could start take turns (a ring
 //! of ready keys), so one big destination cannot starve the others.
 //!
@@ -34,15 +38,19 @@ use std::time::{Duration, Instant};
 
 use shardspawn_common::controls::{Action, Control};
 use shardspawn_common::domain;
+use shardspawn_common::fleet::{Claim, Report};
 use shardspawn_common::frame::Job;
 use shardspawn_common::limits::{Allowance, Rate};
 use shardspawn_common::refusal::Refusal;
 use shardspawn_common::report::{ChildEnd, Translator};
 use shardspawn_common::response::{Responses, Verdict};
+use shardspawn_common::shard_config::FleetSettings;
 use shardspawn_common::status::{KeyStatus, printable, utc};
 
 pub use crate::adapt::Policy;
 use crate::adapt::{self, Adaptation, Learned, Ran, Why};
+pub use crate::fleet::FleetNote;
+use crate::fleet::{Fleet, Leases, Look, Mode, Need};
 
 /// How many bits of a [`SlotId::generation`] are used: generations wrap
 /// at `1 << GENERATION_BITS`, because the driver packs one into an epoll
@@ -83,6 +91,9 @@ pub enum Event<'a> {
     /// The loop woke up at `now`; held deliveries past their deadline are
     /// due, and so are keys whose rate, rule or suspension allows again.
     Tick(Instant),
+    /// The fleet's client said this (issue 18), at the time of the last
+    /// [`Core::set_clock`].
+    Fleet(Report),
 }
 
 /// What the driver must do.
@@ -103,6 +114,8 @@ pub enum Effect {
         /// Letter and text.
         body: Vec<u8>,
     },
+    /// Hand this claim of a shared key to the fleet's client.
+    Claim(Claim),
 }
 
 /// Counters a status page shows.
@@ -177,26 +190,52 @@ struct KeyState {
     deferred: u64,
     /// Site-level pushback results, for the status page.
     refusals: u64,
+    /// A shared key's leases and tokens, if the shard has a fleet
+    /// (issue 18); `None`: the key is this shard's alone.
+    leases: Option<Leases>,
 }
 
 impl KeyState {
-    /// The limit in force.
+    /// The limit in force: what adaptation, rules and pins allow.
     fn limit(&self) -> u32 {
         self.adapt.limit()
     }
 
-    /// The rate in force, if any.
+    /// The most deliveries that may run now: the limit in force, and
+    /// for a shared key at most what the fleet lets this shard run.
+    fn room(&self) -> u32 {
+        match &self.leases {
+            Some(l) => self.limit().min(l.cap(self.adapt.configured().limit)),
+            None => self.limit(),
+        }
+    }
+
+    /// The rate in force, if any: a shared key alone keeps its share
+    /// of the shared rate too.
     fn rate(&self) -> Option<Rate> {
-        self.adapt.rate()
+        let rate = self.adapt.rate();
+        let configured = self.adapt.configured().rate;
+        match self.leases.as_ref().and_then(|l| l.alone_rate(configured)) {
+            Some(alone) => Some(rate.map_or(alone, |r| r.min(alone))),
+            None => rate,
+        }
+    }
+
+    /// The key has a shared rate, paced by the fleet's tokens when Redis
+    /// answers.
+    fn rated(&self) -> bool {
+        self.adapt.configured().rate.is_some()
     }
 
     fn suspended(&self) -> bool {
         self.adapt.suspension().is_some()
     }
 
-    /// Whether the rate lets a delivery start at `now`.
+    /// Whether the rate lets a delivery start at `now`: its local
+    /// spacing, and for a shared rate in Redis, a token.
     fn rate_allows(&self, now: Instant) -> bool {
-        self.rate().is_none() || self.next_start.is_none_or(|t| t <= now)
+        (self.rate().is_none() || self.next_start.is_none_or(|t| t <= now))
+            && self.leases.as_ref().is_none_or(|l| l.has_token(self.rated()))
     }
 
     /// Running at its limit, or others already waiting: a good result
@@ -280,6 +319,11 @@ pub struct Core {
     /// printed: applied to a key when they change, and to a key when it
     /// first appears.
     hand: HashMap<String, Hand>,
+    /// The fleet the shard shares its `shared` keys with (issue 18);
+    /// `None`: no Redis, shared keys are plain local keys.
+    fleet: Option<Fleet>,
+    /// Shared keys to look at for a claim at the end of the event.
+    dirty: Vec<Key>,
 }
 
 /// A key's controls given by hand, as the controls file has them.
@@ -312,6 +356,8 @@ pub struct Notes {
     pub changes: Vec<(Rc<[u8]>, String)>,
     /// Changes after those, counted.
     pub more_changes: usize,
+    /// The fleet's changes of mode (Redis gone, Redis back), in order.
+    pub fleet: Vec<FleetNote>,
 }
 
 impl Core {
@@ -351,7 +397,42 @@ impl Core {
             notes: Notes::default(),
             refusals_by_rule: BTreeMap::new(),
             hand: HashMap::new(),
+            fleet: None,
+            dirty: Vec::new(),
         }
+    }
+
+    /// Shares the keys marked `shared` with a fleet through Redis (issue
+    /// 18): the driver calls it once, before any job, when it starts
+    /// the fleet's client. Until the fleet answers a key, the key has no
+    /// lease.
+    pub fn join_fleet(&mut self, settings: &FleetSettings) {
+        self.fleet = Some(Fleet {
+            relays: settings.relays.max(1),
+            batch: settings.batch.max(1),
+            lease: settings.lease,
+            mode: Mode::Shared,
+            back_until: None,
+            commands: 0,
+        });
+        let keys: Vec<Key> = self.keys.keys().cloned().collect();
+        for key in keys {
+            self.share_if_shared(&key);
+        }
+    }
+
+    /// Commands the fleet's client sent to Redis since start, for
+    /// [`Core::fleet_status`].
+    pub fn set_redis_commands(&mut self, commands: u64) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.commands = commands;
+        }
+    }
+
+    /// The fleet's changes of mode since the last call: the driver logs
+    /// them as they come (they are rare, and an admin looks for them).
+    pub fn take_fleet_notes(&mut self) -> Vec<FleetNote> {
+        std::mem::take(&mut self.notes.fleet)
     }
 
     /// Tells the core the time at the top of a loop pass: `now`, and the
@@ -399,7 +480,9 @@ impl Core {
                 self.expire(now, effects);
                 self.wake(now, effects);
             }
+            Event::Fleet(report) => self.fleet_report(report, effects),
         }
+        self.claim(effects);
     }
 
     /// The next moment something is due: a held delivery's deadline, or
@@ -444,7 +527,16 @@ impl Core {
     /// Redis; `shared`; or `alone since UNIX: WHY`. And the commands
     /// sent to Redis since start.
     pub fn fleet_status(&self) -> (String, u64) {
-        (String::new(), 0)
+        let Some(fleet) = &self.fleet else {
+            return (String::new(), 0);
+        };
+        let mode = match &fleet.mode {
+            Mode::Shared => "shared".to_string(),
+            Mode::Alone { since_unix, why, .. } => {
+                format!("alone since {since_unix}: {why}")
+            }
+        };
+        (mode, fleet.commands)
     }
 
     /// What happened since the last call, for the log.
@@ -481,6 +573,7 @@ impl Core {
             held_total: 0,
             deferred: 0,
             refusals: 0,
+            leases: None,
         }
     }
 
@@ -489,6 +582,7 @@ impl Core {
         if !self.keys.contains_key(&key) {
             let state = self.new_key(&key);
             self.keys.insert(key.clone(), state);
+            let _none = self.share_if_shared(&key);
             if !self.hand.is_empty() {
                 let printed = domain::printable(&key);
                 if let Some(new) = self.hand.get(&printed).cloned() {
@@ -505,9 +599,13 @@ impl Core {
             self.report(job.delnum, refusal.body(), effects);
             return;
         }
-        let limit = state.limit();
+        let limit = state.room();
         let under = state.running < limit;
         let may_start = state.held.is_empty() && under;
+        if state.leases.is_some() {
+            self.touch(&key);
+        }
+        let state = self.keys.get_mut(&key).expect("inserted above");
         if may_start
             && state.rate_allows(now)
             && self.running < self.max_running
@@ -530,8 +628,10 @@ impl Core {
             return;
         }
         let deadline = now + self.hold;
-        if state.held.is_empty() && !under {
-            // From running freely to holding: worth a log line.
+        if state.held.is_empty() && !under && state.running > 0 {
+            // From running freely to holding: worth a log line. (A
+            // shared key waiting for its first leases is not at a
+            // limit: the fleet has not answered yet.)
             self.notes.saturated.push((key.clone(), limit));
         }
         state.held.push_back(Held { job, since: now, deadline });
@@ -551,16 +651,17 @@ impl Core {
         if state.held.is_empty()
             || state.queued
             || state.suspended()
-            || state.running >= state.limit()
+            || state.running >= state.room()
         {
             return;
         }
         if state.rate_allows(now) {
             state.queued = true;
             self.ready.push_back(key.clone());
-        } else if let Some(at) = state.next_start {
+        } else if let Some(at) = state.next_start.filter(|&at| at > now) {
             self.wakeups.push(Reverse((at, key.clone())));
         }
+        // Else it waits for a rate token: the fleet's grant kicks it.
     }
 
     /// The one place a slot is taken and a key's running count goes up.
@@ -584,6 +685,14 @@ impl Core {
             state.running += 1;
             state.started += 1;
             state.peak = state.peak.max(state.running);
+            let rated = state.rated();
+            if let Some(l) = &mut state.leases {
+                l.started(rated);
+                if !l.dirty {
+                    l.dirty = true;
+                    self.dirty.push(key.clone());
+                }
+            }
             if let Some(rate) = state.rate() {
                 let now = self.now;
                 // Evenly spaced, no burst: the next start is one interval
@@ -639,10 +748,11 @@ impl Core {
         self.running -= 1;
         self.report(delnum, body, effects);
         let now = self.now;
+        self.touch(&key);
         if let Some(state) = self.keys.get_mut(&key) {
             state.running -= 1;
             if !state.held.is_empty()
-                && state.running < state.limit()
+                && state.running < state.room()
                 && !state.suspended()
                 && !state.queued
                 && state.rate_allows(now)
@@ -774,6 +884,8 @@ impl Core {
             self.report(h.job.delnum, body.clone(), effects);
         }
         self.wakeups.push(Reverse((until, key.clone())));
+        // What it held leases for was answered: they may go back.
+        self.touch(key);
         let last =
             cause.map_or_else(String::new, |c| format!("; the last: {c}"));
         let line = format!("suspended until {}: {why}{last}", utc(until_unix));
@@ -800,6 +912,8 @@ impl Core {
             }
             let Reverse((_, key)) = self.wakeups.pop().expect("peeked");
             self.refresh(&key, now);
+            self.change_over(&key, now);
+            self.touch(&key);
             self.kick(&key, now);
             // A suspension or a rule that ends on a key with nothing
             // running or held is that key's last event: release and
@@ -817,7 +931,7 @@ impl Core {
             let Some(key) = self.ready.pop_front() else { break };
             let Some(state) = self.keys.get_mut(&key) else { continue };
             state.queued = false;
-            if state.running >= state.limit() || state.suspended() {
+            if state.running >= state.room() || state.suspended() {
                 continue;
             }
             let now = self.now;
@@ -854,7 +968,7 @@ impl Core {
             let waited = now.saturating_duration_since(held.since);
             // Name what it really waited for: its key's limit, its rate,
             // or a process slot of the shard.
-            let limit = state.limit();
+            let limit = state.room();
             let refusal = if state.running >= limit {
                 Refusal::HoldExpired { key: key.to_vec(), limit, waited }
             } else if let Some(rate) = state.rate() {
@@ -867,6 +981,7 @@ impl Core {
                 Refusal::BusyExpired { cap: self.max_running, waited }
             };
             self.report(held.job.delnum, refusal.body(), effects);
+            self.touch(&key);
             self.forget_if_unused(&key);
         }
     }
@@ -894,6 +1009,7 @@ impl Core {
             && state.running == 0
             && state.held.is_empty()
             && !state.adapt.is_timed()
+            && state.leases.as_ref().is_none_or(Leases::is_clear)
         {
             self.keys.remove(key);
             // A map never gives back the room a burst made it take (a
@@ -906,6 +1022,189 @@ impl Core {
                 self.keys.shrink_to(2 * len);
             }
         }
+    }
+
+    /// Marks a shared key to be looked at for a claim at the end of
+    /// the event ([`Core::claim`]); other keys are let be.
+    fn touch(&mut self, key: &Key) {
+        let Some(state) = self.keys.get_mut(key) else { return };
+        if let Some(l) = &mut state.leases
+            && !l.dirty
+        {
+            l.dirty = true;
+            self.dirty.push(key.clone());
+        }
+    }
+
+    /// Looks at each shared key touched in this event: a claim goes
+    /// out, or a wake-up is asked for when one will be due.
+    fn claim(&mut self, effects: &mut Vec<Effect>) {
+        let now = self.now;
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(state) = self.keys.get_mut(&key) else { continue };
+            let need = Need {
+                running: state.running,
+                held: state.held.len() as u32,
+                limit: state.limit(),
+                configured: state.adapt.configured(),
+            };
+            let Some(l) = &mut state.leases else { continue };
+            l.dirty = false;
+            match l.look(&key, need, now) {
+                Look::Nothing => {}
+                Look::Claim(claim) => effects.push(Effect::Claim(claim)),
+                Look::At(at) => {
+                    if l.wake_at(at) {
+                        self.wakeups.push(Reverse((at, key.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a key marked shared its leases when the shard has a fleet,
+    /// or takes them from a key no longer shared: then what Redis holds
+    /// for it is given back by the claim returned.
+    fn share_if_shared(&mut self, key: &Key) -> Option<Claim> {
+        let now = self.now;
+        let state = self.keys.get_mut(key)?;
+        let configured = state.adapt.configured();
+        let Some(fleet) = self.fleet.as_ref().filter(|_| configured.shared)
+        else {
+            let l = state.leases.take()?;
+            let shared = self
+                .fleet
+                .as_ref()
+                .is_some_and(|f| matches!(f.mode, Mode::Shared));
+            return (shared && !l.is_clear()).then(|| Claim {
+                key: key.to_vec(),
+                limit: configured.limit,
+                running: 0,
+                want: 0,
+                rate: configured.rate,
+                tokens: 0,
+                unused: l.tokens,
+            });
+        };
+        let l = state.leases.get_or_insert_with(|| {
+            let l = Leases::new(fleet, configured.limit, now);
+            // Its change-over or return ends with everyone's.
+            let until = match fleet.mode {
+                Mode::Alone { until, .. } => Some(until),
+                Mode::Shared => fleet.back_until,
+            };
+            if let Some(until) = until.filter(|&t| t > now) {
+                self.wakeups.push(Reverse((until, key.clone())));
+            }
+            l
+        });
+        l.cap_changed(state.running, configured.limit);
+        None
+    }
+
+    /// A shared key whose change-over is over takes its share; one
+    /// whose return is over, its leases.
+    fn change_over(&mut self, key: &Key, now: Instant) {
+        let Some(fleet) = &self.fleet else { return };
+        let Some(state) = self.keys.get_mut(key) else { return };
+        let limit = state.adapt.configured().limit;
+        let Some(l) = &mut state.leases else { return };
+        match fleet.mode {
+            Mode::Alone { until, .. } if until <= now => {
+                l.alone(state.running, limit)
+            }
+            Mode::Alone { .. } => {}
+            Mode::Shared if fleet.back_until.is_none_or(|t| t <= now) => {
+                l.returned(state.running, limit)
+            }
+            Mode::Shared => {}
+        }
+    }
+
+    /// What the fleet's client said: grants carried out, or the shard
+    /// alone (Redis gone) or sharing again (Redis back).
+    fn fleet_report(&mut self, report: Report, effects: &mut Vec<Effect>) {
+        let now = self.now;
+        let now_unix = self.unix(now);
+        let Some(fleet) = &mut self.fleet else { return };
+        match report {
+            Report::Granted(grants) => {
+                if matches!(fleet.mode, Mode::Alone { .. }) {
+                    // From before Redis went away: nothing it says holds.
+                    return;
+                }
+                let returning = fleet.back_until.is_some_and(|t| now < t);
+                for g in grants {
+                    let Some(state) = self.keys.get_mut(&*g.key) else {
+                        continue;
+                    };
+                    let configured = state.adapt.configured();
+                    let Some(l) = &mut state.leases else { continue };
+                    l.granted(&g, state.running, configured, returning, now);
+                    let key = state.key.clone();
+                    self.touch(&key);
+                    self.kick(&key, now);
+                    self.forget_if_unused(&key);
+                }
+            }
+            Report::Down(why) => {
+                if matches!(fleet.mode, Mode::Alone { .. }) {
+                    return;
+                }
+                let until = now + fleet.lease;
+                let relays = fleet.relays;
+                fleet.back_until = None;
+                fleet.mode = Mode::Alone {
+                    since_unix: now_unix,
+                    until,
+                    why: why.clone(),
+                };
+                self.notes.fleet.push(FleetNote::Down { why, relays });
+                for key in self.shared_keys() {
+                    let state = self.keys.get_mut(&key).expect("listed");
+                    let limit = state.adapt.configured().limit;
+                    if let Some(l) = &mut state.leases {
+                        l.down(state.running, limit);
+                    }
+                    self.wakeups.push(Reverse((until, key.clone())));
+                    self.kick(&key, now);
+                }
+            }
+            Report::Up => {
+                if fleet.mode == Mode::Shared {
+                    return;
+                }
+                fleet.mode = Mode::Shared;
+                let until = now + fleet.lease;
+                fleet.back_until = Some(until);
+                self.notes.fleet.push(FleetNote::Up);
+                for key in self.shared_keys() {
+                    let state = self.keys.get_mut(&key).expect("listed");
+                    let need = Need {
+                        running: state.running,
+                        held: state.held.len() as u32,
+                        limit: state.limit(),
+                        configured: state.adapt.configured(),
+                    };
+                    let Some(l) = &mut state.leases else { continue };
+                    if let Some(claim) = l.up(&key, need, now) {
+                        effects.push(Effect::Claim(claim));
+                    }
+                    self.wakeups.push(Reverse((until, key.clone())));
+                    self.kick(&key, now);
+                }
+            }
+        }
+        self.schedule(effects);
+    }
+
+    /// The keys that have leases.
+    fn shared_keys(&self) -> Vec<Key> {
+        self.keys
+            .values()
+            .filter(|k| k.leases.is_some())
+            .map(|k| k.key.clone())
+            .collect()
     }
 
     /// The controls file changed (or a shard starts): `controls` are its
@@ -1072,9 +1371,14 @@ impl Core {
             let configured = (self.limit_of)(&key);
             let state = self.keys.get_mut(&key).expect("listed");
             state.adapt.configure(configured, &self.policy);
+            if let Some(claim) = self.share_if_shared(&key) {
+                effects.push(Effect::Claim(claim));
+            }
+            self.touch(&key);
             self.kick(&key, self.now);
         }
         self.schedule(effects);
+        self.claim(effects);
     }
 
     /// The `top` busiest keys (running plus held, then most started),
@@ -1108,10 +1412,12 @@ impl Core {
             held_total: k.held_total,
             deferred: k.deferred,
             refusals: k.refusals,
-            // Filled in by the fleet (issue 18).
-            shared: false,
-            leases: 0,
-            fleet: 0,
+            shared: k.leases.is_some(),
+            leases: k
+                .leases
+                .as_ref()
+                .map_or(0, |l| l.cap(k.adapt.configured().limit)),
+            fleet: k.leases.as_ref().map_or(0, |l| l.fleet),
             changed: k.changed.as_ref().map_or(0, |c| c.0),
             why: match k.changed.as_ref().map(|c| &c.1) {
                 None => String::new(),
@@ -1165,6 +1471,19 @@ impl Core {
                 !state.suspended() || state.held.is_empty(),
                 "a suspended key holds deliveries"
             );
+            let configured = state.adapt.configured();
+            assert_eq!(
+                state.leases.is_some(),
+                configured.shared && self.fleet.is_some(),
+                "leases on a key not shared, or none on a shared one"
+            );
+            if let Some(l) = &state.leases {
+                let alone = self
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| matches!(f.mode, Mode::Alone { .. }));
+                l.check(state.running, configured.limit, alone);
+            }
         }
         let held: usize = self.keys.values().map(|k| k.held.len()).sum();
         assert_eq!(held as u32, self.held, "held count drifted");
@@ -1270,7 +1589,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Effect::Start { id, job } => Some((*id, job.delnum)),
-                Effect::Report { .. } => None,
+                Effect::Report { .. } | Effect::Claim(_) => None,
             })
             .collect()
     }
@@ -1282,7 +1601,7 @@ mod tests {
                 Effect::Report { delnum, body } => {
                     Some((*delnum, body.clone()))
                 }
-                Effect::Start { .. } => None,
+                Effect::Start { .. } | Effect::Claim(_) => None,
             })
             .collect()
     }
@@ -2111,9 +2430,348 @@ mod tests {
         assert_eq!(t, now + ms(2000));
     }
 
+    /// A core in a fleet of `relays` (batch 2, lease 30 s, hold 60 s)
+    /// where "s.test" is shared with limit `limit` and rate `rate`;
+    /// other keys have no limit.
+    fn fleet_core(limit: u32, rate: Option<Rate>, relays: u32) -> Core {
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(60),
+            Some(100),
+            Box::new(move |k: &[u8]| match k {
+                b"s.test" => Allowance { limit, rate, shared: true },
+                _ => u32::MAX.into(),
+            }),
+            Policy::STATIC,
+            Instant::now(),
+        );
+        c.join_fleet(&FleetSettings {
+            prefix: "t:".into(),
+            relays,
+            batch: 2,
+            lease: Duration::from_secs(30),
+            name: "relay".into(),
+        });
+        c
+    }
+
+    fn claims(effects: &[Effect]) -> Vec<Claim> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Claim(claim) => Some(claim.clone()),
+                Effect::Start { .. } | Effect::Report { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The fleet's answer for s.test.
+    fn granted(allowed: u32, tokens: u32, waiting: u32) -> Event<'static> {
+        Event::Fleet(Report::Granted(vec![shardspawn_common::fleet::Grant {
+            key: b"s.test".to_vec(),
+            allowed,
+            fleet: allowed + 3,
+            waiting,
+            tokens,
+        }]))
+    }
+
+    /// Jobs `from..from + n` for s.test at `now`.
+    fn jobs(
+        c: &mut Core,
+        from: u16,
+        n: u16,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        for d in from..from + n {
+            c.handle(Event::Job { job: job(d, "s.test"), now }, fx);
+        }
+    }
+
+    fn leases(c: &Core) -> &Leases {
+        c.keys[&Rc::from(&b"s.test"[..])].leases.as_ref().unwrap()
+    }
+
+    /// Without a fleet (no Redis configured), a key marked shared is a
+    /// plain local key: its whole limit, no claim, not shown shared.
+    #[test]
+    fn with_no_fleet_a_shared_key_is_a_local_key() {
+        let now = Instant::now();
+        let mut c = Core::new(
+            1000,
+            Duration::from_secs(10),
+            None,
+            Box::new(|_| Allowance { limit: 2, rate: None, shared: true }),
+            Policy::STATIC,
+            now,
+        );
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        assert_eq!(starts(&fx).len(), 2);
+        assert_eq!(c.held(), 3);
+        assert!(claims(&fx).is_empty());
+        let k = status(&c);
+        assert_eq!((k.shared, k.leases, k.fleet), (false, 0, 0));
+        assert_eq!(c.fleet_status(), (String::new(), 0));
+        c.check_invariants();
+    }
+
+    /// Before the fleet's first answer a shared key has no lease: its
+    /// deliveries are held and one claim goes out at once (want:
+    /// running + held + batch); then the grant starts them.
+    #[test]
+    fn a_shared_key_holds_and_claims_until_the_fleet_answers() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 2, now, &mut fx);
+        assert!(starts(&fx).is_empty());
+        let want = Claim {
+            key: b"s.test".to_vec(),
+            limit: 10,
+            running: 0,
+            want: 1 + 2,
+            rate: None,
+            tokens: 0,
+            unused: 0,
+        };
+        assert_eq!(claims(&fx), vec![want], "the first job claims");
+        assert_eq!(c.fleet_status(), ("shared".to_string(), 0));
+        fx.clear();
+        c.handle(granted(4, 0, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 2);
+        assert!(claims(&fx).is_empty(), "4 leases cover 2 and a batch");
+        c.set_redis_commands(7);
+        assert_eq!(c.fleet_status(), ("shared".to_string(), 7));
+        let k = status(&c);
+        assert_eq!((k.shared, k.leases, k.fleet), (true, 4, 7));
+        c.check_invariants();
+    }
+
+    /// Grants gate starts; a grant not met is asked for again no sooner
+    /// than [`fleet::AGAIN`]; a lower grant starts nothing until the key
+    /// runs under it; and one claim at most is out per key.
+    #[test]
+    fn grants_gate_starts_and_a_lower_grant_waits_until_under() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "one claim out, however many jobs");
+        assert_eq!(sent[0].want, 3);
+        fx.clear();
+        c.handle(granted(3, 0, 0), &mut fx);
+        let mut run: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(run.len(), 3);
+        // Its want was met, but more came meanwhile: it asks at once.
+        let sent = claims(&fx);
+        assert_eq!((sent[0].running, sent[0].want), (3, 3 + 2 + 2));
+        fx.clear();
+        c.handle(granted(3, 0, 0), &mut fx);
+        assert!(claims(&fx).is_empty(), "not met: not before AGAIN");
+        let again = now + crate::fleet::AGAIN;
+        assert_eq!(c.next_deadline(), Some(again));
+        fx.clear();
+        c.set_clock(again, 1_764_336_000);
+        c.handle(Event::Tick(again), &mut fx);
+        assert_eq!(claims(&fx).len(), 1);
+        // More jobs, an end: still that one claim out.
+        fx.clear();
+        jobs(&mut c, 5, 2, again, &mut fx);
+        finish(&mut c, run.remove(0), &mut fx);
+        run.extend(starts(&fx).iter().map(|s| s.0));
+        assert!(claims(&fx).is_empty(), "a claim is out already");
+        assert_eq!(c.running(), 3, "the end let a held one start");
+        // A lower grant: nothing starts until under 1.
+        fx.clear();
+        c.handle(granted(1, 0, 0), &mut fx);
+        assert!(starts(&fx).is_empty());
+        for _ in 0..2 {
+            fx.clear();
+            finish(&mut c, run.remove(0), &mut fx);
+            assert!(starts(&fx).is_empty());
+            c.check_invariants();
+        }
+        fx.clear();
+        finish(&mut c, run.remove(0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "under its one lease");
+        c.check_invariants();
+    }
+
+    /// A shared rate: each start takes a token (besides the local
+    /// spacing); tokens are claimed a batch at a time when deliveries
+    /// are held and none is left.
+    #[test]
+    fn rate_tokens_are_taken_one_per_start_and_claimed_in_batches() {
+        use shardspawn_common::limits::Per;
+        let rate = Rate { count: 600, per: Per::Minute };
+        let now = Instant::now();
+        let mut c = fleet_core(10, Some(rate), 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 5, now, &mut fx);
+        let sent = claims(&fx);
+        assert_eq!((sent[0].tokens, sent[0].rate), (1, Some(rate)));
+        fx.clear();
+        c.handle(granted(7, 2, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "one now, spaced locally");
+        assert_eq!(leases(&c).tokens, 1);
+        let t = now + rate.interval();
+        fx.clear();
+        c.set_clock(t, 1_764_336_000);
+        c.handle(Event::Tick(t), &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+        assert_eq!(leases(&c).tokens, 0);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "no token left, 3 held");
+        assert_eq!((sent[0].tokens, sent[0].running), (2, 2));
+        // No token granted: nothing starts, and none is asked for
+        // again before the rate's interval.
+        fx.clear();
+        c.handle(granted(7, 0, 0), &mut fx);
+        assert!(starts(&fx).is_empty() && claims(&fx).is_empty());
+        let t = t + rate.interval();
+        fx.clear();
+        c.set_clock(t, 1_764_336_000);
+        c.handle(Event::Tick(t), &mut fx);
+        assert!(starts(&fx).is_empty());
+        assert_eq!(claims(&fx).len(), 1);
+        fx.clear();
+        c.handle(granted(7, 2, 0), &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+        c.check_invariants();
+    }
+
+    /// Redis goes away: for one lease time a key runs at most the
+    /// leases it held plus a batch (and its share); then its share,
+    /// limit / relays; no claim goes out meanwhile. Redis comes back:
+    /// keys claim what they run, and keep their cap until answered.
+    /// Each change is noted once for the log.
+    #[test]
+    fn down_caps_at_leases_plus_a_batch_then_a_share_and_up_claims() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 8, now, &mut fx);
+        c.handle(granted(1, 0, 0), &mut fx);
+        assert_eq!(c.running(), 1);
+        fx.clear();
+        c.handle(Event::Fleet(Report::Down("refused".into())), &mut fx);
+        assert_eq!(c.running(), 1 + 2, "held leases plus one batch");
+        let notes = c.take_fleet_notes();
+        assert_eq!(
+            notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            vec![
+                "Redis unreachable (refused): shared keys fall back to 1/2 \
+                 of their limits"
+            ]
+        );
+        c.handle(Event::Fleet(Report::Down("again".into())), &mut fx);
+        assert!(c.take_fleet_notes().is_empty(), "logged once");
+        assert_eq!(
+            c.fleet_status().0,
+            "alone since 1764336000: refused".to_string()
+        );
+        assert_eq!(status(&c).leases, 3);
+        // Within the change-over, the bound holds whatever comes.
+        let mut t = now;
+        while t < now + Duration::from_secs(29) {
+            t += Duration::from_secs(1);
+            c.set_clock(t, 1_764_336_000);
+            c.handle(Event::Tick(t), &mut fx);
+            jobs(&mut c, 100, 1, t, &mut fx);
+            assert!(c.running() <= 3);
+        }
+        assert!(claims(&fx).is_empty(), "no claim while alone");
+        // The change-over ends: its share, 10 / 2.
+        let end = now + Duration::from_secs(30);
+        c.set_clock(end, 1_764_336_000);
+        c.handle(Event::Tick(end), &mut fx);
+        assert_eq!(c.running(), 5);
+        assert_eq!(status(&c).leases, 5);
+        c.check_invariants();
+        // Back: one claim, counting the 5 running; the cap stays 5.
+        fx.clear();
+        c.handle(Event::Fleet(Report::Up), &mut fx);
+        let held = c.held();
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].running, sent[0].want), (5, 10.min(5 + held + 2)));
+        assert_eq!(
+            c.take_fleet_notes()
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            vec!["Redis answers again: shared keys are shared again"]
+        );
+        assert_eq!(c.fleet_status().0, "shared");
+        jobs(&mut c, 200, 1, end, &mut fx);
+        assert_eq!(c.running(), 5, "its alone cap until answered");
+        // The fleet's answer may count on relays not back yet: for a
+        // lease time the key runs at most its alone cap plus a batch.
+        fx.clear();
+        c.handle(granted(8, 0, 0), &mut fx);
+        assert_eq!(c.running(), 5 + 2);
+        assert_eq!(status(&c).leases, 7);
+        let returned = end + Duration::from_secs(30);
+        c.set_clock(returned, 1_764_336_000);
+        c.handle(Event::Tick(returned), &mut fx);
+        assert_eq!(c.running(), 8, "then what its leases allow");
+        c.check_invariants();
+    }
+
+    /// Leases not used go back: at once while other relays wait (at
+    /// each end), else at most once a second, and all of them, with the
+    /// tokens, when the key is idle.
+    #[test]
+    fn leases_go_back_when_idle_and_at_once_when_others_wait() {
+        let now = Instant::now();
+        let mut c = fleet_core(10, None, 2);
+        c.set_clock(now, 1_764_336_000);
+        let mut fx = Vec::new();
+        jobs(&mut c, 0, 3, now, &mut fx);
+        fx.clear();
+        c.handle(granted(5, 0, 1), &mut fx);
+        let mut run: Vec<SlotId> = starts(&fx).iter().map(|s| s.0).collect();
+        assert_eq!(run.len(), 3);
+        let sent = claims(&fx);
+        assert_eq!(sent.len(), 1, "others wait: 2 spare go back now");
+        assert_eq!(sent[0].want, 3);
+        fx.clear();
+        c.handle(granted(3, 0, 1), &mut fx);
+        assert!(claims(&fx).is_empty());
+        fx.clear();
+        finish(&mut c, run.remove(0), &mut fx);
+        assert_eq!(claims(&fx)[0].want, 2, "at the end, not a second later");
+        fx.clear();
+        c.handle(granted(2, 0, 0), &mut fx);
+        // Nobody waits: idle, the rest goes back within a second of
+        // the last claim.
+        for id in run.drain(..) {
+            finish(&mut c, id, &mut fx);
+        }
+        assert!(claims(&fx).is_empty());
+        let second = now + crate::fleet::GIVE_BACK_EVERY;
+        assert_eq!(c.next_deadline(), Some(second));
+        fx.clear();
+        c.set_clock(second, 1_764_336_000);
+        c.handle(Event::Tick(second), &mut fx);
+        let sent = claims(&fx);
+        assert_eq!((sent[0].running, sent[0].want, sent[0].unused), (0, 0, 0));
+        c.handle(granted(0, 0, 0), &mut fx);
+        assert!(leases(&c).is_clear());
+        c.check_invariants();
+    }
+
     mod random {
         use super::*;
         use proptest::prelude::*;
+        use shardspawn_common::fleet::Grant;
         use shardspawn_common::limits::Per;
         use std::collections::BTreeMap;
 
@@ -2123,6 +2781,15 @@ mod tests {
             End(usize, u8),
             StartFailed(usize),
             Wait(u16),
+            /// The fleet answers the claim out for a key (0 a.test, 1
+            /// b.test), giving `allowed` of its want in eighths, its
+            /// tokens but when 0, and others waiting.
+            Answer(u8, u8, u8),
+            /// A grant nobody asked for (a renewal): allowed, tokens,
+            /// waiting.
+            Grant(u8, u8, u8, u8),
+            Down,
+            Up,
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -2131,6 +2798,12 @@ mod tests {
                 4 => (any::<usize>(), 0u8..6).prop_map(|(i, o)| Op::End(i, o)),
                 1 => any::<usize>().prop_map(Op::StartFailed),
                 2 => (0u16..3000).prop_map(Op::Wait),
+                3 => (0u8..2, 0u8..9, 0u8..3)
+                    .prop_map(|(k, a, w)| Op::Answer(k, a, w)),
+                1 => (0u8..2, 0u8..25, 0u8..4, 0u8..3)
+                    .prop_map(|(k, a, t, w)| Op::Grant(k, a, t, w)),
+                1 => Just(Op::Down),
+                1 => Just(Op::Up),
             ]
         }
 
@@ -2147,15 +2820,35 @@ mod tests {
               (#4.4.1)\n\0",
         ];
 
+        fn grant(
+            key: &str,
+            allowed: u32,
+            tokens: u32,
+            waiting: u32,
+        ) -> Event<'static> {
+            Event::Fleet(Report::Granted(vec![Grant {
+                key: key.as_bytes().to_vec(),
+                allowed,
+                fleet: allowed + waiting,
+                waiting,
+                tokens,
+            }]))
+        }
+
         proptest! {
             /// Whatever happens (results of every kind, failed starts,
-            /// time passing through rates, rules and suspensions),
-            /// every delnum is answered exactly once, no key ever runs
-            /// more than its configured limit, and a rated key's starts
-            /// are never closer than its interval.
+            /// time passing through rates, rules and suspensions, and
+            /// with `fleet`, a.test and b.test shared, the fleet's
+            /// answers, renewals, Redis going and coming back at any
+            /// moment), every delnum is answered exactly once, no key
+            /// ever runs more than its configured limit (nor, shared,
+            /// more than the core's fleet bound: check_invariants), a
+            /// rated key's starts are never closer than its interval,
+            /// and a key never has two claims out.
             #[test]
             fn every_delivery_is_answered_once_and_no_bound_is_broken(
                 ops in proptest::collection::vec(op(), 1..300),
+                fleet in any::<bool>(),
             ) {
                 let rate = Rate { count: 5, per: Per::Second };
                 let mut c = Core::new(
@@ -2163,8 +2856,8 @@ mod tests {
                     Duration::from_secs(20),
                     Some(8),
                     Box::new(move |k: &[u8]| match k {
-                        b"a.test" => 3.into(),
-                        b"b.test" => Allowance { limit: 20, rate: Some(rate), shared: false },
+                        b"a.test" => Allowance { limit: 3, rate: None, shared: true },
+                        b"b.test" => Allowance { limit: 20, rate: Some(rate), shared: true },
                         _ => 1.into(),
                     }),
                     Policy {
@@ -2174,6 +2867,15 @@ mod tests {
                     },
                     Instant::now(),
                 );
+                if fleet {
+                    c.join_fleet(&FleetSettings {
+                        prefix: "t:".into(),
+                        relays: 2,
+                        batch: 2,
+                        lease: Duration::from_secs(5),
+                        name: "t".into(),
+                    });
+                }
                 let t0 = Instant::now();
                 let mut now = t0;
                 c.set_clock(now, 1_764_336_000);
@@ -2182,9 +2884,12 @@ mod tests {
                 let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
                 let mut last_b: Option<Instant> = None;
                 let mut next: u16 = 0;
+                // The claim out per key, as the fleet's client has it.
+                let mut out: BTreeMap<Vec<u8>, Claim> = BTreeMap::new();
                 let mut settle = |c: &mut Core,
                                   fx: &mut Vec<Effect>,
                                   running: &mut Vec<(SlotId, Vec<u8>)>,
+                                  out: &mut BTreeMap<Vec<u8>, Claim>,
                                   now: Instant|
                  -> Result<(), TestCaseError> {
                     for e in fx.drain(..) {
@@ -2205,6 +2910,12 @@ mod tests {
                             Effect::Report { delnum, body } => {
                                 prop_assert!(!body.contains(&0));
                                 *answers.entry(delnum).or_default() += 1;
+                            }
+                            Effect::Claim(claim) => {
+                                prop_assert!(fleet, "a claim with no fleet");
+                                prop_assert!(claim.want <= claim.limit);
+                                let was = out.insert(claim.key.clone(), claim);
+                                prop_assert!(was.is_none(), "two claims out");
                             }
                         }
                     }
@@ -2244,10 +2955,32 @@ mod tests {
                             c.set_clock(now, 1_764_336_000);
                             c.handle(Event::Tick(now), &mut fx);
                         }
+                        Op::Answer(k, eighths, waiting) => {
+                            let key = KEYS[usize::from(k)];
+                            if let Some(claim) = out.remove(key.as_bytes()) {
+                                let allowed = claim.want * u32::from(eighths) / 8;
+                                let tokens = if eighths == 0 { 0 } else { claim.tokens };
+                                c.handle(grant(key, allowed, tokens, waiting.into()), &mut fx);
+                            }
+                        }
+                        Op::Grant(k, allowed, tokens, waiting) => {
+                            let key = KEYS[usize::from(k)];
+                            out.remove(key.as_bytes());
+                            c.handle(
+                                grant(key, allowed.into(), tokens.into(), waiting.into()),
+                                &mut fx,
+                            );
+                        }
+                        Op::Down => {
+                            out.clear();
+                            c.handle(Event::Fleet(Report::Down("gone".into())), &mut fx);
+                        }
+                        Op::Up => c.handle(Event::Fleet(Report::Up), &mut fx),
                     }
-                    settle(&mut c, &mut fx, &mut running, now)?;
+                    settle(&mut c, &mut fx, &mut running, &mut out, now)?;
                 }
-                // Drain: everything running ends well, time passes.
+                // Drain: everything running ends well, claims are met,
+                // time passes.
                 let mut rounds = 0;
                 while !c.is_idle() || !running.is_empty() {
                     rounds += 1;
@@ -2255,11 +2988,15 @@ mod tests {
                     for (id, _) in std::mem::take(&mut running) {
                         end(&mut c, id, OK, &mut fx);
                     }
-                    settle(&mut c, &mut fx, &mut running, now)?;
-                    if running.is_empty() {
+                    for (key, claim) in std::mem::take(&mut out) {
+                        let key = String::from_utf8(key).unwrap();
+                        c.handle(grant(&key, claim.want, claim.tokens, 0), &mut fx);
+                    }
+                    settle(&mut c, &mut fx, &mut running, &mut out, now)?;
+                    if running.is_empty() && out.is_empty() {
                         now = c.next_deadline().unwrap_or(now).max(now);
                         c.handle(Event::Tick(now), &mut fx);
-                        settle(&mut c, &mut fx, &mut running, now)?;
+                        settle(&mut c, &mut fx, &mut running, &mut out, now)?;
                     }
                 }
                 prop_assert_eq!(answers.len(), usize::from(next));

@@ -3,10 +3,12 @@
 //! through [`sys`].
 //!
 //! Descriptors: fd 0 job frames (read, non-blocking), fd 1 done frames
-//! (written, non-blocking, buffered), a signalfd for SIGCHLD, and one
-//! pipe per running delivery. All watched level-triggered in one epoll;
-//! each token packs (kind, slot generation, slot index), so an event for
-//! a slot that has since been reused is recognised and ignored.
+//! (written, non-blocking, buffered), a signalfd for SIGCHLD, one pipe
+//! per running delivery, and with a fleet (issue 18) the eventfd its
+//! Redis thread writes when reports wait. All watched level-triggered
+//! in one epoll; each token packs (kind, slot generation, slot index),
+//! so an event for a slot that has since been reused is recognised and
+//! ignored.
 //!
 //! What the shard publishes once a second (status files, log summary)
 //! is [`crate::publish`]'s; a frame the shard cannot take comes back to
@@ -23,6 +25,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 
+use shardspawn_common::fleet::{Claim, Report};
 use shardspawn_common::frame::{
     Done, FrameDecoder, JOB, Job, LIMITS, MAX_TEXT, RESPONSES,
 };
@@ -30,13 +33,13 @@ use shardspawn_common::limits::{Limits, LimitsError};
 use shardspawn_common::report::ChildEnd;
 use shardspawn_common::response::Responses;
 
-use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_common::shard_config::{REDIS_ENV, ShardConfig};
 use shardspawn_os::log::Log;
 use shardspawn_os::spawn;
 use shardspawn_os::sys::{self, Interest, Poller, Token};
 
 use crate::core::{
-    Core, Effect, Event, GENERATION_BITS, LimitFn, Policy, SlotId,
+    Core, Effect, Event, FleetNote, GENERATION_BITS, LimitFn, Policy, SlotId,
 };
 use crate::publish::Publisher;
 use crate::start;
@@ -45,6 +48,15 @@ const JOBS: u8 = 0;
 const RESULTS: u8 = 1;
 const SIGNALS: u8 = 2;
 const OUTPUT: u8 = 3;
+/// The fleet's wake fd: a token kind is two bits and all four are
+/// taken, so it is the signals kind with this index (the signalfd has
+/// index 0).
+const FLEET_INDEX: u32 = 1;
+
+/// How long a shard that ends waits for its fleet thread to give its
+/// leases back before it exits anyway (they expire within the lease
+/// time).
+const FLEET_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Most bytes of one job frame (messid, sender, recipient, key): the
 /// supervisor never sends more than its field limit allows. A control
@@ -199,10 +211,16 @@ struct Shard {
     buf: Vec<u8>,
     /// What the core asked for in this pass, reused.
     effects: Vec<Effect>,
+    /// The core's claims of shared keys in this pass, for the fleet's
+    /// client.
+    claims: Vec<Claim>,
     /// The tokens of the last wait (kept to reuse its allocation).
     tokens: Vec<u64>,
     /// The run-time controls file, looked at four times a second.
     controls: Controls,
+    /// The thread that keeps the shared keys in Redis (issue 18), if
+    /// the shard has a fleet and a Redis address.
+    fleet: Option<shardspawn_fleet::Fleet>,
 }
 
 /// How the shard notices `shardspawn control` (issue 17): the file
@@ -311,7 +329,7 @@ impl Shard {
             suspend_after: cfg.suspend_after,
             suspend_for: cfg.suspend,
         };
-        let core = Core::new(
+        let mut core = Core::new(
             cfg.max_running,
             cfg.hold,
             cfg.hold_max,
@@ -319,6 +337,15 @@ impl Shard {
             policy,
             Instant::now(),
         );
+        let fleet = join_fleet(&cfg, &mut core, &log);
+        if let Some(fleet) = &fleet {
+            let none = SlotId { index: FLEET_INDEX, generation: 0 };
+            poller.add(
+                fleet.wake_fd(),
+                Interest::Read,
+                token(SIGNALS, none),
+            )?;
+        }
         let publisher =
             Publisher::new(log.clone(), cfg.index, cfg.state_dir.clone())
                 .metrics_keys(cfg.metrics_keys);
@@ -345,6 +372,7 @@ impl Shard {
             publisher,
             buf: vec![0; 64 * 1024],
             effects: Vec::new(),
+            claims: Vec::new(),
             tokens: Vec::new(),
             controls: Controls {
                 path: cfg_state_dir
@@ -353,6 +381,7 @@ impl Shard {
                 next: Instant::now(),
                 warned: false,
             },
+            fleet,
         })
     }
 
@@ -369,8 +398,13 @@ impl Shard {
                 && (self.results.out.is_empty() || !self.results.open)
             {
                 // The last counts, and when it stopped.
+                self.count_redis_commands();
                 self.publisher.publish(&self.core, Some(SystemTime::now()));
                 self.publisher.log_notes(&mut self.core);
+                if let Some(fleet) = self.fleet.take() {
+                    // Its leases back to the fleet now, not at expiry.
+                    fleet.shutdown(FLEET_SHUTDOWN);
+                }
                 return Ok(());
             }
             let deadline = self.deadline();
@@ -397,8 +431,10 @@ impl Shard {
             self.start_some();
             self.apply();
             self.results.flush(&self.poller, &self.log)?;
+            self.send_claims();
             if self.publisher.due(now) {
                 self.reap_all(now);
+                self.count_redis_commands();
                 self.publisher.publish(&self.core, None);
                 self.publisher.log_notes(&mut self.core);
             }
@@ -421,6 +457,7 @@ impl Shard {
             match kind {
                 JOBS => self.read_jobs(now)?,
                 RESULTS => {}
+                SIGNALS if id.index == FLEET_INDEX => self.read_fleet(),
                 SIGNALS => sigchld = true,
                 _ => self.read_output(id),
             }
@@ -429,6 +466,42 @@ impl Shard {
             self.reap(now);
         }
         Ok(())
+    }
+
+    /// Hands the core what the fleet's thread reported, and logs the
+    /// fleet's changes of mode at once (Redis gone, Redis back).
+    fn read_fleet(&mut self) {
+        let Some(fleet) = &mut self.fleet else { return };
+        for report in fleet.reports() {
+            self.core.handle(Event::Fleet(report), &mut self.effects);
+        }
+        for note in self.core.take_fleet_notes() {
+            match note {
+                FleetNote::Down { .. } => {
+                    self.log.warn(format_args!("{note}"))
+                }
+                FleetNote::Up => self.log.info(format_args!("{note}")),
+            }
+        }
+    }
+
+    /// Sends the claims of this pass to the fleet's thread (which never
+    /// blocks the loop).
+    fn send_claims(&mut self) {
+        if self.claims.is_empty() {
+            return;
+        }
+        let claims = std::mem::take(&mut self.claims);
+        if let Some(fleet) = &self.fleet {
+            fleet.send(claims);
+        }
+    }
+
+    /// The commands the fleet's thread sent to Redis, for the status.
+    fn count_redis_commands(&mut self) {
+        if let Some(fleet) = &self.fleet {
+            self.core.set_redis_commands(fleet.commands());
+        }
     }
 
     /// The earliest of: the core's next deadline, the next status
@@ -710,6 +783,7 @@ impl Shard {
                 Effect::Start { id, job } => {
                     self.launch.queue.push_back((id, job))
                 }
+                Effect::Claim(claim) => self.claims.push(claim),
             }
         }
     }
@@ -760,6 +834,63 @@ impl Shard {
         }
         self.core
             .handle(Event::StartFailed(id, failure.body), &mut self.effects);
+    }
+}
+
+/// Starts the fleet's thread if the shard has a fleet and a Redis
+/// address in its environment ([`REDIS_ENV`]; never on the command
+/// line, which anyone may read), and has the core share its shared keys
+/// through it. With a fleet but no address, no thread: shared keys are
+/// this shard's alone, with their whole limit, and a line says so. A
+/// thread that cannot start (an address that does not parse) leaves the
+/// core in its fleet, alone from the start: each key takes 1/relays of
+/// its limit, which never puts the fleet over it.
+fn join_fleet(
+    cfg: &ShardConfig,
+    core: &mut Core,
+    log: &Log,
+) -> Option<shardspawn_fleet::Fleet> {
+    let settings = cfg.fleet.as_ref()?;
+    let url = std::env::var(REDIS_ENV).unwrap_or_default();
+    if url.is_empty() {
+        log.warn(format_args!(
+            "no {REDIS_ENV} in the environment: shared keys are kept \
+             here alone, with their whole limits"
+        ));
+        return None;
+    }
+    let holder =
+        format!("{}:{}:{}", settings.name, nix::unistd::getppid(), cfg.index);
+    core.join_fleet(settings);
+    let config = shardspawn_fleet::Config {
+        url: url.clone(),
+        prefix: settings.prefix.clone(),
+        holder: holder.clone(),
+        lease: settings.lease,
+        batch: settings.batch,
+    };
+    match shardspawn_fleet::Fleet::start(config) {
+        Ok(fleet) => {
+            log.info(format_args!(
+                "sharing shared keys through {} as {holder}",
+                shardspawn_fleet::redact(&url)
+            ));
+            Some(fleet)
+        }
+        Err(e) => {
+            let why = format!("unable to start the fleet client: {e}");
+            // The status says since when.
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            core.set_clock(Instant::now(), unix);
+            let mut effects = Vec::new();
+            core.handle(Event::Fleet(Report::Down(why)), &mut effects);
+            for note in core.take_fleet_notes() {
+                log.warn(format_args!("{note}"));
+            }
+            None
+        }
     }
 }
 

@@ -17,6 +17,13 @@
 //! effects through [`start`] and `shardspawn_os`, which makes every
 //! syscall.
 //!
+//! A key marked `shared` in a relay that has a fleet (issue 18) is
+//! also bounded by the leases and rate tokens Redis gives this shard:
+//! a thread of the `shardspawn-fleet` crate talks to Redis, the loop
+//! watches its eventfd, and the core's per-key standing in the fleet
+//! is [`fleet`]'s. The thread never blocks the loop; when Redis is away
+//! each key takes its share, 1/relays of its limit.
+//!
 //! A delivery's result exists only when its child has been reaped *and*
 //! its pipe has reached EOF, in either order. Every job gets exactly one
 //! [`Done`], whatever fails: a failed open, pipe or spawn is one more
@@ -31,5 +38,6 @@
 pub mod adapt;
 pub mod core;
 pub mod driver;
+pub mod fleet;
 pub mod publish;
 pub mod start;

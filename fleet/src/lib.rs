@@ -1,0 +1,212 @@
+//! A shard's fleet client: the thread that keeps the shard's shared keys
+//! in Redis (issue 18), so that a fleet of relays shares one limit and
+//! one rate per key.
+//!
+//! The shard's core says what it needs of a key ([`Claim`], absolute
+//! counts); the shard's loop hands claims to [`Fleet::send`], which
+//! never blocks. The thread coalesces what waits (the latest claim per
+//! key wins; tokens given back add up), asks Redis with one script call
+//! for up to [`CHUNK`] keys, and answers with [`Report::Granted`]. It
+//! writes to an eventfd after each batch of reports; the shard's epoll
+//! watches [`Fleet::wake_fd`] and collects them with [`Fleet::reports`].
+//!
+//! Every third of the lease time the thread claims again, with the last
+//! claim, every key that runs or wants something, so its leases do not
+//! expire. When Redis cannot be reached, or answers with an error, the
+//! shard hears [`Report::Down`] once per outage; the thread tries again
+//! every second, says [`Report::Up`] when back, and claims again every
+//! key it knows (absolute counts make that safe, even after Redis lost
+//! everything).
+//!
+//! The Redis side (one Lua script, `claim.lua`): per key, a hash of
+//! holder → `"COUNT WANT EXPIRY_MS"` (the leases; expired holders are
+//! dropped; when others wait, a holder is cut toward a fair share) and
+//! a GCRA's theoretical arrival time (the rate).
+//!
+//! What it never does: fork, read or change the environment (the shard
+//! clones its children with raw syscalls beside this thread), block the
+//! shard, or print the URL's password.
+//!
+//! [`testing`] starts a throw-away `redis-server` for tests.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod testing;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+pub use shardspawn_common::fleet::{Claim, Grant, Report};
+
+/// Keys per script call: a batch larger than this is sent in several
+/// calls, so that one call never holds Redis for long.
+pub const CHUNK: usize = 256;
+
+/// What the fleet client needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+    pub url: String,
+    /// Put before every Redis key: one fleet per prefix.
+    pub prefix: String,
+    /// This shard's name in the lease hashes:
+    /// `NAME:SUPERVISOR_PID:SHARD_INDEX`.
+    pub holder: String,
+    /// A lease's life unless renewed (renewed every third of it).
+    pub lease: Duration,
+    /// Leases and tokens taken ahead of need per key: the rate's burst.
+    pub batch: u32,
+}
+
+/// The handle a shard keeps on its fleet thread.
+pub struct Fleet {
+    orders: Sender<Order>,
+    reports: Receiver<Report>,
+    wake: Arc<EventFd>,
+    commands: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the shard tells its thread.
+enum Order {
+    Claims(Vec<Claim>),
+    /// Give every lease back, trying until the deadline, then end.
+    Shutdown(Instant),
+}
+
+impl Fleet {
+    /// Starts the thread; never blocks on Redis (the connection is made
+    /// by the thread). Fails on a URL that does not parse (the message
+    /// shows it without its password), or when the eventfd or the
+    /// thread cannot be made.
+    pub fn start(cfg: Config) -> io::Result<Fleet> {
+        let redis = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {}", redact(&cfg.url), one_line(&e.to_string())),
+            )
+        })?;
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        let commands = Arc::new(AtomicU64::new(0));
+        let (orders, orders_rx) = crossbeam_channel::unbounded();
+        let (reports_tx, reports) = crossbeam_channel::unbounded();
+        let thread = client::Client::new(
+            cfg,
+            redis,
+            reports_tx,
+            Arc::clone(&wake),
+            Arc::clone(&commands),
+        );
+        let thread = std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || thread.run(orders_rx))?;
+        Ok(Fleet { orders, reports, wake, commands, thread: Some(thread) })
+    }
+
+    /// Readable when reports wait: the shard puts it in its epoll
+    /// (level-triggered: it stays readable until [`Fleet::reports`]).
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Hands claims to the thread; never blocks.
+    pub fn send(&self, claims: Vec<Claim>) {
+        if !claims.is_empty() {
+            // A send fails only when the thread is gone, which only
+            // `shutdown` does (it takes `self`).
+            let _ = self.orders.send(Order::Claims(claims));
+        }
+    }
+
+    /// Every report waiting (drains the wake fd).
+    pub fn reports(&mut self) -> Vec<Report> {
+        // The fd first, the channel second: a report sent between the
+        // two is taken now and leaves the fd readable, which costs one
+        // empty wake-up and loses nothing. EAGAIN: nothing written.
+        let _ = self.wake.read();
+        self.reports.try_iter().collect()
+    }
+
+    /// Commands sent to Redis since start (each script call one, and a
+    /// `SCRIPT LOAD` after Redis forgot the script).
+    pub fn commands(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    /// Gives back every lease this shard holds (best effort, at most
+    /// `wait`), ends the thread. A command under way when this is
+    /// called may first take its own timeout (1 s).
+    pub fn shutdown(mut self, wait: Duration) {
+        let _ = self.orders.send(Order::Shutdown(Instant::now() + wait));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`: what a log line
+/// or a report may show.
+pub fn redact(url: &str) -> String {
+    let Some(scheme) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    // The user info ends at the last '@' before the path.
+    let end = url[scheme..].find('/').map_or(url.len(), |i| scheme + i);
+    let Some(at) = url[scheme..end].rfind('@').map(|i| scheme + i) else {
+        return url.to_owned();
+    };
+    match url[scheme..at].find(':') {
+        Some(colon) => {
+            format!("{}***{}", &url[..scheme + colon + 1], &url[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `text` on one line, for a [`Report::Down`].
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        for (url, shown) in [
+            ("redis://:secret@h:6379/2", "redis://:***@h:6379/2"),
+            ("redis://u:p@ss@h/0", "redis://u:***@h/0"),
+            ("redis://user@h", "redis://user@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("rediss://u:s3@h:1", "rediss://u:***@h:1"),
+            ("nonsense", "nonsense"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        let cfg = Config {
+            url: "http://:secret@h".into(),
+            prefix: "t:".into(),
+            holder: "h".into(),
+            lease: Duration::from_secs(2),
+            batch: 2,
+        };
+        let e = Fleet::start(cfg).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}
