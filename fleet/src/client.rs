@@ -248,11 +248,12 @@ impl Client {
         self.pending.clear();
         if !self.down {
             self.down = true;
-            let why = format!(
-                "{}: {}",
-                redact(&self.cfg.url),
-                one_line(&e.to_string())
-            );
+            // A read timeout is EAGAIN to the OS: say what it means.
+            let what = match e.is_timeout() {
+                true => format!("no answer in {} s", TIMEOUT.as_secs()),
+                false => one_line(&e.to_string()),
+            };
+            let why = format!("{}: {what}", redact(&self.cfg.url));
             self.report(vec![Report::Down(why)]);
         }
     }

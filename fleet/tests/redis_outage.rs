@@ -84,3 +84,22 @@ fn an_error_answer_is_one_outage_not_a_flap() {
     assert_eq!(a.next(), Report::Up);
     assert_eq!(a.grant_of(b"k").allowed, 2);
 }
+
+/// A server that hangs (SIGSTOP) is an outage after the 1 s read
+/// timeout; the shard's loop never waits for it.
+#[test]
+fn a_hung_server_is_down_after_the_timeout() {
+    let server = RedisServer::start();
+    let mut a = Shard::new(&server, "a");
+    assert_eq!(a.claim(leases("k", 10, 0, 2)).allowed, 2);
+    server.freeze(true);
+    let sent = Instant::now();
+    a.fleet.send(vec![leases("k", 10, 1, 2)]);
+    assert!(sent.elapsed() < Duration::from_millis(50), "send blocked");
+    let Report::Down(why) = a.next() else { panic!("Down expected") };
+    assert!(why.ends_with("no answer in 1 s"), "{why}");
+    assert!(sent.elapsed() >= Duration::from_millis(900));
+    server.freeze(false);
+    assert_eq!(a.next(), Report::Up);
+    assert_eq!(a.grant_of(b"k").allowed, 2);
+}
