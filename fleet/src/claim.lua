@@ -9,6 +9,9 @@
 -- A lease hash maps holder -> "COUNT WANT EXPIRY_MS"; a holder's
 -- leases share one expiry, in server time. The rate string is a GCRA's
 -- theoretical arrival time (TAT) in microseconds of server time.
+-- Effects replication: the default from Redis 7, needed before it for
+-- writes after TIME.
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)

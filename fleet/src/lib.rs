@@ -122,8 +122,9 @@ impl Fleet {
     /// Hands claims to the thread; never blocks.
     pub fn send(&self, claims: Vec<Claim>) {
         if !claims.is_empty() {
-            // A send fails only when the thread is gone, which only
-            // `shutdown` does (it takes `self`).
+            // A send fails only when the thread is gone: `shutdown`
+            // (which takes `self`) or a panic, which leaves the shard
+            // without grants (its keys stay held), not stuck.
             let _ = self.orders.send(Order::Claims(claims));
         }
     }
@@ -137,8 +138,9 @@ impl Fleet {
         self.reports.try_iter().collect()
     }
 
-    /// Commands sent to Redis since start (each script call one, and a
-    /// `SCRIPT LOAD` after Redis forgot the script).
+    /// Commands sent to Redis since start: each script call, and each
+    /// `SCRIPT LOAD` after Redis forgot the script (not a connection's
+    /// handshake: `AUTH`, `SELECT`, `CLIENT SETINFO`).
     pub fn commands(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
     }
@@ -194,6 +196,23 @@ mod tests {
         ] {
             assert_eq!(redact(url), shown, "{url}");
         }
+    }
+
+    /// Without the `tls` feature, `rediss://` is a configuration error
+    /// at start, not an outage later.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_needs_the_tls_feature() {
+        let cfg = Config {
+            url: "rediss://:secret@h".into(),
+            prefix: "t:".into(),
+            holder: "h".into(),
+            lease: Duration::from_secs(2),
+            batch: 2,
+        };
+        let e = Fleet::start(cfg).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
     }
 
     #[test]
