@@ -34,6 +34,7 @@
 mod client;
 pub mod testing;
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -50,8 +51,9 @@ pub use shardspawn_common::fleet::{Claim, Grant, Report};
 /// calls, so that one call never holds Redis for long.
 pub const CHUNK: usize = 256;
 
-/// What the fleet client needs to know.
-#[derive(Clone, Debug)]
+/// What the fleet client needs to know. Its `Debug` hides the URL's
+/// password.
+#[derive(Clone)]
 pub struct Config {
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
     pub url: String,
@@ -64,6 +66,18 @@ pub struct Config {
     pub lease: Duration,
     /// Leases and tokens taken ahead of need per key: the rate's burst.
     pub batch: u32,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("holder", &self.holder)
+            .field("lease", &self.lease)
+            .field("batch", &self.batch)
+            .finish()
+    }
 }
 
 /// The handle a shard keeps on its fleet thread.
@@ -185,6 +199,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_debug_hides_the_password() {
+        let cfg = Config {
+            url: "redis://:secret@h".into(),
+            prefix: "t:".into(),
+            holder: "h".into(),
+            lease: Duration::from_secs(2),
+            batch: 2,
+        };
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("redis://:***@h"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
     fn redact_hides_passwords_only() {
         for (url, shown) in [
             ("redis://:secret@h:6379/2", "redis://:***@h:6379/2"),
@@ -217,15 +245,23 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_refused_without_its_password() {
-        let cfg = Config {
-            url: "http://:secret@h".into(),
-            prefix: "t:".into(),
-            holder: "h".into(),
-            lease: Duration::from_secs(2),
-            batch: 2,
-        };
-        let e = Fleet::start(cfg).err().expect("refused");
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(!e.to_string().contains("secret"), "{e}");
+        for url in [
+            "http://:secret@h",
+            "redis://:secret@h:port",
+            "redis://:secret@h/db",
+            "redis://:secret@/0",
+            "redis://u:secret@h:6379/0?protocol=x",
+        ] {
+            let cfg = Config {
+                url: url.into(),
+                prefix: "t:".into(),
+                holder: "h".into(),
+                lease: Duration::from_secs(2),
+                batch: 2,
+            };
+            let e = Fleet::start(cfg).err().expect(url);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 }
