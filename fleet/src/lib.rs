@@ -14,20 +14,26 @@
 //! claim, every key that runs or wants something, so its leases do not
 //! expire. When Redis cannot be reached, or answers with an error, the
 //! shard hears [`Report::Down`] once per outage; the thread tries again
-//! every second, says [`Report::Up`] when back, and claims again every
-//! key it knows (absolute counts make that safe, even after Redis lost
-//! everything).
+//! every second, says [`Report::Up`] with Redis's first good answer,
+//! and claims again every key it knows (absolute counts make that safe,
+//! even after Redis lost everything). Claims sent while Redis is away
+//! get no grant, but the latest of each key is what the return claims.
 //!
 //! The Redis side (one Lua script, `claim.lua`): per key, a hash of
 //! holder → `"COUNT WANT EXPIRY_MS"` (the leases; expired holders are
 //! dropped; when others wait, a holder is cut toward a fair share) and
 //! a GCRA's theoretical arrival time (the rate).
 //!
-//! What it never does: fork, read or change the environment (the shard
-//! clones its children with raw syscalls beside this thread), block the
-//! shard, or print the URL's password.
+//! What the thread never does: fork, read or change the environment (the
+//! shard clones its children with raw syscalls beside it), block the
+//! shard, or show the URL's password ([`redact`]). XXX: a host *name* in
+//! the URL is resolved by libc's getaddrinfo, which may getenv() its
+//! resolver variables: a read, harmless while nobody writes the
+//! environment (the shard does not after its start); an IP address in
+//! the URL avoids even that.
 //!
-//! [`testing`] starts a throw-away `redis-server` for tests.
+//! [`testing`], for tests only, starts a throw-away `redis-server` (it
+//! forks and reads `TMPDIR`; the thread never uses it).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
