@@ -9,6 +9,9 @@
 -- A lease hash maps holder -> "COUNT WANT EXPIRY_MS"; a holder's
 -- leases share one expiry, in server time. The rate string is a GCRA's
 -- theoretical arrival time (TAT) in microseconds of server time.
+-- Effects replication: the default from Redis 7, needed before it for
+-- writes after TIME.
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
@@ -28,6 +31,7 @@ for i = 1, #KEYS / 2 do
 
   -- Leases: drop the expired, count the others and what they lack.
   local others, deficit, wanting, waiting = 0, 0, 1, 0
+  local latest = now + lease -- the last expiry of a live holder
   local fields = redis.call('HGETALL', lkey)
   for j = 1, #fields, 2 do
     local h = fields[j]
@@ -36,6 +40,7 @@ for i = 1, #KEYS / 2 do
     if c == nil or e <= now then
       redis.call('HDEL', lkey, h)
     elseif h ~= holder then
+      latest = math.max(latest, e)
       others = others + c
       if w > c then
         deficit = deficit + (w - c)
@@ -62,7 +67,9 @@ for i = 1, #KEYS / 2 do
   else
     redis.call('HSET', lkey, holder,
       string.format('%d %d %d', count, want, now + lease))
-    redis.call('PEXPIRE', lkey, lease)
+    -- The hash lives as long as its last holder's leases (a relay
+    -- with a shorter lease setting must not cut the others').
+    redis.call('PEXPIRE', lkey, latest - now)
   end
 
   -- Rate: a GCRA with a burst of `batch` (tau = (batch - 1) * T);

@@ -113,16 +113,19 @@ impl Client {
         match con {
             Ok(con) => {
                 self.con = Some(con);
-                if self.down {
-                    self.down = false;
-                    self.report(vec![Report::Up]);
-                }
                 for (key, claim) in &self.known {
                     self.pending
                         .entry(key.clone())
                         .or_insert_with(|| claim.clone());
                 }
                 self.renew_at = Instant::now() + renewal(&self.cfg);
+                // Back: said now if nothing is to be sent, else with
+                // the first answer (a script that keeps failing, say on
+                // a key of the wrong type, is one outage, not a flap).
+                if self.down && self.pending.is_empty() {
+                    self.down = false;
+                    self.report(vec![Report::Up]);
+                }
             }
             Err(e) => self.fail(&e),
         }
@@ -183,8 +186,16 @@ impl Client {
                 self.known.remove(&grant.key);
             }
         }
+        let mut reports = Vec::with_capacity(2);
+        if self.down && !grants.is_empty() {
+            self.down = false;
+            reports.push(Report::Up);
+        }
         if !grants.is_empty() {
-            self.report(vec![Report::Granted(grants)]);
+            reports.push(Report::Granted(grants));
+        }
+        if !reports.is_empty() {
+            self.report(reports);
         }
         if let Some(e) = failed {
             self.fail(&e);
@@ -195,7 +206,7 @@ impl Client {
     /// calls again.
     fn eval(&mut self, chunk: &[Claim]) -> Result<Vec<Grant>, RedisError> {
         let Some(con) = self.con.as_mut() else {
-            unreachable!("eval without a connection");
+            return Err(RedisError::from((ErrorKind::Io, "not connected")));
         };
         let call = evalsha(&self.sha, &self.cfg, chunk);
         self.commands.fetch_add(1, Ordering::Relaxed);
@@ -237,11 +248,12 @@ impl Client {
         self.pending.clear();
         if !self.down {
             self.down = true;
-            let why = format!(
-                "{}: {}",
-                redact(&self.cfg.url),
-                one_line(&e.to_string())
-            );
+            // A read timeout is EAGAIN to the OS: say what it means.
+            let what = match e.is_timeout() {
+                true => format!("no answer in {} s", TIMEOUT.as_secs()),
+                false => one_line(&e.to_string()),
+            };
+            let why = format!("{}: {what}", redact(&self.cfg.url));
             self.report(vec![Report::Down(why)]);
         }
     }

@@ -14,26 +14,33 @@
 //! claim, every key that runs or wants something, so its leases do not
 //! expire. When Redis cannot be reached, or answers with an error, the
 //! shard hears [`Report::Down`] once per outage; the thread tries again
-//! every second, says [`Report::Up`] when back, and claims again every
-//! key it knows (absolute counts make that safe, even after Redis lost
-//! everything).
+//! every second, says [`Report::Up`] with Redis's first good answer,
+//! and claims again every key it knows (absolute counts make that safe,
+//! even after Redis lost everything). Claims sent while Redis is away
+//! get no grant, but the latest of each key is what the return claims.
 //!
 //! The Redis side (one Lua script, `claim.lua`): per key, a hash of
 //! holder → `"COUNT WANT EXPIRY_MS"` (the leases; expired holders are
 //! dropped; when others wait, a holder is cut toward a fair share) and
 //! a GCRA's theoretical arrival time (the rate).
 //!
-//! What it never does: fork, read or change the environment (the shard
-//! clones its children with raw syscalls beside this thread), block the
-//! shard, or print the URL's password.
+//! What the thread never does: fork, read or change the environment (the
+//! shard clones its children with raw syscalls beside it), block the
+//! shard, or show the URL's password ([`redact`]). XXX: a host *name* in
+//! the URL is resolved by libc's getaddrinfo, which may getenv() its
+//! resolver variables: a read, harmless while nobody writes the
+//! environment (the shard does not after its start); an IP address in
+//! the URL avoids even that.
 //!
-//! [`testing`] starts a throw-away `redis-server` for tests.
+//! [`testing`], for tests only, starts a throw-away `redis-server` (it
+//! forks and reads `TMPDIR`; the thread never uses it).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod client;
 pub mod testing;
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -50,8 +57,9 @@ pub use shardspawn_common::fleet::{Claim, Grant, Report};
 /// calls, so that one call never holds Redis for long.
 pub const CHUNK: usize = 256;
 
-/// What the fleet client needs to know.
-#[derive(Clone, Debug)]
+/// What the fleet client needs to know. Its `Debug` hides the URL's
+/// password.
+#[derive(Clone)]
 pub struct Config {
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
     pub url: String,
@@ -64,6 +72,18 @@ pub struct Config {
     pub lease: Duration,
     /// Leases and tokens taken ahead of need per key: the rate's burst.
     pub batch: u32,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("holder", &self.holder)
+            .field("lease", &self.lease)
+            .field("batch", &self.batch)
+            .finish()
+    }
 }
 
 /// The handle a shard keeps on its fleet thread.
@@ -122,8 +142,9 @@ impl Fleet {
     /// Hands claims to the thread; never blocks.
     pub fn send(&self, claims: Vec<Claim>) {
         if !claims.is_empty() {
-            // A send fails only when the thread is gone, which only
-            // `shutdown` does (it takes `self`).
+            // A send fails only when the thread is gone: `shutdown`
+            // (which takes `self`) or a panic, which leaves the shard
+            // without grants (its keys stay held), not stuck.
             let _ = self.orders.send(Order::Claims(claims));
         }
     }
@@ -137,8 +158,9 @@ impl Fleet {
         self.reports.try_iter().collect()
     }
 
-    /// Commands sent to Redis since start (each script call one, and a
-    /// `SCRIPT LOAD` after Redis forgot the script).
+    /// Commands sent to Redis since start: each script call, and each
+    /// `SCRIPT LOAD` after Redis forgot the script (not a connection's
+    /// handshake: `AUTH`, `SELECT`, `CLIENT SETINFO`).
     pub fn commands(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
     }
@@ -183,6 +205,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_debug_hides_the_password() {
+        let cfg = Config {
+            url: "redis://:secret@h".into(),
+            prefix: "t:".into(),
+            holder: "h".into(),
+            lease: Duration::from_secs(2),
+            batch: 2,
+        };
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("redis://:***@h"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
     fn redact_hides_passwords_only() {
         for (url, shown) in [
             ("redis://:secret@h:6379/2", "redis://:***@h:6379/2"),
@@ -196,10 +232,13 @@ mod tests {
         }
     }
 
+    /// Without the `tls` feature, `rediss://` is a configuration error
+    /// at start, not an outage later.
+    #[cfg(not(feature = "tls"))]
     #[test]
-    fn a_bad_url_is_refused_without_its_password() {
+    fn rediss_needs_the_tls_feature() {
         let cfg = Config {
-            url: "http://:secret@h".into(),
+            url: "rediss://:secret@h".into(),
             prefix: "t:".into(),
             holder: "h".into(),
             lease: Duration::from_secs(2),
@@ -207,6 +246,28 @@ mod tests {
         };
         let e = Fleet::start(cfg).err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        for url in [
+            "http://:secret@h",
+            "redis://:secret@h:port",
+            "redis://:secret@h/db",
+            "redis://:secret@/0",
+            "redis://u:secret@h:6379/0?protocol=x",
+        ] {
+            let cfg = Config {
+                url: url.into(),
+                prefix: "t:".into(),
+                holder: "h".into(),
+                lease: Duration::from_secs(2),
+                batch: 2,
+            };
+            let e = Fleet::start(cfg).err().expect(url);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 }

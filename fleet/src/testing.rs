@@ -101,6 +101,16 @@ impl RedisServer {
         }
     }
 
+    /// Stops it (SIGSTOP: it holds its connections and answers
+    /// nothing, a hung server) or lets it go on again (SIGCONT).
+    pub fn freeze(&self, frozen: bool) {
+        use nix::sys::signal::{Signal, kill};
+        let child = self.child.as_ref().expect("a running server");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+        kill(pid, signal).unwrap_or_else(|e| panic!("unable to signal: {e}"));
+    }
+
     /// Starts it again on the same port, empty (it saved nothing).
     /// Panics if it cannot.
     pub fn restart(&mut self) {

@@ -61,3 +61,20 @@ fn the_lease_hash_expires() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 2000, "{ttl}");
 }
+
+/// A relay with a shorter lease setting does not cut the hash (and
+/// with it the others' leases) short.
+#[test]
+fn the_hash_outlives_its_last_holder_only() {
+    let server = RedisServer::start();
+    let mut a = Shard::with(server.url(), "a", LEASE * 15, 2);
+    let mut b = Shard::with(server.url(), "b", LEASE, 2);
+    a.claim(leases("k", 10, 1, 3));
+    b.claim(leases("k", 10, 1, 3));
+    let mut con = server.connection();
+    let ttl: i64 = shardspawn_fleet::testing::redis::cmd("PTTL")
+        .arg("t:lease:k")
+        .query(&mut con)
+        .unwrap();
+    assert!(ttl > 25_000, "{ttl}");
+}
