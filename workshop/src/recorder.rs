@@ -303,6 +303,22 @@ impl Recording {
     }
 }
 
+/// The most of `starts` (sorted, ns) in any window `[t, t + window)`
+/// that begins at one of them: the busiest stretch of that length, for a
+/// test of a rate.
+pub fn most_in_window(starts: &[u64], window: u64) -> usize {
+    let mut most = 0;
+    let mut end = 0;
+    for (i, &t) in starts.iter().enumerate() {
+        end = end.max(i);
+        while end < starts.len() && starts[end] < t.saturating_add(window) {
+            end += 1;
+        }
+        most = most.max(end - i);
+    }
+    most
+}
+
 fn number(field: Option<&[u8]>) -> Option<u64> {
     let field = field?;
     if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
@@ -456,6 +472,20 @@ mod tests {
         assert_eq!(r.peak_within(|_| true, 25, 26), 3);
         assert_eq!(r.peak_within(|_| true, 5, 5), 0);
         assert_eq!(r.starts(a), [10, 20, 35, 70]);
+    }
+
+    #[test]
+    fn most_in_window_counts_a_burst() {
+        let ms = 1_000_000;
+        let starts = [0, 10 * ms, 20 * ms, 500 * ms, 501 * ms, 502 * ms];
+        assert_eq!(most_in_window(&starts, 100 * ms), 3);
+        assert_eq!(most_in_window(&starts, 10 * ms), 3);
+        assert_eq!(most_in_window(&starts, 11 * ms), 3);
+        assert_eq!(most_in_window(&starts, 21 * ms), 3);
+        assert_eq!(most_in_window(&starts, ms), 1);
+        assert_eq!(most_in_window(&starts, 2 * ms), 2);
+        assert_eq!(most_in_window(&starts, 1000 * ms), 6);
+        assert_eq!(most_in_window(&[], ms), 0);
     }
 
     #[test]

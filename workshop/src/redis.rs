@@ -13,7 +13,7 @@
 //! of bulk strings out; every reply type in) for a test to ask the
 //! server what it holds (`KEYS`, `INFO commandstats`).
 
-use std::io::{self, BufRead, BufReader, Read as _, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
