@@ -19,7 +19,10 @@
 //! received 1234
 //! reported 1219
 //! deferred_by_limit 4
+//! fleet shared
+//! redis_commands 1234
 //! key gmail.com running 10 held 3 limit 20 effective 10 rate 600/m suspended_until 0 failures 0 peak 10 started 400 held_total 37 deferred 4 refusals 2 changed 1764336007 why 20 good deliveries at the limit
+//! key orange.fr running 2 held 0 limit 2 effective 2 rate - suspended_until 0 failures 0 peak 2 started 9 held_total 0 deferred 0 refusals 0 changed 0 shared 1 leases 2 fleet 2
 //! ```
 //!
 //! Times are Unix seconds; `stopped` is 0 while the process runs (a
@@ -34,6 +37,14 @@
 //! and `why` the last change of any of these (`why` runs to the end of
 //! the line, so it is last). Unknown lines are ignored by readers, so fields can be added
 //! without a new version; a changed meaning needs one.
+//!
+//! The fleet (issue 18) is written only where there is one, so a relay
+//! without Redis writes what it wrote before: the `fleet` and
+//! `redis_commands` lines only with Redis configured (`fleet` is
+//! `shared`, or `alone since UNIX: WHY` to the end of the line; see
+//! [`FleetMode`]), and `shared 1 leases N fleet N` only in the line of
+//! a shared key. A reader that finds none of them reads "no fleet" and
+//! "not shared", which is what an older file meant.
 
 use std::fmt::Write as _;
 
@@ -124,6 +135,25 @@ pub struct ShardStatus {
     /// Commands sent to Redis since start (one script call counts one,
     /// whatever number of keys it carries).
     pub redis_commands: u64,
+}
+
+/// A shard's fleet, as its [`ShardStatus::fleet`] says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetMode<'a> {
+    /// No Redis configured: shared keys are plain local keys.
+    None,
+    /// Redis answers: shared keys run on the leases it gives.
+    Shared,
+    /// Redis is away: shared keys run on their local share.
+    Alone {
+        /// Since when, Unix seconds.
+        since: u64,
+        /// Why, as the Redis client said it.
+        why: &'a str,
+    },
+    /// Words this reader does not know (a newer writer's): shown as
+    /// they are, read as not shared.
+    Other(&'a str),
 }
 
 /// What the supervisor publishes.
@@ -247,6 +277,16 @@ impl KeyStatus {
             self.refusals,
             self.changed,
         );
+        if self.shared {
+            // Only a shared key's line says so: an unshared key's line
+            // reads as it did before issue 18. Before `why`, which runs
+            // to the end of the line.
+            let _ = write!(
+                out,
+                " shared 1 leases {} fleet {}",
+                self.leases, self.fleet
+            );
+        }
         if !self.why.is_empty() {
             let why: String = self
                 .why
@@ -281,6 +321,9 @@ impl KeyStatus {
                 "held_total" => k.held_total = num(name, value)?,
                 "deferred" => k.deferred = num(name, value)?,
                 "refusals" => k.refusals = num(name, value)?,
+                "shared" => k.shared = num::<u8>(name, value)? != 0,
+                "leases" => k.leases = num(name, value)?,
+                "fleet" => k.fleet = num(name, value)?,
                 _ => {}
             }
         }
@@ -303,6 +346,15 @@ impl ShardStatus {
         let _ = writeln!(out, "received {}", self.received);
         let _ = writeln!(out, "reported {}", self.reported);
         let _ = writeln!(out, "deferred_by_limit {}", self.deferred_by_limit);
+        if !self.fleet.is_empty() {
+            let fleet: String = self
+                .fleet
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let _ = writeln!(out, "fleet {fleet}");
+            let _ = writeln!(out, "redis_commands {}", self.redis_commands);
+        }
         for k in &self.keys {
             k.render(&mut out);
         }
@@ -325,10 +377,27 @@ impl ShardStatus {
                 "reported" => s.reported = num(name, v)?,
                 "deferred_by_limit" => s.deferred_by_limit = num(name, v)?,
                 "key" => s.keys.push(KeyStatus::parse(v)?),
+                "fleet" => s.fleet = v.to_string(),
+                "redis_commands" => s.redis_commands = num(name, v)?,
                 _ => {}
             }
         }
         Ok(s)
+    }
+
+    /// Its fleet, read from [`ShardStatus::fleet`].
+    pub fn fleet_mode(&self) -> FleetMode<'_> {
+        let alone = self
+            .fleet
+            .strip_prefix("alone since ")
+            .and_then(|rest| rest.split_once(": "))
+            .and_then(|(t, why)| Some((t.parse().ok()?, why)));
+        match (self.fleet.as_str(), alone) {
+            ("", _) => FleetMode::None,
+            ("shared", _) => FleetMode::Shared,
+            (_, Some((since, why))) => FleetMode::Alone { since, why },
+            (other, None) => FleetMode::Other(other),
+        }
     }
 
     /// The same counters in Prometheus' text format, for
@@ -554,6 +623,82 @@ mod tests {
         assert!(
             ShardStatus::parse("shardspawn-status 1 shard\npid x\n").is_err()
         );
+    }
+
+    /// Issue 18: a fleet's shard and its shared keys, written and read
+    /// back; no fleet, nothing written (a file as before the issue).
+    #[test]
+    fn the_fleet_round_trips_and_is_absent_without_one() {
+        let orange = KeyStatus {
+            key: "orange.fr".into(),
+            running: 2,
+            limit: 2,
+            effective: 2,
+            shared: true,
+            leases: 2,
+            fleet: 9,
+            why: "Redis is away".into(),
+            ..KeyStatus::default()
+        };
+        for fleet in ["shared", "alone since 1764336000: Connection refused"] {
+            let mut s = shard();
+            s.fleet = fleet.into();
+            s.redis_commands = 1234;
+            s.keys.push(orange.clone());
+            let text = s.render();
+            assert!(text.contains(&format!("\nfleet {fleet}\n")), "{text}");
+            assert!(text.contains("\nredis_commands 1234\n"), "{text}");
+            assert!(
+                text.contains(
+                    " refusals 0 changed 0 shared 1 leases 2 fleet 9 why \
+                     Redis is away\n"
+                ),
+                "{text}"
+            );
+            assert_eq!(ShardStatus::parse(&text), Ok(s));
+        }
+        let text = shard().render();
+        for absent in ["fleet", "redis_commands", "shared", "leases"] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        // A control character cannot split the line.
+        let s = ShardStatus { fleet: "alone since 1: a\nb".into(), ..shard() };
+        let back = ShardStatus::parse(&s.render()).unwrap();
+        assert_eq!(back.fleet, "alone since 1: a b");
+    }
+
+    /// A file written before issue 18 reads as no fleet, keys unshared.
+    #[test]
+    fn an_older_file_reads_as_no_fleet() {
+        let s = ShardStatus::parse(
+            "shardspawn-status 1 shard\nshard 1\nkey a.test running 1 \
+             limit 20 refusals 3 changed 0\n",
+        )
+        .unwrap();
+        assert_eq!((s.fleet.as_str(), s.redis_commands), ("", 0));
+        assert_eq!(s.fleet_mode(), FleetMode::None);
+        let k = &s.keys[0];
+        assert_eq!(
+            (k.shared, k.leases, k.fleet, k.refusals),
+            (false, 0, 0, 3)
+        );
+    }
+
+    #[test]
+    fn the_fleet_mode_reads_the_three_words() {
+        let mode = |fleet: &str| {
+            let s = ShardStatus { fleet: fleet.into(), ..shard() };
+            format!("{:?}", s.fleet_mode())
+        };
+        assert_eq!(mode(""), "None");
+        assert_eq!(mode("shared"), "Shared");
+        assert_eq!(
+            mode("alone since 1764719401: Connection refused (os error 111)"),
+            "Alone { since: 1764719401, why: \"Connection refused (os error \
+             111)\" }"
+        );
+        assert_eq!(mode("alone since: x"), "Other(\"alone since: x\")");
+        assert_eq!(mode("sharded"), "Other(\"sharded\")");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shardspawn_common::settings::DEFAULT_METRICS_KEYS;
 use shardspawn_common::status::{
-    KeyStatus, ShardStatus, SupervisorStatus, printable,
+    FleetMode, KeyStatus, ShardStatus, SupervisorStatus, printable,
 };
 use shardspawn_os::log::{Log, StatusWriter};
 
@@ -67,6 +67,7 @@ pub fn snapshot(
     keys: usize,
 ) -> ShardStatus {
     let counters = core.counters();
+    let (fleet, redis_commands) = core.fleet_status();
     ShardStatus {
         shard,
         pid: std::process::id(),
@@ -79,9 +80,8 @@ pub fn snapshot(
         reported: counters.reported,
         deferred_by_limit: counters.deferred_by_limit,
         keys: core.key_status(keys),
-        // Filled in by the fleet (issue 18).
-        fleet: String::new(),
-        redis_commands: 0,
+        fleet,
+        redis_commands,
     }
 }
 
@@ -217,8 +217,45 @@ const KEY_SERIES: [KeySeries; 10] = [
     ),
 ];
 
+/// A key's fleet series: name, help, and its value if it has one, from
+/// the key, whether the shard has a fleet, and whether Redis answers.
+type FleetKeySeries =
+    (&'static str, &'static str, fn(&KeyStatus, bool, bool) -> Option<u64>);
+
+/// The fleet's series of each key [`Metrics::keys`] lists (issue 18),
+/// labelled as [`KEY_SERIES`]; gauges all.
+const FLEET_KEY_SERIES: [FleetKeySeries; 3] = [
+    (
+        "shardspawn_key_shared",
+        "1 if the fleet shares the key's limit in Redis, else 0",
+        |k, fleet, _| Some(u64::from(k.shared && fleet)),
+    ),
+    (
+        "shardspawn_key_leases",
+        "deliveries of a shared key the fleet lets this shard run at once \
+         (its local share while Redis is away)",
+        |k, fleet, _| (k.shared && fleet).then_some(k.leases.into()),
+    ),
+    (
+        "shardspawn_key_fleet_leases",
+        "leases of a shared key the whole fleet held at Redis' last answer, \
+         this shard's included (while Redis answers)",
+        |k, _, answers| (k.shared && answers).then_some(k.fleet.into()),
+    ),
+];
+
 /// The shard's Prometheus text: the status file's counters, when it
-/// started, the series of the busiest keys, and the refusals by rule.
+/// started, its fleet, the series of the busiest keys and of those
+/// the fleet shares, and the refusals by rule.
+///
+/// The fleet's shard series are written with no Redis configured too,
+/// as 0 (no command sent, not alone), so a dashboard or an alert over a
+/// mixed set of relays finds every series it asks for. A key's
+/// `shardspawn_key_shared` is written for every key listed (0 with no
+/// Redis configured, when a key marked `shared` is a plain local key);
+/// its leases only for a shared key of a fleet, and the fleet-wide
+/// count only while Redis answers (while Redis is away the fleet's
+/// count is not known, and a 0 would read as an empty fleet).
 pub fn prometheus(status: &ShardStatus, metrics: Metrics) -> String {
     let mut out = status.prometheus();
     let shard = status.shard.to_string();
@@ -230,6 +267,22 @@ pub fn prometheus(status: &ShardStatus, metrics: Metrics) -> String {
         "when the shard started, Unix seconds",
         [(by_shard(), status.started)],
     );
+    let mode = status.fleet_mode();
+    family(
+        &mut out,
+        "shardspawn_redis_commands_total",
+        "counter",
+        "commands sent to Redis (one script call counts one)",
+        [(by_shard(), status.redis_commands)],
+    );
+    family(
+        &mut out,
+        "shardspawn_fleet_alone",
+        "gauge",
+        "1 while Redis is configured and away (shared keys on their local \
+         share), else 0",
+        [(by_shard(), u64::from(matches!(mode, FleetMode::Alone { .. })))],
+    );
     for (name, kind, help, value) in KEY_SERIES {
         let samples = metrics.keys.iter().filter_map(|k| {
             let labels =
@@ -237,6 +290,16 @@ pub fn prometheus(status: &ShardStatus, metrics: Metrics) -> String {
             value(k).map(|v| (labels, v))
         });
         family(&mut out, name, kind, help, samples);
+    }
+    let fleet = !matches!(mode, FleetMode::None);
+    let answers = matches!(mode, FleetMode::Shared);
+    for (name, help, value) in FLEET_KEY_SERIES {
+        let samples = metrics.keys.iter().filter_map(|k| {
+            let labels =
+                vec![("key", k.key.clone()), ("shard", shard.clone())];
+            value(k, fleet, answers).map(|v| (labels, v))
+        });
+        family(&mut out, name, "gauge", help, samples);
     }
     family(
         &mut out,
@@ -492,6 +555,15 @@ mod tests {
              Unix seconds",
             "# TYPE shardspawn_start_time_seconds gauge",
             "shardspawn_start_time_seconds{shard=\"2\"} 1764336000",
+            // No Redis configured: no command, not alone.
+            "# HELP shardspawn_redis_commands_total commands sent to Redis \
+             (one script call counts one)",
+            "# TYPE shardspawn_redis_commands_total counter",
+            "shardspawn_redis_commands_total{shard=\"2\"} 0",
+            "# HELP shardspawn_fleet_alone 1 while Redis is configured and \
+             away (shared keys on their local share), else 0",
+            "# TYPE shardspawn_fleet_alone gauge",
+            "shardspawn_fleet_alone{shard=\"2\"} 0",
         ];
         assert_eq!(prom.lines().collect::<Vec<_>>(), want);
         // Every line ends in a newline, the last too, as the textfile
@@ -561,6 +633,80 @@ mod tests {
                 assert!(l.starts_with(seen.last().unwrap()), "{l}");
             }
         }
+    }
+
+    /// Issue 18: the fleet's series, for each of its modes: Redis
+    /// answers, Redis away, no Redis configured.
+    #[test]
+    fn the_fleet_and_its_shared_keys_have_series() {
+        let keys = [
+            KeyStatus {
+                key: "orange.fr".into(),
+                running: 2,
+                limit: 2,
+                shared: true,
+                leases: 2,
+                fleet: 9,
+                ..KeyStatus::default()
+            },
+            KeyStatus {
+                key: "a.test".into(),
+                limit: 20,
+                ..KeyStatus::default()
+            },
+        ];
+        let refusals = BTreeMap::new();
+        let prom = |fleet: &str| -> Vec<String> {
+            let status = ShardStatus {
+                shard: 1,
+                fleet: fleet.into(),
+                redis_commands: 1234,
+                ..ShardStatus::default()
+            };
+            let metrics = Metrics { keys: &keys, refusals: &refusals };
+            prometheus(&status, metrics).lines().map(String::from).collect()
+        };
+        let has = |lines: &[String], want: &str| {
+            assert!(
+                lines.iter().any(|l| l == want),
+                "{want} not in {lines:#?}"
+            );
+        };
+        let lacks = |lines: &[String], name: &str| {
+            assert!(!lines.iter().any(|l| l.contains(name)), "{name}");
+        };
+        let o = "{key=\"orange.fr\",shard=\"1\"}";
+        let a = "{key=\"a.test\",shard=\"1\"}";
+
+        let shared = prom("shared");
+        for want in [
+            "# TYPE shardspawn_redis_commands_total counter".to_string(),
+            "shardspawn_redis_commands_total{shard=\"1\"} 1234".to_string(),
+            "# TYPE shardspawn_fleet_alone gauge".to_string(),
+            "shardspawn_fleet_alone{shard=\"1\"} 0".to_string(),
+            "# TYPE shardspawn_key_shared gauge".to_string(),
+            format!("shardspawn_key_shared{o} 1"),
+            format!("shardspawn_key_shared{a} 0"),
+            format!("shardspawn_key_leases{o} 2"),
+            format!("shardspawn_key_fleet_leases{o} 9"),
+        ] {
+            has(&shared, &want);
+        }
+        // An unshared key has no leases.
+        lacks(&shared, &format!("leases{a}"));
+
+        let alone = prom("alone since 1764719401: Connection refused");
+        has(&alone, "shardspawn_fleet_alone{shard=\"1\"} 1");
+        has(&alone, &format!("shardspawn_key_leases{o} 2"));
+        // Away, Redis' count is not known: none rather than a 0.
+        lacks(&alone, "shardspawn_key_fleet_leases");
+
+        // No Redis: a key marked shared is local; 0 commands, not alone.
+        let none = prom("");
+        has(&none, "shardspawn_fleet_alone{shard=\"1\"} 0");
+        has(&none, &format!("shardspawn_key_shared{o} 0"));
+        lacks(&none, "shardspawn_key_leases");
+        lacks(&none, "shardspawn_key_fleet_leases");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use shardspawn_common::settings::Settings;
-use shardspawn_common::status::{KeyStatus, ShardStatus, SupervisorStatus};
+use shardspawn_common::status::{
+    FleetMode, KeyStatus, ShardStatus, SupervisorStatus, utc,
+};
 
 use crate::cmdline::{self, Out, Usage, flag_value};
 
@@ -36,6 +38,11 @@ Per key: the configured limit, the effective one in force (eff: lowered
 by adaptation or a response rule), the rate in force, how many seconds
 a suspension still lasts, site-level failures in a row, and how long
 ago the last of these changed, and why.
+
+With a fleet (SHARDSPAWN_REDIS), each shard says whether it shares its
+limits through Redis or runs alone (since when, and why), and how many
+Redis commands it sent; the keys it shares show, in a `shared` column,
+its leases and the whole fleet's (`4/9`; `4/-` while Redis is away).
 ";
 
 /// Status files older than this are stale: every process rewrites its
@@ -139,6 +146,42 @@ fn seconds_in(
         State::Down => updated,
     };
     now.saturating_sub(since)
+}
+
+/// A shard's fleet as a line of the page: `fleet: shared (1234 Redis
+/// commands)`, `fleet: ALONE since 2026-12-02 23:50:01 UTC: WHY`;
+/// `None` with no Redis configured.
+pub fn fleet_line(s: &ShardStatus) -> Option<String> {
+    let n = s.redis_commands;
+    match s.fleet_mode() {
+        FleetMode::None => None,
+        FleetMode::Shared => {
+            Some(format!("fleet: shared ({n} Redis commands)"))
+        }
+        FleetMode::Alone { since, why } => {
+            Some(format!("fleet: ALONE since {}: {why}", utc(since)))
+        }
+        FleetMode::Other(words) => {
+            Some(format!("fleet: {words} ({n} Redis commands)"))
+        }
+    }
+}
+
+/// What the fleet gives a key of a shard in `mode`: `None` unless the
+/// fleet shares it; else this shard's leases and, while Redis answers,
+/// the whole fleet's (away, Redis' count is not known).
+pub fn fleet_share(
+    k: &KeyStatus,
+    mode: FleetMode,
+) -> Option<(u32, Option<u32>)> {
+    match mode {
+        _ if !k.shared => None,
+        FleetMode::None => None,
+        FleetMode::Shared => Some((k.leases, Some(k.fleet))),
+        FleetMode::Alone { .. } | FleetMode::Other(_) => {
+            Some((k.leases, None))
+        }
+    }
 }
 
 /// Runs `status ...`; returns the exit code.
@@ -282,12 +325,12 @@ pub fn gather(dir: &Path) -> Result<View, Unreadable> {
 
 impl View {
     /// The busiest keys over all live shards: (shard, key).
-    fn keys(&self, top: usize) -> Vec<(u16, &KeyStatus)> {
-        let mut keys: Vec<(u16, &KeyStatus)> = self
+    fn keys(&self, top: usize) -> Vec<(&ShardStatus, &KeyStatus)> {
+        let mut keys: Vec<(&ShardStatus, &KeyStatus)> = self
             .shards
             .iter()
             .filter(|(_, state)| *state != State::Down)
-            .flat_map(|(s, _)| s.keys.iter().map(move |k| (s.shard, k)))
+            .flat_map(|(s, _)| s.keys.iter().map(move |k| (s, k)))
             .collect();
         keys.sort_by(|(_, a), (_, b)| {
             (b.running + b.held)
@@ -374,6 +417,9 @@ impl View {
                     s.reported,
                     s.deferred_by_limit
                 );
+                if let Some(line) = fleet_line(s) {
+                    let _ = writeln!(out, "       {line}");
+                }
             }
         }
         let keys = self.keys(top);
@@ -467,27 +513,36 @@ impl View {
                     received: s.received,
                     reported: s.reported,
                     deferred_by_limit: s.deferred_by_limit,
+                    fleet: JsonFleet::of(s.fleet_mode()),
+                    redis_commands: s.redis_commands,
                 })
                 .collect(),
             keys: self
                 .keys(top)
                 .into_iter()
-                .map(|(shard, k)| JsonKey {
-                    key: &k.key,
-                    shard,
-                    running: k.running,
-                    held: k.held,
-                    limit: k.limit,
-                    effective: k.effective,
-                    rate: Some(k.rate.as_str()).filter(|r| !r.is_empty()),
-                    suspended_until: k.suspended_until,
-                    failures: k.failures,
-                    peak: k.peak,
-                    started: k.started,
-                    held_total: k.held_total,
-                    deferred: k.deferred,
-                    changed: k.changed,
-                    why: &k.why,
+                .map(|(s, k)| {
+                    let share = fleet_share(k, s.fleet_mode());
+                    JsonKey {
+                        key: &k.key,
+                        shard: s.shard,
+                        running: k.running,
+                        held: k.held,
+                        limit: k.limit,
+                        effective: k.effective,
+                        rate: Some(k.rate.as_str()).filter(|r| !r.is_empty()),
+                        suspended_until: k.suspended_until,
+                        failures: k.failures,
+                        peak: k.peak,
+                        started: k.started,
+                        held_total: k.held_total,
+                        deferred: k.deferred,
+                        changed: k.changed,
+                        why: &k.why,
+                        refusals: k.refusals,
+                        shared: share.is_some(),
+                        leases: share.map(|(ours, _)| ours),
+                        fleet: share.and_then(|(_, fleet)| fleet),
+                    }
                 })
                 .collect(),
             sites: self
@@ -517,7 +572,7 @@ struct JsonPage<'a> {
     state_dir: Cow<'a, str>,
     now: u64,
     supervisor: Option<JsonSupervisor>,
-    shards: Vec<JsonShard>,
+    shards: Vec<JsonShard<'a>>,
     keys: Vec<JsonKey<'a>>,
     /// Sites and providers with the domains each holds (empty when
     /// sites are off).
@@ -553,7 +608,7 @@ struct JsonSupervisor {
 
 /// A shard's status file, and its state as read now.
 #[derive(Serialize)]
-struct JsonShard {
+struct JsonShard<'a> {
     shard: u16,
     state: State,
     pid: u32,
@@ -565,6 +620,35 @@ struct JsonShard {
     received: u64,
     reported: u64,
     deferred_by_limit: u64,
+    /// Its fleet: `null` with no Redis configured.
+    fleet: Option<JsonFleet<'a>>,
+    /// Commands sent to Redis since it started (0 with no Redis).
+    redis_commands: u64,
+}
+
+/// A shard's fleet: `{"mode":"shared"}`, `{"mode":"alone","since":
+/// UNIX,"why":"..."}`, or what a newer shard wrote, as `mode`.
+#[derive(Serialize)]
+struct JsonFleet<'a> {
+    mode: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a str>,
+}
+
+impl<'a> JsonFleet<'a> {
+    fn of(mode: FleetMode<'a>) -> Option<JsonFleet<'a>> {
+        let (mode, since, why) = match mode {
+            FleetMode::None => return None,
+            FleetMode::Shared => ("shared", None, None),
+            FleetMode::Alone { since, why } => {
+                ("alone", Some(since), Some(why))
+            }
+            FleetMode::Other(words) => (words, None, None),
+        };
+        Some(JsonFleet { mode, since, why })
+    }
 }
 
 /// One of the busiest keys, and the shard that owns it; `rate` is
@@ -584,6 +668,17 @@ struct JsonKey<'a> {
     started: u64,
     held_total: u64,
     deferred: u64,
+    /// Site-level pushback results since the shard first saw it.
+    refusals: u64,
+    /// The fleet shares it (Redis configured, the rule says `shared`).
+    shared: bool,
+    /// Of a shared key: the deliveries the fleet lets this shard run
+    /// at once (its local share while Redis is away); else `null`.
+    leases: Option<u32>,
+    /// Of a shared key: the leases the whole fleet held at Redis' last
+    /// answer; `null` while Redis is away, and for other keys.
+    fleet: Option<u32>,
+    // `why` last, as in the status file (it runs long).
     changed: u64,
     why: &'a str,
 }
@@ -591,15 +686,23 @@ struct JsonKey<'a> {
 /// The per-key table: configured and effective limit, rate, how long a
 /// suspension still lasts, site-level failures in a row, and the last
 /// change with how long ago it was. `why` is last, as it runs long.
-fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
+/// When a key shown is one the fleet shares, a `shared` column after
+/// the limit: this shard's leases and the whole fleet's (`4/9`, `4/-`
+/// while Redis is away, `-` for a key not shared); without one, the
+/// table is as before issue 18.
+fn key_table(keys: &[(&ShardStatus, &KeyStatus)], now: u64) -> String {
     let mut out = String::new();
-    let row = |out: &mut String, cells: [&str; 11], why: &str| {
+    let shares: Vec<Option<(u32, Option<u32>)>> =
+        keys.iter().map(|(s, k)| fleet_share(k, s.fleet_mode())).collect();
+    let fleet = shares.iter().any(Option::is_some);
+    let row = |out: &mut String, cells: [&str; 12], why: &str| {
         let [
             key,
             shard,
             running,
             held,
             limit,
+            shared,
             eff,
             rate,
             susp,
@@ -607,10 +710,16 @@ fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
             peak,
             def,
         ] = cells;
+        let _ = write!(
+            out,
+            "{key:<24} {shard:>5} {running:>7} {held:>6} {limit:>5}"
+        );
+        if fleet {
+            let _ = write!(out, " {shared:>7}");
+        }
         let _ = writeln!(
             out,
-            "{key:<24} {shard:>5} {running:>7} {held:>6} {limit:>5} \
-             {eff:>5} {rate:>8} {susp:>9} {fail:>4} {peak:>6} {def:>8}  {why}"
+            " {eff:>5} {rate:>8} {susp:>9} {fail:>4} {peak:>6} {def:>8}  {why}"
         );
     };
     row(
@@ -621,6 +730,7 @@ fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
             "running",
             "held",
             "limit",
+            "shared",
             "eff",
             "rate",
             "suspended",
@@ -630,7 +740,7 @@ fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
         ],
         "last change",
     );
-    for (shard, k) in keys {
+    for ((s, k), share) in keys.iter().zip(shares) {
         let rate = if k.rate.is_empty() { "-" } else { k.rate.as_str() };
         let why = match (k.changed, k.why.is_empty()) {
             (0, true) => "-".to_string(),
@@ -640,14 +750,20 @@ fn key_table(keys: &[(u16, &KeyStatus)], now: u64) -> String {
                 format!("{}s ago: {}", now.saturating_sub(t), k.why)
             }
         };
+        let shared = match share {
+            None => "-".to_string(),
+            Some((ours, Some(fleet))) => format!("{ours}/{fleet}"),
+            Some((ours, None)) => format!("{ours}/-"),
+        };
         row(
             &mut out,
             [
                 &k.key,
-                &shard.to_string(),
+                &s.shard.to_string(),
                 &k.running.to_string(),
                 &k.held.to_string(),
                 &k.limit.to_string(),
+                &shared,
                 &k.effective.to_string(),
                 rate,
                 &suspension(k.suspended_until, now),
@@ -814,6 +930,101 @@ mod tests {
                 "-"
             ]
         );
+    }
+
+    /// Issue 18: a shard with a fleet says so, and its shared keys show
+    /// its leases and the fleet's; a shard without one says nothing.
+    #[test]
+    fn the_fleet_shows_per_shard_and_per_shared_key() {
+        let now = 1_796_255_500;
+        let orange = KeyStatus {
+            running: 2,
+            limit: 10,
+            shared: true,
+            leases: 4,
+            fleet: 9,
+            ..key("orange.fr")
+        };
+        let mut v = view(vec![orange.clone(), key("a.test")], now);
+        v.shards[0].0.fleet = "shared".into();
+        v.shards[0].0.redis_commands = 1234;
+        let mut alone = v.shards[0].0.clone();
+        alone.shard = 2;
+        alone.fleet = "alone since 1796255401: Connection refused".into();
+        alone.keys = vec![KeyStatus { leases: 3, ..orange }];
+        v.shards.push((alone, State::Up));
+        let text = v.text(10);
+        let lines: Vec<&str> = text.lines().collect();
+        let fleet: Vec<&str> = lines
+            .iter()
+            .map(|l| l.trim_start())
+            .filter(|l| l.starts_with("fleet: "))
+            .collect();
+        assert_eq!(
+            fleet,
+            [
+                "fleet: shared (1234 Redis commands)",
+                "fleet: ALONE since 2026-12-02 23:50:01 UTC: Connection \
+                 refused",
+            ],
+            "{text}"
+        );
+        let at = lines.iter().position(|l| *l == "busiest keys:").unwrap();
+        let words = |i: usize| -> Vec<&str> {
+            lines[at + 1 + i].split_whitespace().collect()
+        };
+        assert_eq!(
+            words(0)[..7],
+            ["key", "shard", "running", "held", "limit", "shared", "eff"]
+        );
+        assert_eq!(
+            words(1)[..7],
+            ["orange.fr", "1", "2", "0", "10", "4/9", "20"]
+        );
+        assert_eq!(
+            words(2)[..7],
+            ["orange.fr", "2", "2", "0", "10", "3/-", "20"]
+        );
+        assert_eq!(words(3)[..7], ["a.test", "1", "0", "0", "20", "-", "20"]);
+
+        let json: serde_json::Value =
+            serde_json::from_str(&v.json(10)).unwrap();
+        let (s0, s2) = (&json["shards"][0], &json["shards"][1]);
+        assert_eq!(s0["fleet"], serde_json::json!({"mode": "shared"}));
+        assert_eq!(s0["redis_commands"], 1234);
+        assert_eq!(
+            s2["fleet"],
+            serde_json::json!({
+                "mode": "alone",
+                "since": 1_796_255_401,
+                "why": "Connection refused"
+            })
+        );
+        let keys = &json["keys"];
+        assert_eq!(keys[0]["shared"], true);
+        assert_eq!(
+            (&keys[0]["leases"], &keys[0]["fleet"]),
+            (&4.into(), &9.into())
+        );
+        assert_eq!(keys[1]["leases"], 3);
+        assert!(keys[1]["fleet"].is_null());
+        assert_eq!(keys[2]["shared"], false);
+        assert!(keys[2]["leases"].is_null() && keys[2]["fleet"].is_null());
+
+        // No Redis configured: no fleet line, no column, `null`, even
+        // for a key the rules mark shared (it is a local key then).
+        let v = view(vec![orange_local(), key("a.test")], now);
+        let text = v.text(10);
+        assert!(!text.contains("fleet") && !text.contains("shared"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&v.json(10)).unwrap();
+        assert!(json["shards"][0]["fleet"].is_null());
+        assert_eq!(json["shards"][0]["redis_commands"], 0);
+        assert_eq!(json["keys"][0]["shared"], false);
+    }
+
+    fn orange_local() -> KeyStatus {
+        KeyStatus { running: 2, shared: true, leases: 4, ..key("orange.fr") }
     }
 
     #[test]

@@ -35,10 +35,12 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
 use shardspawn_common::settings::Settings;
-use shardspawn_common::status::utc;
+use shardspawn_common::status::{FleetMode, utc};
 
 use crate::cmdline::{self, Out, Usage, flag_value};
-use crate::status_cmd::{State, Unreadable, View, gather, group_of};
+use crate::status_cmd::{
+    State, Unreadable, View, fleet_share, gather, group_of,
+};
 
 const USAGE: &str = "\
 usage: shardspawn top [--state-dir DIR] [--sort COLUMN] [--once] [--keys N]
@@ -60,6 +62,12 @@ reverse it):
   q, Esc or Ctrl-C quit
 Without a terminal on stdout, or with --once, plain lines: a block every
 second, or one with --once.
+
+With a fleet (SHARDSPAWN_REDIS), a fourth line says whether the shards
+share their limits through Redis or run alone (how long, how many, why)
+and Redis commands per second; a key the fleet shares has its limit
+marked `10*` and the leases the whole fleet holds in a `fleet` column
+(`-` while Redis is away).
 
   --sort COLUMN  busy, running, held, limit, effective, refusals,
                  suspended, changed, key or shard
@@ -352,6 +360,8 @@ struct Rates {
     deferred: HashMap<(u16, u32), Counter>,
     /// Each key's `refusals`, by (shard, pid, key).
     refusals: HashMap<(u16, u32, String), Counter>,
+    /// Each shard's `redis_commands`, by (shard, pid).
+    redis: HashMap<(u16, u32), Counter>,
 }
 
 /// A new counter of a shard's. The shard's counters were all 0 when it
@@ -384,6 +394,23 @@ pub struct KeyRow {
     pub refusals_per_min: Option<f64>,
     pub changed: u64,
     pub why: String,
+    /// Of a key the fleet shares: this shard's leases, and the whole
+    /// fleet's while Redis answers.
+    pub share: Option<(u32, Option<u32>)>,
+}
+
+/// The shards' fleet, for the fourth totals line: how many run with
+/// one, how many of those alone, since when and why (the one alone
+/// longest), and Redis commands per second.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct FleetTotals {
+    shards: usize,
+    alone: usize,
+    /// The earliest `since` of the shards alone, and its why.
+    alone_since: Option<(u64, String)>,
+    /// Words of a newer shard's this reader does not know.
+    other: Option<String>,
+    redis_per_s: Option<f64>,
 }
 
 /// One read, with its rates: what a screen or a block of lines shows.
@@ -406,6 +433,8 @@ pub struct Snapshot {
     dns_waiting: u32,
     dns_cached: u32,
     sites: Option<bool>,
+    /// `None`: no shard has Redis configured.
+    fleet: Option<FleetTotals>,
     keys: Vec<KeyRow>,
 }
 
@@ -430,6 +459,7 @@ impl Rates {
             dns_waiting: 0,
             dns_cached: 0,
             sites: None,
+            fleet: None,
             keys: Vec::new(),
         };
         match &view.supervisor {
@@ -487,6 +517,31 @@ impl Rates {
             if *state == State::Down {
                 continue;
             }
+            let mode = s.fleet_mode();
+            if mode != FleetMode::None {
+                let f = snap.fleet.get_or_insert_with(FleetTotals::default);
+                f.shards += 1;
+                match mode {
+                    FleetMode::None | FleetMode::Shared => {}
+                    FleetMode::Alone { since, why } => {
+                        f.alone += 1;
+                        if f.alone_since.as_ref().is_none_or(|a| since < a.0) {
+                            f.alone_since = Some((since, why.to_string()));
+                        }
+                    }
+                    FleetMode::Other(words) => {
+                        f.other = Some(words.to_string());
+                    }
+                }
+                let c = self
+                    .redis
+                    .entry((s.shard, s.pid))
+                    .or_insert_with(|| young(s.started, s.updated));
+                c.push(s.updated, s.redis_commands, RESULTS_WINDOW);
+                if let Some(r) = c.per_second() {
+                    *f.redis_per_s.get_or_insert(0.0) += r;
+                }
+            }
             snap.shards_up += usize::from(*state == State::Up);
             snap.running += s.running;
             snap.held += s.held;
@@ -516,6 +571,7 @@ impl Rates {
                     refusals_per_min: c.per_second().map(|r| r * 60.0),
                     changed: k.changed,
                     why: k.why.clone(),
+                    share: fleet_share(k, mode),
                 });
             }
         }
@@ -526,6 +582,9 @@ impl Rates {
             now.saturating_sub(c.last_seen()) <= REFUSALS_WINDOW
         });
         self.deferred.retain(|_, c| {
+            now.saturating_sub(c.last_seen()) <= REFUSALS_WINDOW
+        });
+        self.redis.retain(|_, c| {
             now.saturating_sub(c.last_seen()) <= REFUSALS_WINDOW
         });
         snap
@@ -608,12 +667,26 @@ fn elide(s: &str, width: usize) -> String {
 }
 
 impl KeyRow {
+    /// The `fleet` cell: the leases the whole fleet holds of a shared
+    /// key; `-` while Redis is away, and for a key not shared.
+    fn fleet_cell(&self) -> String {
+        match self.share {
+            Some((_, Some(fleet))) => fleet.to_string(),
+            _ => "-".to_string(),
+        }
+    }
+
     /// The cells after key and shard, as text.
     fn cells(&self, now: u64) -> [String; 8] {
         [
             self.running.to_string(),
             self.held.to_string(),
-            self.limit.to_string(),
+            // The limit of a shared key is the whole fleet's.
+            if self.share.is_some() {
+                format!("{}*", self.limit)
+            } else {
+                self.limit.to_string()
+            },
             self.effective.to_string(),
             if self.rate.is_empty() {
                 "-".to_string()
@@ -635,9 +708,31 @@ impl KeyRow {
     }
 }
 
+impl FleetTotals {
+    /// `fleet shared  Redis 35/s`, or `fleet ALONE 12s (1 of 2 shards)
+    /// Redis 0.0/s  Connection refused`.
+    fn line(&self, now: u64) -> String {
+        let redis = per(self.redis_per_s);
+        let Some((since, why)) = &self.alone_since else {
+            let mode = self.other.as_deref().unwrap_or("shared");
+            return format!("fleet {mode}  Redis {redis}/s");
+        };
+        let some = if self.alone < self.shards {
+            format!(" ({} of {} shards)", self.alone, self.shards)
+        } else {
+            String::new()
+        };
+        format!(
+            "fleet ALONE {}{some}  Redis {redis}/s  {why}",
+            age(now.saturating_sub(*since))
+        )
+    }
+}
+
 impl Snapshot {
-    /// The totals, as lines that fit 80 columns.
-    fn totals(&self, sort: Sort, reverse: bool) -> [String; 3] {
+    /// The totals, as lines that fit 80 columns (the fleet's `why`
+    /// excepted, last on its line: the screen clips it).
+    fn totals(&self, sort: Sort, reverse: bool) -> Vec<String> {
         // Not running: that alone, as the directory can be long.
         let first = if self.sites.is_none() {
             format!("shardspawn {}", self.state)
@@ -670,7 +765,9 @@ impl Snapshot {
             if reverse { " (reversed)" } else { "" },
             utc(self.now).get(11..).unwrap_or_default(),
         );
-        [first, second, third]
+        let mut lines = vec![first, second, third];
+        lines.extend(self.fleet.as_ref().map(|f| f.line(self.now)));
+        lines
     }
 
     /// The rows, sorted, at most `top`.
@@ -693,14 +790,23 @@ impl Snapshot {
             return out;
         }
         let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(0).max(3);
+        // A `fleet` column after the limit when a key shown is shared.
+        let shared = rows.iter().any(|r| r.share.is_some());
+        let limit = |limit: &str, fleet: &str| {
+            if shared {
+                format!("{limit:>5} {fleet:>5}")
+            } else {
+                format!("{limit:>5}")
+            }
+        };
         let _ = writeln!(
             out,
-            "{:<width$} {:>5} {:>7} {:>5} {:>5} {:>5} {:>7} {:>9} {:>7} {:>7}  why",
+            "{:<width$} {:>5} {:>7} {:>5} {} {:>5} {:>7} {:>9} {:>7} {:>7}  why",
             "key",
             "shard",
             "running",
             "held",
-            "limit",
+            limit("limit", "fleet"),
             "eff",
             "rate",
             "suspended",
@@ -708,12 +814,13 @@ impl Snapshot {
             "changed",
         );
         for r in &rows {
-            let [run, held, limit, eff, rate, susp, refm, chg] =
+            let [run, held, lim, eff, rate, susp, refm, chg] =
                 r.cells(self.now);
+            let lim = limit(&lim, &r.fleet_cell());
             let why = if r.why.is_empty() { "-" } else { r.why.as_str() };
             let _ = writeln!(
                 out,
-                "{:<width$} {:>5} {run:>7} {held:>5} {limit:>5} {eff:>5} \
+                "{:<width$} {:>5} {run:>7} {held:>5} {lim} {eff:>5} \
                  {rate:>7} {susp:>9} {refm:>7} {chg:>7}  {why}",
                 r.key, r.shard,
             );
@@ -878,19 +985,20 @@ fn draw(
     error: Option<&str>,
     keys: Option<usize>,
 ) {
+    let mut totals: Vec<Line> = snap
+        .totals(screen.sort, screen.reverse)
+        .into_iter()
+        .map(Line::from)
+        .collect();
+    // Three lines, four with a fleet.
     let [head, table_area, detail, foot] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(u16::try_from(totals.len()).unwrap_or(3)),
         Constraint::Min(2),
         Constraint::Length(2),
         Constraint::Length(1),
     ])
     .areas(f.area());
     let width = f.area().width;
-    let mut totals: Vec<Line> = snap
-        .totals(screen.sort, screen.reverse)
-        .into_iter()
-        .map(Line::from)
-        .collect();
     if let Some(e) = error {
         totals[0] = Line::styled(
             format!("shardspawn top: {e}"),
@@ -907,9 +1015,26 @@ fn draw(
     let fit = usize::from(table_area.height.saturating_sub(1));
     let all =
         snap.sorted(screen.sort, screen.reverse, keys.unwrap_or(usize::MAX));
-    // Numbers: shard 2, run 4, held 5, lim 5, eff 4, rate 6, susp 5,
-    // ref/m 5, chg 4, and a space between each.
-    let numbers: u16 = 2 + 4 + 5 + 5 + 4 + 6 + 5 + 5 + 4 + 10;
+    // A `fleet` column after `lim` when a key shown is shared (it
+    // takes its room from the key column, down to KEY_MIN, then from
+    // `why`).
+    let shared = all.iter().any(|r| r.share.is_some());
+    let mut cols: Vec<(&str, Sort, u16)> = vec![
+        ("sh", Sort::Shard, 2),
+        ("run", Sort::Running, 4),
+        ("held", Sort::Held, 5),
+        ("lim", Sort::Limit, 5),
+        ("eff", Sort::Effective, 4),
+        ("rate", Sort::Busy, 6),
+        ("susp", Sort::Suspended, 5),
+        ("ref/m", Sort::Refusals, 5),
+        ("chg", Sort::Changed, 4),
+    ];
+    if shared {
+        cols.insert(FLEET_AT, ("fleet", Sort::Busy, 5));
+    }
+    // Numbers, a space before each, and one before `why`.
+    let numbers: u16 = cols.iter().map(|c| c.2 + 1).sum::<u16>() + 1;
     // The key column is as wide as the longest key shown needs, so
     // short domain names leave `why` more room.
     let longest = all.iter().map(|r| r.key.chars().count()).max();
@@ -918,32 +1043,17 @@ fn draw(
         .saturating_sub(numbers + 10)
         .clamp(KEY_MIN, 28)
         .min(longest.max(3));
-    let head_cells = [
-        ("key", Sort::Key),
-        ("sh", Sort::Shard),
-        ("run", Sort::Running),
-        ("held", Sort::Held),
-        ("lim", Sort::Limit),
-        ("eff", Sort::Effective),
-        ("rate", Sort::Busy),
-        ("susp", Sort::Suspended),
-        ("ref/m", Sort::Refusals),
-        ("chg", Sort::Changed),
-        ("why", Sort::Busy),
-    ];
-    let header =
-        Row::new(head_cells.iter().enumerate().map(|(i, (name, s))| {
-            let text = if i > 0 && i < 10 {
-                format!("{name:>w$}", w = usize::from(WIDTHS[i]))
-            } else {
-                name.to_string()
-            };
-            let mut style = Style::new().add_modifier(Modifier::BOLD);
-            if *s == screen.sort && *s != Sort::Busy {
-                style = style.add_modifier(Modifier::REVERSED);
-            }
-            Cell::from(text).style(style)
-        }));
+    let head_cells = std::iter::once(("key", Sort::Key, 0))
+        .chain(cols.iter().copied())
+        .chain([("why", Sort::Busy, 0)]);
+    let header = Row::new(head_cells.map(|(name, s, w)| {
+        let text = format!("{name:>w$}", w = usize::from(w));
+        let mut style = Style::new().add_modifier(Modifier::BOLD);
+        if s == screen.sort && s != Sort::Busy {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        Cell::from(text).style(style)
+    }));
     let at = screen.position(&all);
     // Scroll so the picked row shows.
     let skip = match at {
@@ -951,30 +1061,22 @@ fn draw(
         _ => 0,
     };
     let rows = all.iter().skip(skip).take(fit).map(|r| {
-        let cells = r.cells(snap.now);
-        let mut v = vec![
-            Cell::from(elide(&r.key, usize::from(key_w))),
-            Cell::from(format!("{:>2}", r.shard)),
-        ];
-        for (i, c) in cells.iter().enumerate() {
-            v.push(Cell::from(format!("{c:>w$}", w = WIDTHS[i + 2] as usize)));
+        let mut cells = vec![r.shard.to_string()];
+        cells.extend(r.cells(snap.now));
+        if shared {
+            cells.insert(FLEET_AT, r.fleet_cell());
+        }
+        let mut v = vec![Cell::from(elide(&r.key, usize::from(key_w)))];
+        for (c, (_, _, w)) in cells.iter().zip(&cols) {
+            v.push(Cell::from(format!("{c:>w$}", w = usize::from(*w))));
         }
         v.push(Cell::from(if r.why.is_empty() { "-" } else { gist(&r.why) }));
         Row::new(v)
     });
-    let widths = [
-        Constraint::Length(key_w),
-        Constraint::Length(WIDTHS[1]),
-        Constraint::Length(WIDTHS[2]),
-        Constraint::Length(WIDTHS[3]),
-        Constraint::Length(WIDTHS[4]),
-        Constraint::Length(WIDTHS[5]),
-        Constraint::Length(WIDTHS[6]),
-        Constraint::Length(WIDTHS[7]),
-        Constraint::Length(WIDTHS[8]),
-        Constraint::Length(WIDTHS[9]),
-        Constraint::Fill(1),
-    ];
+    let widths: Vec<Constraint> = std::iter::once(Constraint::Length(key_w))
+        .chain(cols.iter().map(|c| Constraint::Length(c.2)))
+        .chain([Constraint::Fill(1)])
+        .collect();
     let table = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
@@ -1021,9 +1123,9 @@ fn draw(
     );
 }
 
-/// The widths of the columns after the key (index 0 is the key's,
-/// set from the screen's width).
-const WIDTHS: [u16; 10] = [0, 2, 4, 5, 5, 4, 6, 5, 5, 4];
+/// Where the `fleet` column goes among the columns after the key:
+/// after `lim`, whose `10*` it explains.
+const FLEET_AT: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -1042,6 +1144,7 @@ mod tests {
             refusals_per_min: None,
             changed: 0,
             why: String::new(),
+            share: None,
         }
     }
 
@@ -1128,6 +1231,152 @@ mod tests {
         assert_eq!(age(7200), "2h");
         assert_eq!(per(Some(0.25)), "0.2");
         assert_eq!(per(Some(180.0)), "180");
+    }
+
+    /// A view of two shards with a fleet: shard 0 shares, shard 1 is
+    /// alone since `now - 12`; orange.fr is shared by both, a.test not.
+    fn fleet_view(now: u64) -> View {
+        use shardspawn_common::status::{KeyStatus, ShardStatus};
+        let orange = KeyStatus {
+            key: "orange.fr".into(),
+            running: 4,
+            limit: 10,
+            effective: 10,
+            shared: true,
+            leases: 4,
+            fleet: 9,
+            ..KeyStatus::default()
+        };
+        let a = KeyStatus {
+            key: "a.test".into(),
+            running: 1,
+            limit: 20,
+            effective: 20,
+            ..KeyStatus::default()
+        };
+        let shard = |shard, fleet: String, keys| ShardStatus {
+            shard,
+            pid: std::process::id(),
+            // Older than a minute: no rate from one read.
+            started: now - 600,
+            updated: now,
+            fleet,
+            redis_commands: 100,
+            keys,
+            ..ShardStatus::default()
+        };
+        View {
+            dir: PathBuf::from("/nonexistent"),
+            exists: true,
+            now,
+            supervisor: None,
+            shards: vec![
+                (
+                    shard(0, "shared".into(), vec![orange.clone(), a]),
+                    State::Up,
+                ),
+                (
+                    shard(
+                        1,
+                        format!(
+                            "alone since {}: Connection refused",
+                            now - 12
+                        ),
+                        vec![KeyStatus { leases: 2, ..orange }],
+                    ),
+                    State::Up,
+                ),
+            ],
+        }
+    }
+
+    /// Issue 18: a fourth totals line with a fleet; a shared key's
+    /// limit is starred and the fleet's count in its own column.
+    #[test]
+    fn the_fleet_has_a_totals_line_and_shared_keys_a_column() {
+        let now = 1_796_255_500;
+        let mut rates = Rates::default();
+        let snap = rates.take(&fleet_view(now));
+        let text = snap.text(Sort::Busy, false, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[3],
+            "fleet ALONE 12s (1 of 2 shards)  Redis -/s  Connection refused"
+        );
+        let words =
+            |i: usize| -> Vec<&str> { lines[i].split_whitespace().collect() };
+        assert_eq!(
+            words(4)[..7],
+            ["key", "shard", "running", "held", "limit", "fleet", "eff"]
+        );
+        assert_eq!(
+            words(5)[..7],
+            ["orange.fr", "0", "4", "0", "10*", "9", "10"]
+        );
+        assert_eq!(
+            words(6)[..7],
+            ["orange.fr", "1", "4", "0", "10*", "-", "10"]
+        );
+        assert_eq!(words(7)[..7], ["a.test", "0", "1", "0", "20", "-", "20"]);
+
+        // A second read, two seconds on, all shared: commands a second.
+        let mut view = fleet_view(now + 2);
+        for (s, _) in &mut view.shards {
+            s.fleet = "shared".into();
+            s.redis_commands = 130;
+        }
+        let snap = rates.take(&view);
+        assert_eq!(
+            snap.totals(Sort::Busy, false)[3],
+            "fleet shared  Redis 30/s"
+        );
+
+        // No fleet: three lines, the table as before.
+        for (s, _) in &mut view.shards {
+            s.fleet.clear();
+        }
+        let text = Rates::default().take(&view).text(Sort::Busy, false, 10);
+        assert!(!text.contains("fleet") && !text.contains('*'), "{text}");
+    }
+
+    /// The full screen with a fleet still fits 80x24, its fourth line
+    /// and the fleet column on it.
+    #[test]
+    fn the_fleet_fits_the_screen() {
+        use ratatui::Terminal;
+        use ratatui::backend::TestBackend;
+        let now = 1_796_255_500;
+        let snap = Rates::default().take(&fleet_view(now));
+        let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let mut screen = Screen {
+            sort: Sort::Busy,
+            reverse: false,
+            picked: None,
+            index: 0,
+        };
+        term.draw(|f| draw(f, &snap, &mut screen, None, None)).unwrap();
+        let buf = term.backend().buffer();
+        let lines: Vec<String> = (0..24)
+            .map(|y| (0..80).map(|x| buf[(x, y)].symbol()).collect())
+            .collect();
+        let screen = lines.join("\n");
+        assert!(
+            lines[3].starts_with("fleet ALONE 12s (1 of 2 shards)"),
+            "{screen}"
+        );
+        let header: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            header[..7],
+            ["key", "sh", "run", "held", "lim", "fleet", "eff"],
+            "{screen}"
+        );
+        let row: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(
+            row[..6],
+            ["orange.fr", "0", "4", "0", "10*", "9"],
+            "{screen}"
+        );
+        assert!(lines[23].contains("q quit"), "{screen}");
     }
 
     #[test]
