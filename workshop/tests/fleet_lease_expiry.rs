@@ -12,7 +12,8 @@
 //! before the kill, and 0.5 s for the clocks) had passed since the kill,
 //! so the leases outlived their holder as they should; and relay 1 ran
 //! all 10 at once within the lease time plus a renewal period of the
-//! kill (plus 2 s for a busy machine).
+//! kill (plus 2 s for a busy machine). Meanwhile it did not spin on
+//! Redis: at most 100 scripts a second while it waited.
 
 mod fleet_common;
 mod limits_common;
@@ -56,6 +57,11 @@ fn a_killed_relays_leases_expire_and_the_other_takes_the_whole_limit() {
     });
     assert_eq!(running(&fleet, 1), 0);
 
+    let scripts = |fleet: &Fleet| {
+        fleet.redis.calls("evalsha").unwrap()
+            + fleet.redis.calls("eval").unwrap()
+    };
+    let scripts_at_kill = scripts(&fleet);
     let pgid = i32::try_from(first.pid()).unwrap();
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).unwrap();
     let killed = monotonic_ns();
@@ -64,6 +70,9 @@ fn a_killed_relays_leases_expire_and_the_other_takes_the_whole_limit() {
     let ok = wait_for(|| running(&fleet, 1) == LIMIT, soon());
     let full = monotonic_ns();
     assert!(ok, "relay 1 never ran 10\n{}", fleet.logs());
+    // Relay 0 is gone: every script the server ran since came from
+    // relay 1, waiting for leases.
+    let waiting_scripts = scripts(&fleet) - scripts_at_kill;
     let recording = fleet.recording();
     let mine = |i: &_| fleet.relay_of(i) == Some(1);
     let first_start = recording.starts(mine)[0];
@@ -72,7 +81,8 @@ fn a_killed_relays_leases_expire_and_the_other_takes_the_whole_limit() {
     let lease = LEASE_SECONDS as f64;
     eprintln!(
         "relay 1: first start {waited:.2} s after the kill, all 10 running \
-         {took:.2} s after it (lease {lease} s, renewed every {:.1} s)",
+         {took:.2} s after it (lease {lease} s, renewed every {:.1} s); \
+         {waiting_scripts} scripts run for it meanwhile",
         lease / 3.0
     );
     assert!(
@@ -91,6 +101,17 @@ fn a_killed_relays_leases_expire_and_the_other_takes_the_whole_limit() {
     assert_eq!(recording.peak_within(zero, 0, killed), LIMIT);
     assert_eq!(recording.peak_within(|_| true, 0, killed), LIMIT);
     assert_eq!(recording.peak_within(mine, 0, u64::MAX), LIMIT);
+
+    // A key that waits for the fleet asks again when a renewal or a
+    // release gives it reason to, not in a loop at Redis's round trip:
+    // 100 a second is already far more than a lease time's worth of
+    // renewals and releases here.
+    let per_second = waiting_scripts as f64 / took.max(0.001);
+    assert!(
+        per_second <= 100.0,
+        "relay 1 ran {waiting_scripts} scripts in {took:.2} s while it \
+         waited for leases: a starved key spins on Redis"
+    );
 
     fleet.relays[1].rig.gate.open();
     let records = next_n(&mut second, LIMIT);

@@ -17,8 +17,9 @@
 //!   outage, at most 10 + 2 relays × batch 2 = 14 in all (the bound in
 //!   ISSUE18.md: in a change-over no relay runs more than the leases it
 //!   held plus one batch), at most 5 per relay and 10 for the fleet once
-//!   the lease time after the fall has passed (each alone at limit/2),
-//!   and at most 10 again from a lease time after the return.
+//!   a lease time has passed since both were seen alone (each alone at
+//!   limit/2), and at most 10 again from a lease time after both were
+//!   seen shared again.
 //!
 //! A second test starts a relay whose Redis is not there at all: it
 //! announces as always, says `alone`, and runs the key at limit/relays.
@@ -85,8 +86,9 @@ fn both_relays_fall_back_when_redis_dies_and_return_when_it_is_back() {
             });
         }
         // Alone past the change-over: a lease time and a second after
-        // the fall, each relay at its own share, still delivering.
-        let settled = killed + LEASE_NS + 1_000_000_000;
+        // both were seen alone (the change came at or before that),
+        // each relay at its own share, still delivering.
+        let settled = alone[0].max(alone[1]) + LEASE_NS + 1_000_000_000;
         let ok = wait_for(
             || {
                 let r = fleet.recording();
@@ -136,7 +138,7 @@ fn both_relays_fall_back_when_redis_dies_and_return_when_it_is_back() {
     assert_eq!(recording.ended(), 2 * PER_RELAY);
     let all = |_: &_| true;
     let end = u64::MAX;
-    let settled = killed + LEASE_NS;
+    let settled = alone[0].max(alone[1]) + LEASE_NS;
     let returned = back[0].max(back[1]) + LEASE_NS;
     let phases = [
         ("before the fall", recording.peak_within(all, 0, killed)),
