@@ -142,9 +142,11 @@ fn both_relays_fall_back_when_redis_dies_and_return_when_it_is_back() {
     let returned = back[0].max(back[1]) + LEASE_NS;
     let phases = [
         ("before the fall", recording.peak_within(all, 0, killed)),
-        ("in all", recording.peak_within(all, 0, end)),
+        ("the fall", recording.peak_within(all, killed, settled)),
         ("alone, settled", recording.peak_within(all, settled, up)),
+        ("the return", recording.peak_within(all, up, returned)),
         ("back, settled", recording.peak_within(all, returned, end)),
+        ("in all", recording.peak_within(all, 0, end)),
     ];
     let alone_own: Vec<usize> = (0..2)
         .map(|r| {
@@ -155,17 +157,28 @@ fn both_relays_fall_back_when_redis_dies_and_return_when_it_is_back() {
             )
         })
         .collect();
+    let return_own: Vec<usize> = (0..2)
+        .map(|r| {
+            recording.peak_within(
+                |i| fleet.relay_of(i) == Some(r),
+                up,
+                returned,
+            )
+        })
+        .collect();
     eprintln!(
         "fell: seen alone {:.2} s and {:.2} s after the kill; Redis down \
          {:.2} s; back: seen shared {:.2} s and {:.2} s after the restart; \
-         peaks {phases:?}, per relay alone {alone_own:?}",
+         peaks {phases:?}, per relay alone {alone_own:?}, per relay in \
+         the return {return_own:?}",
         secs(killed, alone[0]),
         secs(killed, alone[1]),
         secs(killed, up),
         secs(up, back[0]),
         secs(up, back[1]),
     );
-    let bounds = [LIMIT, LIMIT + 2 * BATCH, LIMIT, LIMIT];
+    let over = LIMIT + 2 * BATCH;
+    let bounds = [LIMIT, over, LIMIT, over, LIMIT, over];
     for ((phase, peak), bound) in phases.iter().zip(bounds) {
         assert!(
             *peak <= bound,
