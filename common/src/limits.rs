@@ -24,14 +24,32 @@
 //!                          the site whose MX host (or smtproutes relay)
 //!                          is smarthost.example.net
 //! @:10                     every other site (absent: the `:` default)
+//! orange.fr:2,shared       two at once for the whole fleet of relays
+//! =yahoo:10,50000/d,shared a group: 10 at once and 50,000 a day,
+//!                          fleet-wide
 //! ```
 //!
 //! A value is a limit (1 to 65535) or `=NAME`, membership of a group
 //! (for domain, subdomain and `@HOST`/`@.SUFFIX` keys only: `:` and `@:`
-//! take a limit). A limit may carry a rate after a comma, `N/s`, `N/m`
-//! or `N/h` (N 1 to 65535): `gmail.com:20,600/m` lets at most 600
-//! deliveries a minute start for the key, one every 100 ms, and
-//! `:20,60/m` gives every domain such a rate of its own.
+//! take a limit). A limit may carry, after commas, a rate and the word
+//! `shared`, either, both in either order, each at most once:
+//! `LIMIT[,RATE][,shared]`, printed in that order. A rate is `N/s`,
+//! `N/m`, `N/h` or `N/d` (N 1 to 65535): `gmail.com:20,600/m` lets at
+//! most 600 deliveries a minute start for the key, one every 100 ms
+//! (evenly spaced, no burst), and `:20,60/m` gives every domain such a
+//! rate of its own. Units and `shared` may be in any case.
+//!
+//! # Shared keys
+//!
+//! `shared` (issue 18) makes a key's limit and rate the whole fleet's,
+//! every relay that names the same Redis server and prefix
+//! ([`crate::settings::Fleet`]): `orange.fr:2,shared` keeps two
+//! deliveries to orange.fr running across all relays, not two each. It
+//! is allowed wherever a limit is (`:`, `@:`, a domain, a subdomain,
+//! `@HOST`, `@.SUFFIX`, `=NAME`); a group's members share iff the group
+//! does, and `:N,shared` or `@:N,shared` makes each domain's or site's
+//! own key shared. Without Redis a shared key is an ordinary one, kept
+//! by each relay with its whole limit. Unshared keys never touch Redis.
 //!
 //! Domains are stored as [`domain::normalise`] leaves a recipient's host
 //! (escapes decoded, ASCII lowercased, trailing dots removed, IP literals
@@ -100,9 +118,10 @@
 //! - Otherwise the domain itself, so a subdomain line or the default
 //!   gives each domain its own limit, not a shared one.
 //!
-//! A shard has only the key, and finds its limit from it
-//! ([`Limits::allowance_of_key`]): a group's, an `@` line's own, the
-//! `@:` limit for any other `@` key, a domain's line's.
+//! A shard has only the key, and finds its limit, rate and `shared`
+//! from it ([`Limits::allowance_of_key`]): a group's, an `@` line's own,
+//! the `@:` line's for any other `@` key, a domain's line's (or the
+//! default's).
 //!
 //! Recipient domains come from outside, and one could literally be
 //! `=google` or `@.google.com`: it must not share the group's or the
@@ -145,7 +164,7 @@ pub const SITE_KEY_MAX: usize = 1024;
 pub struct Rate {
     /// Starts per period, `1..=65535`.
     pub count: u32,
-    /// The period: 1 s, 60 s or 3600 s.
+    /// The period: 1 s, 60 s, 3600 s or 86,400 s.
     pub per: Per,
 }
 
@@ -176,8 +195,8 @@ impl Rate {
         )
     }
 
-    /// Parses `N/s`, `N/m` or `N/h` (the unit in either case, as the
-    /// rest of the file).
+    /// Parses `N/s`, `N/m`, `N/h` or `N/d` (the unit in either case, as
+    /// the rest of the file).
     pub fn parse(text: &[u8]) -> Result<Rate, String> {
         let text = trim(text);
         let bad =
@@ -200,7 +219,7 @@ impl Rate {
     }
 }
 
-/// `N/s`, `N/m` or `N/h`.
+/// `N/s`, `N/m`, `N/h` or `N/d`.
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let per = match self.per {
@@ -213,7 +232,8 @@ impl fmt::Display for Rate {
     }
 }
 
-/// What a key may use: a limit, and maybe a rate.
+/// What a key may use: a limit, maybe a rate, and whether the fleet
+/// shares them. Printed `LIMIT[,RATE][,shared]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Allowance {
     /// Most deliveries running at once, `1..=65535` (`u32::MAX` for
@@ -232,12 +252,44 @@ impl From<u32> for Allowance {
     }
 }
 
-/// `LIMIT` or `LIMIT,RATE`.
+impl Allowance {
+    /// Takes one item after a limit's comma (trimmed): `shared`, in any
+    /// case, or a rate (anything with a '/'); each at most once.
+    fn add_item(&mut self, item: &[u8]) -> Result<(), String> {
+        if item.eq_ignore_ascii_case(SHARED) {
+            if self.shared {
+                return Err("`shared` twice".to_owned());
+            }
+            self.shared = true;
+        } else if item.contains(&b'/') {
+            if self.rate.is_some() {
+                return Err("a rate twice".to_owned());
+            }
+            self.rate = Some(Rate::parse(item)?);
+        } else if item.is_empty() {
+            return Err("nothing after ','".to_owned());
+        } else {
+            return Err(format!(
+                "`{}` is neither a rate (N/s, N/m, N/h, N/d) nor `shared`",
+                String::from_utf8_lossy(item)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The word that marks a limit as the fleet's (issue 18).
+const SHARED: &[u8] = b"shared";
+
+/// `LIMIT[,RATE][,shared]`: one order, whatever order the file gave.
 impl fmt::Display for Allowance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.limit)?;
         if let Some(rate) = self.rate {
             write!(f, ",{rate}")?;
+        }
+        if self.shared {
+            f.write_str(",shared")?;
         }
         Ok(())
     }
@@ -246,7 +298,7 @@ impl fmt::Display for Allowance {
 /// What a domain, subdomain, `@HOST` or `@.SUFFIX` rule gives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
-    /// Its own limit (and rate).
+    /// Its own limit (and rate, and `shared`).
     Limit(Allowance),
     /// Membership of a group (lowercase name), which has the limit.
     Group(String),
@@ -255,14 +307,16 @@ pub enum Value {
 /// One line of the file, normalised. `FromStr` and `Display` round-trip.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
-    /// `:LIMIT`: the limit of every domain no other rule names.
+    /// `:LIMIT`: the limit of every domain no other rule names (each
+    /// its own key: `:N,shared` shares each domain's limit fleet-wide).
     Default(Allowance),
     /// `DOMAIN:VALUE`: one domain (normalised).
     Domain(Vec<u8>, Value),
     /// `.SUFFIX:VALUE`: every domain ending in `.SUFFIX`; the vector is
     /// the suffix without its leading '.'.
     Subdomain(Vec<u8>, Value),
-    /// `=NAME:LIMIT`: the limit shared by the group's members.
+    /// `=NAME:LIMIT`: the limit the group's members have together (and
+    /// with other relays, if `shared`).
     Group(String, Allowance),
     /// `@HOST:VALUE`: every site whose deciding mail exchanger (or
     /// smtproutes relay) is HOST (normalised as a domain).
@@ -353,11 +407,25 @@ pub struct Match {
     pub limit: u32,
     /// The most starts per period under `key`, if any.
     pub rate: Option<Rate>,
+    /// `key`'s limit and rate are the fleet's, kept in Redis (issue 18).
+    pub shared: bool,
     /// The rule that matched.
     pub rule: MatchedRule,
 }
 
 impl Match {
+    /// What the delivery's key has: as
+    /// [`allowance_of_key`](Limits::allowance_of_key) finds it.
+    pub fn allowance(&self) -> Allowance {
+        Allowance { limit: self.limit, rate: self.rate, shared: self.shared }
+    }
+
+    /// A match of `key` with `allowance`, by `rule`.
+    fn new(key: Vec<u8>, allowance: Allowance, rule: MatchedRule) -> Match {
+        let Allowance { limit, rate, shared } = allowance;
+        Match { key, limit, rate, shared, rule }
+    }
+
     /// True if a rule naming the domain decided: see
     /// [`MatchedRule::is_domain_rule`].
     pub fn is_domain_rule(&self) -> bool {
@@ -501,6 +569,12 @@ impl Limits {
         self.rules.iter().map(|(line, rule)| (*line, rule))
     }
 
+    /// How many rules give a `shared` limit: with none, this relay
+    /// never asks Redis about a key.
+    pub fn shared_rules(&self) -> usize {
+        self.rules.iter().filter(|(_, rule)| rule.is_shared()).count()
+    }
+
     /// The default limit in force: the default line's, else
     /// [`DEFAULT_LIMIT`].
     pub fn default_limit(&self) -> u32 {
@@ -579,7 +653,7 @@ impl Limits {
             Value::Limit(a) => (domain_key(domain), *a),
             Value::Group(name) => self.group_key(name),
         };
-        Match { key, limit: allowance.limit, rate: allowance.rate, rule }
+        Match::new(key, allowance, rule)
     }
 
     /// A group's key and allowance.
@@ -643,22 +717,12 @@ impl Limits {
                     pattern,
                     host: host.to_vec(),
                 };
-                return Match {
-                    key,
-                    limit: allowance.limit,
-                    rate: allowance.rate,
-                    rule,
-                };
+                return Match::new(key, allowance, rule);
             }
         }
         let key = site_key(exchanges.iter().map(|x| &x.host));
         let (line, allowance) = self.at_key(&key[1..]);
-        Match {
-            key,
-            limit: allowance.limit,
-            rate: allowance.rate,
-            rule: MatchedRule::Site { line },
-        }
+        Match::new(key, allowance, MatchedRule::Site { line })
     }
 
     /// The `@` rule matching a host, if any: its line, its pattern (the
@@ -734,7 +798,9 @@ impl Limits {
         self.allowance_of_key(key).limit
     }
 
-    /// The limit and rate of a key, as [`limit_of_key`] finds them.
+    /// The limit, rate and `shared` of a key, as [`limit_of_key`] finds
+    /// the limit: for every kind of key, so that a shard with only the
+    /// key knows whether the fleet shares it.
     ///
     /// [`limit_of_key`]: Limits::limit_of_key
     pub fn allowance_of_key(&self, key: &[u8]) -> Allowance {
@@ -744,10 +810,7 @@ impl Limits {
                 .and_then(|name| self.group_allowance(name))
                 .unwrap_or_else(|| self.default_allowance()),
             Some((b'@', rest)) => self.at_key(rest).1,
-            _ => {
-                let m = self.lookup(key);
-                Allowance { limit: m.limit, rate: m.rate, shared: false }
-            }
+            _ => self.lookup(key).allowance(),
         }
     }
 
@@ -919,6 +982,22 @@ impl Rule {
         }
     }
 
+    /// True for a rule whose own limit is `shared` (a member's sharing
+    /// is its group's rule's).
+    pub fn is_shared(&self) -> bool {
+        match self {
+            Rule::Default(a) | Rule::Group(_, a) | Rule::SiteDefault(a) => {
+                a.shared
+            }
+            Rule::Domain(_, v)
+            | Rule::Subdomain(_, v)
+            | Rule::Exchange(_, v)
+            | Rule::ExchangeSuffix(_, v) => {
+                matches!(v, Value::Limit(a) if a.shared)
+            }
+        }
+    }
+
     /// The group a rule makes its domains or sites members of.
     fn group_used(&self) -> Option<&str> {
         match self {
@@ -983,7 +1062,7 @@ impl FromStr for Rule {
     }
 }
 
-/// `LIMIT` or `=NAME`.
+/// `LIMIT[,RATE][,shared]` or `=NAME`.
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -1028,25 +1107,29 @@ fn exchange_name(
     Ok(name)
 }
 
-/// A value: a limit with maybe a rate (`20,600/m`), or `=NAME`.
+/// A value: `=NAME`, or a limit and, after commas, a rate and/or the
+/// word `shared`, in either order, each at most once (`20,600/m,shared`).
 fn parse_value(value: &[u8]) -> Result<Value, String> {
     let value = trim(value);
     match value.split_first() {
         None => Err("no value after ':'".to_owned()),
+        // A member counts under its group's key, so it takes the group's
+        // rate and sharing too: saying them here would be ignored.
+        Some((b'=', name)) if name.contains(&b',') => {
+            Err("a group member has its group's allowance: put a rate or \
+             `shared` on the =NAME line"
+                .to_owned())
+        }
         Some((b'=', name)) => Ok(Value::Group(group_name(name)?)),
         Some(_) => {
-            let (n, rate) = match value.iter().position(|&b| b == b',') {
-                Some(comma) => (
-                    trim(&value[..comma]),
-                    Some(Rate::parse(&value[comma + 1..])?),
-                ),
-                None => (value, None),
-            };
-            Ok(Value::Limit(Allowance {
-                limit: limit(n)?,
-                rate,
-                shared: false,
-            }))
+            let mut items = value.split(|&b| b == b',').map(trim);
+            let n = items.next().unwrap_or_default();
+            let mut allowance =
+                Allowance { limit: limit(n)?, rate: None, shared: false };
+            for item in items {
+                allowance.add_item(item)?;
+            }
+            Ok(Value::Limit(allowance))
         }
     }
 }
@@ -1129,6 +1212,7 @@ googlemail.com:=google
                 key: key.to_vec(),
                 limit: *limit,
                 rate: None,
+                shared: false,
                 rule: rule.clone(),
             };
             let d = String::from_utf8_lossy(domain);
@@ -1694,7 +1778,7 @@ gmail.com:=google
             let got = (String::from_utf8_lossy(&m.key), m.limit, &m.rule);
             assert_eq!(got, ((*key).into(), *limit, rule), "{hosts:?}");
             let a = limits.allowance_of_key(&m.key);
-            assert_eq!((a.limit, a.rate), (m.limit, m.rate), "{hosts:?}");
+            assert_eq!(a, m.allowance(), "{hosts:?}");
         }
     }
 
@@ -2040,6 +2124,121 @@ gmail.com:=google
         assert_eq!(slower.to_string(), "30/m");
     }
 
+    /// Issue 18: `shared` after a limit, with or without a rate, in
+    /// either order and any case, printed `LIMIT[,RATE][,shared]`; every
+    /// kind of key gives it back to a shard that has only the key.
+    #[test]
+    fn a_limit_may_be_shared_by_the_fleet() {
+        let limits = parse(
+            ":20,Shared\n@:12 , SHARED\norange.fr:2,shared\n\
+             .slow.test:3,shared,1/h\n@.google.com:=google\n\
+             =google : 20 , shared , 600/M \n=yahoo:10,50000/d,shared\n\
+             yahoo.com:=yahoo\n@.outlook.com:50,shared\nlocal.test:4,9/s\n\
+             =local:5\nl.test:=local\n",
+        );
+        assert_eq!(
+            limits.to_string(),
+            ":20,shared\n@:12,shared\norange.fr:2,shared\n\
+             .slow.test:3,1/h,shared\n@.google.com:=google\n\
+             =google:20,600/m,shared\n=yahoo:10,50000/d,shared\n\
+             yahoo.com:=yahoo\n@.outlook.com:50,shared\nlocal.test:4,9/s\n\
+             =local:5\nl.test:=local\n"
+        );
+        let rate = |count, per| Some(Rate { count, per });
+        let shared = |limit, rate| Allowance { limit, rate, shared: true };
+        let table: &[(&[u8], Allowance, KeyKind)] = &[
+            (b"orange.fr", shared(2, None), KeyKind::Domain),
+            (b"x.slow.test", shared(3, rate(1, Per::Hour)), KeyKind::Domain),
+            (b"=google", shared(20, rate(600, Per::Minute)), KeyKind::Group),
+            (b"=yahoo", shared(10, rate(50000, Per::Day)), KeyKind::Group),
+            (b"@.outlook.com", shared(50, None), KeyKind::Provider),
+            // A site's key has the `@:` line's; a domain's the default's.
+            (b"@mx.unnamed.test", shared(12, None), KeyKind::Site),
+            (b"unnamed.test", shared(20, None), KeyKind::Domain),
+            // Unshared keys stay local.
+            (
+                b"local.test",
+                Allowance {
+                    limit: 4,
+                    rate: rate(9, Per::Second),
+                    shared: false,
+                },
+                KeyKind::Domain,
+            ),
+            (b"=local", 5.into(), KeyKind::Group),
+        ];
+        for (key, allowance, kind) in table {
+            let k = String::from_utf8_lossy(key);
+            assert_eq!(limits.allowance_of_key(key), *allowance, "{k}");
+            assert_eq!(limits.key_kind(key), *kind, "{k}");
+        }
+        // A member is shared iff its group is, by domain or by site.
+        assert!(limits.lookup(b"yahoo.com").shared);
+        assert!(!limits.lookup(b"l.test").shared);
+        let m = limits.site(&mx(&[(5, "aspmx.l.google.com")]));
+        assert_eq!((&m.key[..], m.shared), (&b"=google"[..], true));
+        let m = limits.site(&mx(&[(5, "mx.unnamed.test")]));
+        assert_eq!(m.allowance(), shared(12, None));
+        // Without `@:`, a site takes the default's sharing too.
+        let m = parse(":7,shared\n").site(&mx(&[(5, "mx.unnamed.test")]));
+        assert_eq!(m.allowance(), shared(7, None));
+        assert!(!Limits::absent().lookup(b"a.test").shared);
+        // Seven lines say `shared`; members and local rules do not.
+        assert_eq!(limits.shared_rules(), 7);
+        assert_eq!(parse(EXAMPLE).shared_rules(), 0);
+    }
+
+    #[test]
+    fn shared_and_a_rate_at_most_once_each_with_one_line_errors() {
+        let table: &[(&str, &str)] = &[
+            (
+                "a.test:2,shard",
+                "`shard` is neither a rate (N/s, N/m, N/h, N/d) nor `shared`",
+            ),
+            (
+                "a.test:2,10",
+                "`10` is neither a rate (N/s, N/m, N/h, N/d) nor `shared`",
+            ),
+            (
+                "a.test:2,shared shared",
+                "`shared shared` is neither a rate (N/s, N/m, N/h, N/d) nor \
+                 `shared`",
+            ),
+            ("a.test:2,shared,SHARED", "`shared` twice"),
+            ("=g:2,1/s,shared,2/m", "a rate twice"),
+            ("a.test:2,1/s,1/s", "a rate twice"),
+            ("a.test:2,shared,", "nothing after ','"),
+            ("a.test:2,,shared", "nothing after ','"),
+            ("a.test:2,", "nothing after ','"),
+            ("a.test:shared", "not a number"),
+            ("a.test:shared,2", "not a number"),
+            (
+                "a.test:2,shared,1/w",
+                "a rate is N/s, N/m, N/h or N/d, N 1 to 65535",
+            ),
+            (
+                "a.test:=g,shared",
+                "a group member has its group's allowance: put a rate or \
+                 `shared` on the =NAME line",
+            ),
+            (
+                "@.x.test:=g,1/s",
+                "a group member has its group's allowance: put a rate or \
+                 `shared` on the =NAME line",
+            ),
+        ];
+        for (text, why) in table {
+            let e = Rule::parse(text.as_bytes()).unwrap_err();
+            assert_eq!((e.line, e.why.as_str()), (1, *why), "{text}");
+        }
+        // As a file says it: the line quoted, one line.
+        assert_eq!(
+            error(b":4\norange.fr:2,shard\n"),
+            "line 2: orange.fr:2,shard: `shard` is neither a rate (N/s, \
+             N/m, N/h, N/d) nor `shared`"
+        );
+    }
+
     #[test]
     fn single_rules_parse_and_print() {
         let table: &[(&str, Rule, &str)] = &[
@@ -2148,10 +2347,8 @@ gmail.com:=google
         let rate = prop::option::of(
             (limit(), per).prop_map(|(count, per)| Rate { count, per }),
         );
-        (limit(), rate).prop_map(|(limit, rate)| Allowance {
-            limit,
-            rate,
-            shared: false,
+        (limit(), rate, any::<bool>()).prop_map(|(limit, rate, shared)| {
+            Allowance { limit, rate, shared }
         })
     }
 
@@ -2297,7 +2494,7 @@ gmail.com:=google
                     // Lines differ: `again` has no comments or blanks.
                     prop_assert_eq!((&m.key, m.limit), (&n.key, n.limit));
                     let got = limits.allowance_of_key(&m.key);
-                    prop_assert_eq!((got.limit, got.rate), (m.limit, m.rate));
+                    prop_assert_eq!(got, m.allowance());
                     continue;
                 }
                 let domain = match rule {
@@ -2308,7 +2505,7 @@ gmail.com:=google
                 let (m, n) = (limits.lookup(&domain), again.lookup(&domain));
                 prop_assert_eq!((&m.key, m.limit), (&n.key, n.limit));
                 prop_assert_eq!(limits.limit_of_key(&m.key), m.limit);
-                prop_assert_eq!(again.limit_of_key(&m.key), m.limit);
+                prop_assert_eq!(again.allowance_of_key(&m.key), m.allowance());
             }
         }
     }
@@ -2341,6 +2538,9 @@ gmail.com:=google
                 b"@.",
                 b",",
                 b"\\044",
+                b",shared",
+                b"SHARED",
+                b"/d",
             ])
             .prop_map(<[u8]>::to_vec),
             prop::collection::vec(any::<u8>(), 1..3),
@@ -2397,8 +2597,9 @@ gmail.com:=google
                 _ => KeyKind::Domain,
             }
         );
-        prop_assert_eq!(limits.limit_of_key(&m.key), m.limit);
+        prop_assert_eq!(limits.allowance_of_key(&m.key), m.allowance());
         let n = again.lookup(&norm);
+        prop_assert_eq!(n.allowance(), m.allowance());
         prop_assert_eq!((&n.key, n.limit), (&m.key, m.limit));
         let job = Job {
             delnum: 1,
@@ -2435,14 +2636,13 @@ gmail.com:=google
     ) -> Result<(), TestCaseError> {
         let m = limits.site(mx);
         let n = again.site(mx);
-        prop_assert_eq!((&n.key, n.limit, n.rate), (&m.key, m.limit, m.rate));
+        prop_assert_eq!((&n.key, n.allowance()), (&m.key, m.allowance()));
         let mut reversed = mx.to_vec();
         reversed.reverse();
         prop_assert_eq!(&limits.site(&reversed), &m);
         prop_assert!((1..=LIMIT_MAX).contains(&m.limit));
         prop_assert!(!m.key.contains(&0));
-        let got = limits.allowance_of_key(&m.key);
-        prop_assert_eq!((got.limit, got.rate), (m.limit, m.rate));
+        prop_assert_eq!(limits.allowance_of_key(&m.key), m.allowance());
         let kind = limits.key_kind(&m.key);
         match &m.rule {
             MatchedRule::Provider { pattern, host, .. } => {

@@ -30,12 +30,27 @@
 //! | `SHARDSPAWN_DNS` | `--dns` |
 //! | `SHARDSPAWN_DNS_SECONDS` | `--dns-seconds` |
 //! | `SHARDSPAWN_METRICS_KEYS` | `--metrics-keys` |
+//! | `SHARDSPAWN_REDIS` | `--redis` |
+//! | `SHARDSPAWN_REDIS_PREFIX` | `--redis-prefix` |
+//! | `SHARDSPAWN_FLEET_RELAYS` | `--fleet-relays` |
+//! | `SHARDSPAWN_FLEET_BATCH` | `--fleet-batch` |
+//! | `SHARDSPAWN_LEASE_SECONDS` | `--lease-seconds` |
+//! | `SHARDSPAWN_FLEET_NAME` | `--fleet-name` |
+//!
+//! The last six make this relay one of a fleet that keeps its `shared`
+//! keys' limits and rates in Redis (issue 18; [`Fleet`]). They mean
+//! nothing unless `SHARDSPAWN_REDIS` is set, and then
+//! `SHARDSPAWN_FLEET_RELAYS` must be set too. The Redis address may hold
+//! a password: it is never shown with it ([`RedisUrl`]), and is better
+//! given in the environment than as `--redis`, as anyone may read a
+//! command line.
 //!
 //! Values from the environment lose any trailing newlines (a file in an
-//! envdir usually ends in one). Numbers and the queue owner also lose
-//! surrounding spaces and tabs, from either source. A value that is empty
-//! after that is an error, not "unset": an envdir file left empty by
-//! mistake should not silently mean the default.
+//! envdir usually ends in one). Numbers, the queue owner, the Redis
+//! address and the fleet's prefix and name also lose surrounding spaces
+//! and tabs, from either source. A value that is empty after that is an
+//! error, not "unset": an envdir file left empty by mistake should not
+//! silently mean the default.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -115,6 +130,203 @@ pub struct Settings {
     /// its Prometheus file; 0: none. Default [`DEFAULT_METRICS_KEYS`], at
     /// most [`METRICS_KEYS_MAX`].
     pub metrics_keys: u32,
+    /// The fleet this relay shares its `shared` keys with; `None` (no
+    /// `SHARDSPAWN_REDIS`): each relay keeps them alone.
+    pub fleet: Option<Fleet>,
+}
+
+/// How this relay takes part in a fleet that keeps its `shared` keys in
+/// Redis (issue 18): there only when `SHARDSPAWN_REDIS` is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fleet {
+    /// `SHARDSPAWN_REDIS`: the server.
+    pub redis: RedisUrl,
+    /// Put before every Redis key: one fleet per prefix. Default
+    /// [`DEFAULT_REDIS_PREFIX`].
+    pub prefix: String,
+    /// Relays in the fleet, [`FLEET_RELAYS_MAX`] at most; no default:
+    /// while Redis is away each relay takes 1/relays of every shared
+    /// limit and rate, which only the admin knows.
+    pub relays: u32,
+    /// Leases and rate tokens a shard takes ahead of need per key.
+    /// Default [`DEFAULT_FLEET_BATCH`], at most [`FLEET_BATCH_MAX`].
+    pub batch: u32,
+    /// A lease's life unless renewed. Default [`DEFAULT_LEASE`], 2 s to
+    /// [`LEASE_SECONDS_MAX`].
+    pub lease: Duration,
+    /// This relay's name in the fleet; `None`: the host name, which the
+    /// supervisor looks up (see [`fleet_name`]).
+    pub name: Option<String>,
+}
+
+/// A Redis server's address, as the `redis` crate reads one:
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (or `valkey://`), or
+/// `redis+unix:///PATH[?pass=PASSWORD]` (or `valkey+unix://`, `unix://`).
+/// `rediss://` (TLS) is refused: the workspace builds `redis` without a
+/// TLS feature, and a relay that could never connect would run alone
+/// for good.
+///
+/// Only the scheme, the host or path, and the port and database numbers
+/// are checked here; the client reads the rest. `Display` and `Debug`
+/// show the password as `***`; only [`RedisUrl::as_str`] gives it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Checks `text` (already trimmed). The error says why, and never
+    /// quotes the text.
+    pub fn parse(text: &[u8]) -> Result<RedisUrl, String> {
+        let form = "not redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or \
+                    redis+unix:///PATH";
+        if !text.iter().all(|b| b.is_ascii_graphic()) {
+            return Err("must be printable ASCII with no blanks \
+                        (percent-encode other bytes of a password)"
+                .to_owned());
+        }
+        // Printable ASCII, so UTF-8.
+        let text = String::from_utf8_lossy(text).into_owned();
+        let (scheme, rest) = text.split_once("://").ok_or(form)?;
+        let scheme = scheme.to_ascii_lowercase();
+        match scheme.as_str() {
+            "redis" | "valkey" => check_tcp(rest)?,
+            "redis+unix" | "valkey+unix" | "unix" => check_unix(rest)?,
+            "rediss" | "valkeys" => {
+                return Err(format!(
+                    "{scheme}:// (TLS) is not built in: use redis:// \
+                     over a TLS tunnel"
+                ));
+            }
+            _ => return Err(form.to_owned()),
+        }
+        Ok(RedisUrl(text))
+    }
+
+    /// The address with its password: for the shards' environment only,
+    /// never for a log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The address with any password as `***`.
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// As `Display`: `{:?}` of the settings must not print a password
+/// either.
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({:?})", redact(&self.0))
+    }
+}
+
+/// The part of a URL before its path, query or fragment.
+fn authority(rest: &str) -> (&str, &str) {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest.split_at(end)
+}
+
+/// `[[USER]:PASSWORD@]HOST[:PORT][/DB]...`: a host, a port that is a
+/// port, a database that is a number.
+fn check_tcp(rest: &str) -> Result<(), String> {
+    let (auth, tail) = authority(rest);
+    let host_port = auth.rsplit_once('@').map_or(auth, |(_, hp)| hp);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) =
+                v6.split_once(']').ok_or("no ']' after '['")?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or("no ':'")?)),
+            }
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    if let Some(port) = port.filter(|p| !p.is_empty())
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("port {port} is not a number 0 to 65535"));
+    }
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    let db = path.trim_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!("database /{db} is not a number"));
+    }
+    Ok(())
+}
+
+/// `[localhost]/PATH[?...]`: a socket's path.
+fn check_unix(rest: &str) -> Result<(), String> {
+    let (auth, tail) = authority(rest);
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    if !(auth.is_empty() || auth.eq_ignore_ascii_case("localhost"))
+        || path.trim_matches('/').is_empty()
+    {
+        return Err("no socket path: redis+unix:///PATH".to_owned());
+    }
+    Ok(())
+}
+
+/// `text` with what may be a password as `***`: everything between the
+/// first ':' of the user information and its '@' (all of it if it has
+/// no ':', as that is more likely a password than a user without one),
+/// and the value of a `pass` or `password` query. Works on any text, a
+/// URL or not, so that an error can quote what was given: the user
+/// information ends at the *last* '@', wherever it is, so a password
+/// with a '/' or a '?' in it is hidden too (and so may be more).
+pub fn redact(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (&text[..scheme.len() + 3], rest),
+        None => ("", text),
+    };
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((user, rest)) => match user.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), rest),
+            None => ("***@".to_owned(), rest),
+        },
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let hidden: Vec<String> = query
+                .split('&')
+                .map(|item| match item.split_once('=') {
+                    Some((k, _)) if k == "pass" || k == "password" => {
+                        format!("{k}=***")
+                    }
+                    _ => item.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", hidden.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{user}{rest}")
+}
+
+/// A fleet's prefix or relay name: 1 to [`FLEET_TEXT_MAX`] printable
+/// ASCII bytes, no blanks. The supervisor holds the host name it takes
+/// for a relay's name to this too.
+pub fn fleet_name(text: &[u8]) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > FLEET_TEXT_MAX
+        || !text.iter().all(u8::is_ascii_graphic)
+    {
+        return Err(format!(
+            "must be 1 to {FLEET_TEXT_MAX} printable ASCII bytes, no blanks"
+        ));
+    }
+    // Printable ASCII, so UTF-8.
+    Ok(String::from_utf8_lossy(text).into_owned())
 }
 
 // Each default is named once, here: the settings, the arguments a shard
@@ -166,6 +378,34 @@ pub const DEFAULT_METRICS_KEYS: u32 = 20;
 /// Most `SHARDSPAWN_METRICS_KEYS`: each key is a handful of series per
 /// shard, and a Prometheus server pays for every one it keeps.
 pub const METRICS_KEYS_MAX: u32 = 1000;
+
+/// `SHARDSPAWN_REDIS_PREFIX`: before every Redis key of the fleet.
+pub const DEFAULT_REDIS_PREFIX: &str = "shardspawn:";
+
+/// `SHARDSPAWN_FLEET_BATCH`: leases and tokens taken ahead of need per
+/// key; 2 lets a key start its next delivery while a claim is out.
+pub const DEFAULT_FLEET_BATCH: u32 = 2;
+
+/// Most `SHARDSPAWN_FLEET_BATCH`: the fleet may go over a shared limit
+/// by a batch per relay while Redis comes and goes.
+pub const FLEET_BATCH_MAX: u32 = 100;
+
+/// Most `SHARDSPAWN_FLEET_RELAYS`.
+pub const FLEET_RELAYS_MAX: u32 = 1000;
+
+/// `SHARDSPAWN_LEASE_SECONDS`: a dead relay's leases are free again
+/// within this.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Least `SHARDSPAWN_LEASE_SECONDS`: leases are renewed every third of
+/// it, and a renewal must have time to come back.
+pub const LEASE_SECONDS_MIN: u64 = 2;
+
+/// Most `SHARDSPAWN_LEASE_SECONDS`: an hour of a dead relay's leases.
+pub const LEASE_SECONDS_MAX: u64 = 3600;
+
+/// Longest fleet prefix or relay name, in bytes.
+pub const FLEET_TEXT_MAX: usize = 64;
 
 /// Longest `SHARDSPAWN_DNS_SECONDS`: a delivery waiting longer for DNS
 /// than qmail-remote would itself is worse than its domain key.
@@ -220,10 +460,16 @@ enum Name {
     Dns,
     DnsSeconds,
     MetricsKeys,
+    Redis,
+    RedisPrefix,
+    FleetRelays,
+    FleetBatch,
+    LeaseSeconds,
+    Relay,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 21] = [
+const TABLE: [(Name, &str, &str); 27] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -245,6 +491,12 @@ const TABLE: [(Name, &str, &str); 21] = [
     (Name::Dns, "SHARDSPAWN_DNS", "--dns"),
     (Name::DnsSeconds, "SHARDSPAWN_DNS_SECONDS", "--dns-seconds"),
     (Name::MetricsKeys, "SHARDSPAWN_METRICS_KEYS", "--metrics-keys"),
+    (Name::Redis, "SHARDSPAWN_REDIS", "--redis"),
+    (Name::RedisPrefix, "SHARDSPAWN_REDIS_PREFIX", "--redis-prefix"),
+    (Name::FleetRelays, "SHARDSPAWN_FLEET_RELAYS", "--fleet-relays"),
+    (Name::FleetBatch, "SHARDSPAWN_FLEET_BATCH", "--fleet-batch"),
+    (Name::LeaseSeconds, "SHARDSPAWN_LEASE_SECONDS", "--lease-seconds"),
+    (Name::Relay, "SHARDSPAWN_FLEET_NAME", "--fleet-name"),
 ];
 
 /// Longest hold we accept, in seconds. Far beyond any sane setting, and
@@ -447,11 +699,78 @@ impl Raw {
         Ok(servers)
     }
 
+    /// A Redis address; an error shows it with its password as `***`.
+    fn redis(&self) -> Result<RedisUrl, SettingsError> {
+        let hidden = |why| SettingsError {
+            source: self.source.clone(),
+            value: redact(&self.value.to_string_lossy()),
+            why,
+        };
+        // "must not be empty" quotes nothing.
+        RedisUrl::parse(self.trimmed()?).map_err(hidden)
+    }
+
+    /// A fleet's prefix or relay name ([`fleet_name`]).
+    fn fleet_name(&self) -> Result<String, SettingsError> {
+        fleet_name(self.trimmed()?).map_err(|why| self.error(why))
+    }
+
     /// A uid: any `u32`, 0 included.
     fn uid(&self) -> Result<u32, SettingsError> {
         let n = self.number(0, u64::from(u32::MAX))?;
         Ok(u32::try_from(n).expect("bounded above"))
     }
+}
+
+/// The fleet's settings, `None` without `SHARDSPAWN_REDIS`. Each is
+/// checked even then, so that a bad one is found before the day Redis
+/// is set.
+fn fleet<'a>(
+    get: &dyn Fn(Name) -> Option<&'a Raw>,
+) -> Result<Option<Fleet>, SettingsError> {
+    let number = |name, min, max, default| match get(name) {
+        None => Ok(default),
+        Some(r) => r.number(min, max),
+    };
+    let redis = get(Name::Redis).map(|r| r.redis().map(|u| (r, u)));
+    let redis = redis.transpose()?;
+    let prefix = get(Name::RedisPrefix).map(Raw::fleet_name).transpose()?;
+    let relays = get(Name::FleetRelays)
+        .map(|r| r.number(1, FLEET_RELAYS_MAX.into()))
+        .transpose()?;
+    let batch = number(
+        Name::FleetBatch,
+        1,
+        FLEET_BATCH_MAX.into(),
+        DEFAULT_FLEET_BATCH.into(),
+    )?;
+    let lease = number(
+        Name::LeaseSeconds,
+        LEASE_SECONDS_MIN,
+        LEASE_SECONDS_MAX,
+        DEFAULT_LEASE.as_secs(),
+    )?;
+    let name = get(Name::Relay).map(Raw::fleet_name).transpose()?;
+    let Some((raw, redis)) = redis else { return Ok(None) };
+    let Some(relays) = relays else {
+        return Err(SettingsError {
+            source: raw.source.clone(),
+            value: redis.to_string(),
+            why: "SHARDSPAWN_FLEET_RELAYS (--fleet-relays) must be set \
+                  too: the relays in the fleet, as each keeps 1/N of every \
+                  shared limit while Redis is away"
+                .to_owned(),
+        });
+    };
+    let small = |n: u64| u32::try_from(n).expect("bounded above");
+    Ok(Some(Fleet {
+        redis,
+        prefix: prefix.unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
+        relays: small(relays),
+        batch: small(batch),
+        lease: Duration::from_secs(lease),
+        name,
+    }))
 }
 
 /// Drops trailing newlines, as an envdir file usually has one.
@@ -569,6 +888,7 @@ impl Settings {
                         .expect("bounded above")
                 }
             },
+            fleet: fleet(&get)?,
         })
     }
 
@@ -651,6 +971,7 @@ mod tests {
             dns: Vec::new(),
             dns_wait: Duration::from_secs(5),
             metrics_keys: 20,
+            fleet: None,
         };
         assert_eq!(s, want);
         assert_eq!(
@@ -688,6 +1009,12 @@ mod tests {
             ("SHARDSPAWN_DNS", "127.0.0.1:5353, ::1"),
             ("SHARDSPAWN_DNS_SECONDS", "2"),
             ("SHARDSPAWN_METRICS_KEYS", "0"),
+            ("SHARDSPAWN_REDIS", "redis://:pw@10.0.0.5:6380/2"),
+            ("SHARDSPAWN_REDIS_PREFIX", "fleet1:"),
+            ("SHARDSPAWN_FLEET_RELAYS", "3"),
+            ("SHARDSPAWN_FLEET_BATCH", "5"),
+            ("SHARDSPAWN_LEASE_SECONDS", "12"),
+            ("SHARDSPAWN_FLEET_NAME", "relay-a"),
         ];
         let want = Settings {
             home: PathBuf::from("/q"),
@@ -716,6 +1043,15 @@ mod tests {
             ],
             dns_wait: Duration::from_secs(2),
             metrics_keys: 0,
+            fleet: Some(Fleet {
+                redis: RedisUrl::parse(b"redis://:pw@10.0.0.5:6380/2")
+                    .unwrap(),
+                prefix: "fleet1:".to_owned(),
+                relays: 3,
+                batch: 5,
+                lease: Duration::from_secs(12),
+                name: Some("relay-a".to_owned()),
+            }),
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
         let mut flags = Vec::new();
@@ -797,6 +1133,174 @@ mod tests {
         assert_eq!(keys("1000").unwrap().metrics_keys, METRICS_KEYS_MAX);
         assert_eq!(keys("1001").unwrap_err().why, "must be at most 1000");
         assert_eq!(keys("x").unwrap_err().why, "not a number");
+    }
+
+    /// Issue 18: no fleet without Redis; with it, the relays must be
+    /// said, and the rest have defaults.
+    #[test]
+    fn a_fleet_needs_redis_and_the_number_of_relays() {
+        let url = "redis://10.0.0.5";
+        let s = parse(&[("SHARDSPAWN_FLEET_RELAYS", "3")], &[]).unwrap();
+        assert_eq!(s.fleet, None);
+        let s =
+            parse(&[("SHARDSPAWN_REDIS", url)], &[("--fleet-relays", "4")])
+                .unwrap();
+        assert_eq!(
+            s.fleet,
+            Some(Fleet {
+                redis: RedisUrl::parse(url.as_bytes()).unwrap(),
+                prefix: "shardspawn:".to_owned(),
+                relays: 4,
+                batch: 2,
+                lease: Duration::from_secs(30),
+                name: None,
+            })
+        );
+        // The flag beats the variable; blanks and the newline go.
+        let s = parse(
+            &[("SHARDSPAWN_REDIS", url), ("SHARDSPAWN_FLEET_RELAYS", "2")],
+            &[("--redis", " redis+unix:///run/redis.sock ")],
+        )
+        .unwrap();
+        let fleet = s.fleet.unwrap();
+        assert_eq!(fleet.redis.as_str(), "redis+unix:///run/redis.sock");
+        assert_eq!(fleet.relays, 2);
+        let e = parse(&[("SHARDSPAWN_REDIS", "redis://:pw@r1\n")], &[])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SHARDSPAWN_REDIS=redis://:***@r1: SHARDSPAWN_FLEET_RELAYS \
+             (--fleet-relays) must be set too: the relays in the fleet, as \
+             each keeps 1/N of every shared limit while Redis is away"
+        );
+        let e = parse(&[], &[("--redis", url)]).unwrap_err();
+        assert_eq!((e.source.as_str(), e.value.as_str()), ("--redis", url));
+        // Each is checked even without Redis.
+        let table: &[(&str, &str, &str)] = &[
+            ("SHARDSPAWN_FLEET_RELAYS", "0", "must be at least 1"),
+            ("SHARDSPAWN_FLEET_RELAYS", "1001", "must be at most 1000"),
+            ("SHARDSPAWN_FLEET_BATCH", "0", "must be at least 1"),
+            ("SHARDSPAWN_FLEET_BATCH", "101", "must be at most 100"),
+            ("SHARDSPAWN_LEASE_SECONDS", "1", "must be at least 2"),
+            ("SHARDSPAWN_LEASE_SECONDS", "3601", "must be at most 3600"),
+            (
+                "SHARDSPAWN_REDIS_PREFIX",
+                "a b",
+                "must be 1 to 64 printable ASCII bytes, no blanks",
+            ),
+            (
+                "SHARDSPAWN_FLEET_NAME",
+                "r\u{e9}lais",
+                "must be 1 to 64 printable ASCII bytes, no blanks",
+            ),
+        ];
+        for (var, value, why) in table {
+            assert_eq!(
+                parse(&[(var, value)], &[]),
+                Err(error(var, value, why)),
+                "{var}={value}"
+            );
+        }
+        let long = "x".repeat(65);
+        let e = parse(&[], &[("--redis-prefix", &long)]).unwrap_err();
+        assert_eq!(e.why, "must be 1 to 64 printable ASCII bytes, no blanks");
+        let bounds = parse(
+            &[
+                ("SHARDSPAWN_REDIS", url),
+                ("SHARDSPAWN_FLEET_RELAYS", "1000"),
+                ("SHARDSPAWN_FLEET_BATCH", "100"),
+                ("SHARDSPAWN_LEASE_SECONDS", "2"),
+                ("SHARDSPAWN_REDIS_PREFIX", &long[..64]),
+            ],
+            &[],
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(
+            (bounds.relays, bounds.batch, bounds.lease, bounds.prefix.len()),
+            (1000, 100, Duration::from_secs(2), 64)
+        );
+    }
+
+    #[test]
+    fn a_redis_address_is_checked_and_never_shown_with_its_password() {
+        for good in [
+            "redis://127.0.0.1",
+            "redis://127.0.0.1:6379/0",
+            "REDIS://r.example.net/15",
+            "redis://[::1]:6380",
+            "redis://[::1]",
+            "redis://:p%40ss@r.example.net",
+            "redis://fleet:secret@r.example.net:6379/1?protocol=resp3",
+            "valkey://v.example.net",
+            "redis+unix:///run/redis.sock",
+            "redis+unix:///run/redis.sock?pass=secret&db=2",
+            "unix:///run/redis.sock",
+            "valkey+unix://localhost/run/valkey.sock",
+        ] {
+            assert!(RedisUrl::parse(good.as_bytes()).is_ok(), "{good}");
+        }
+        let form = "not redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or \
+                    redis+unix:///PATH";
+        let table: &[(&str, &str)] = &[
+            ("127.0.0.1:6379", form),
+            ("http://r.example.net", form),
+            ("redis:/r.example.net", form),
+            ("redis://", "no host"),
+            ("redis://:secret@", "no host"),
+            ("redis://:secret@:6379", "no host"),
+            ("redis://[::1", "no ']' after '['"),
+            ("redis://r:http", "port http is not a number 0 to 65535"),
+            ("redis://r:70000", "port 70000 is not a number 0 to 65535"),
+            ("redis://r/zero", "database /zero is not a number"),
+            ("redis+unix://", "no socket path: redis+unix:///PATH"),
+            ("redis+unix://host/x.sock", "no socket path: redis+unix:///PATH"),
+            (
+                "rediss://:secret@r.example.net",
+                "rediss:// (TLS) is not built in: use redis:// over a TLS \
+                 tunnel",
+            ),
+            (
+                "redis://:s\u{e9}cret@r",
+                "must be printable ASCII with no blanks (percent-encode \
+                 other bytes of a password)",
+            ),
+            (
+                "redis://:se cret@r",
+                "must be printable ASCII with no blanks (percent-encode \
+                 other bytes of a password)",
+            ),
+        ];
+        for (text, why) in table {
+            let got = RedisUrl::parse(text.as_bytes());
+            assert_eq!(got.as_ref().map_err(String::as_str), Err(*why));
+            let e = parse(&[], &[("--redis", text)]).unwrap_err();
+            assert_eq!(e.why, *why);
+            assert!(!e.to_string().contains("secret"), "{e}");
+            assert!(!e.to_string().contains("cret"), "{e}");
+        }
+        // What is shown: the password as `***`, all else as given.
+        let table: &[(&str, &str)] = &[
+            ("redis://r:6379/0", "redis://r:6379/0"),
+            ("redis://:secret@r:6379/0", "redis://:***@r:6379/0"),
+            ("redis://fleet:secret@r", "redis://fleet:***@r"),
+            ("redis://secret@r", "redis://***@r"),
+            ("redis://:a:b@c@r", "redis://:***@r"),
+            ("redis://:pa/ss@r/0", "redis://:***@r/0"),
+            (
+                "redis+unix:///s.sock?db=1&pass=secret",
+                "redis+unix:///s.sock?db=1&pass=***",
+            ),
+            ("secret@r:6379", "***@r:6379"),
+        ];
+        for (text, shown) in table {
+            assert_eq!(redact(text), *shown, "{text}");
+        }
+        let url = RedisUrl::parse(b"redis://u:secret@r/1").unwrap();
+        assert_eq!(url.as_str(), "redis://u:secret@r/1");
+        assert_eq!(url.to_string(), "redis://u:***@r/1");
+        assert_eq!(format!("{url:?}"), r#"RedisUrl("redis://u:***@r/1")"#);
     }
 
     #[test]

@@ -36,6 +36,8 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
                   [--max-running N] [--log-dir DIR] [--logger PROG]
                   [--initial-limit N] [--suspend-after N]
                   [--suspend-seconds N] [--responses FILE]
+                  [--redis URL] [--redis-prefix PREFIX] [--fleet-relays N]
+                  [--fleet-batch N] [--lease-seconds N] [--fleet-name NAME]
        shardspawn simulate [--help] [options]
        shardspawn limits check [FILE]
        shardspawn limits explain [--limits FILE] DOMAIN...
@@ -48,6 +50,12 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
 Run with no arguments as qmail-rspawn under qmail-start: settings come
 from the SHARDSPAWN_* environment variables (and QMAILREMOTE); a flag
 beats its variable. Each command takes --help.
+
+SHARDSPAWN_REDIS (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]) makes this
+relay one of a fleet whose `shared` limits are kept in Redis; it needs
+SHARDSPAWN_FLEET_RELAYS, the number of relays, as each takes 1/N of a
+shared limit while Redis is away. Prefer the variable to --redis: anyone
+can read a command line, password and all.
 ";
 
 /// Runs the program; returns the exit code.

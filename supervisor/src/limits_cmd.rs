@@ -50,9 +50,11 @@ explain: for each domain (or address), where its mail goes (the relay
 HOME/control/smtproutes names, else its MX hosts, looked up now unless
 SHARDSPAWN_SITES=0, through SHARDSPAWN_DNS if set), the rule that
 matches (a domain rule, a provider rule of MX hosts, the site, or the
-default), the limit key, the limit, and the shard that owns the key at
-the current shard count (SHARDSPAWN_SHARDS, else the number of CPUs);
---limits names the limits file, as check's FILE does.
+default), the limit key, the limit, the rate, whether the key is shared
+by the fleet (a `shared` limit, kept in Redis when SHARDSPAWN_REDIS is
+set), and the shard that owns the key at the current shard count
+(SHARDSPAWN_SHARDS, else the number of CPUs); --limits names the limits
+file, as check's FILE does.
 rules: validates the response rules file (default: the SHARDSPAWN_RESPONSES
 setting, else HOME/control/responserules) and lists every rule in force,
 in the order they are tried: the file's, then the built-in ones.
@@ -183,7 +185,7 @@ pub fn main(p: Parser) -> i32 {
     out.finish(r)
 }
 
-fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
+fn check(out: &mut impl Write, path: &Path, named: bool) -> io::Result<i32> {
     match load(path, named) {
         Ok(Some(limits)) => {
             let (mut domains, mut subdomains, mut groups) = (0, 0, 0);
@@ -197,11 +199,17 @@ fn check(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
                     Rule::Default(_) | Rule::SiteDefault(_) => {}
                 }
             }
+            // Said only when there are some: the line of a file without
+            // them is as it always was.
+            let shared = match limits.shared_rules() {
+                0 => String::new(),
+                n => format!(", {n} shared rules"),
+            };
             writeln!(
                 out,
                 "{}: ok: default limit {}, site limit {}, {domains} domain \
                  rules, {subdomains} subdomain rules, {mx} MX host rules, \
-                 {groups} groups",
+                 {groups} groups{shared}",
                 path.display(),
                 limits.default_limit(),
                 limits.site_allowance().limit,
@@ -235,7 +243,7 @@ pub struct SiteFinder<'a> {
 }
 
 fn explain(
-    out: &mut Out,
+    out: &mut impl Write,
     path: &Path,
     named: bool,
     shards: u16,
@@ -303,9 +311,14 @@ fn explain(
             }
         };
         let rate = m.rate.map_or_else(String::new, |r| format!("; rate {r}"));
+        // Whether Redis is set is the supervisor's to say (it logs it at
+        // start); the file's word is what this shows.
+        let shared =
+            if m.shared { "; shared by the fleet (Redis)" } else { "" };
         writeln!(
             out,
-            "{}: {found}{rule}; key {}; limit {}{rate}; shard {} of {shards}",
+            "{}: {found}{rule}; key {}; limit {}{rate}{shared}; shard {} of \
+             {shards}",
             domain::printable(&d),
             domain::printable(&m.key),
             m.limit,
@@ -397,4 +410,90 @@ fn rules(out: &mut Out, path: &Path, named: bool) -> io::Result<i32> {
         writeln!(out, "{}: \"{}\": {action}", rule.origin, rule.pattern)?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limits file in a directory of this test's own.
+    fn file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "shardspawn-limits-cmd-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limits");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn printed(run: impl FnOnce(&mut Vec<u8>) -> io::Result<i32>) -> String {
+        let mut out = Vec::new();
+        assert_eq!(run(&mut out).unwrap(), 0);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Issue 18: `explain` says a key is shared, whatever kind of key,
+    /// and says nothing new of one that is not; `check` counts them.
+    #[test]
+    fn explain_says_a_key_is_shared_by_the_fleet() {
+        let path = file(
+            "explain",
+            ":4,shared\n=yahoo:10,50000/d,shared\nyahoo.com:=yahoo\n\
+             orange.fr:2,SHARED\nlocal.test:3,1/s\n",
+        );
+        let domains: Vec<OsString> =
+            ["u@yahoo.com", "orange.fr", "other.test", "local.test"]
+                .map(OsString::from)
+                .to_vec();
+        let text = printed(|out| explain(out, &path, true, 4, &domains, None));
+        let p = path.display();
+        let shard = |key: &str| domain::shard_for(key.as_bytes(), 4);
+        let want = [
+            format!(
+                "yahoo.com: rule {p} line 3 'yahoo.com:=yahoo'; key =yahoo; \
+                 limit 10; rate 50000/d; shared by the fleet (Redis); shard \
+                 {} of 4",
+                shard("=yahoo")
+            ),
+            format!(
+                "orange.fr: rule {p} line 4 'orange.fr:2,shared'; key \
+                 orange.fr; limit 2; shared by the fleet (Redis); shard {} \
+                 of 4",
+                shard("orange.fr")
+            ),
+            format!(
+                "other.test: rule {p} line 1 ':4,shared' (default); key \
+                 other.test; limit 4; shared by the fleet (Redis); shard {} \
+                 of 4",
+                shard("other.test")
+            ),
+            format!(
+                "local.test: rule {p} line 5 'local.test:3,1/s'; key \
+                 local.test; limit 3; rate 1/s; shard {} of 4",
+                shard("local.test")
+            ),
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want);
+        assert_eq!(
+            printed(|out| check(out, &path, true)),
+            format!(
+                "{p}: ok: default limit 4, site limit 4, 3 domain rules, 0 \
+                 subdomain rules, 0 MX host rules, 1 groups, 3 shared \
+                 rules\n"
+            )
+        );
+        // A file with no shared rule checks as it always did.
+        let path = file("check", ":4\na.test:2,1/d\n");
+        assert_eq!(
+            printed(|out| check(out, &path, true)),
+            format!(
+                "{}: ok: default limit 4, site limit 4, 1 domain rules, 0 \
+                 subdomain rules, 0 MX host rules, 0 groups\n",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }

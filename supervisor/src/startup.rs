@@ -22,7 +22,7 @@ use shardspawn_common::lookup::ResolverConfig;
 use shardspawn_common::response::Responses;
 use shardspawn_common::routes::Routes;
 use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
-use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_common::shard_config::{FleetSettings, REDIS_ENV, ShardConfig};
 use shardspawn_os::log::Log;
 use shardspawn_os::sys;
 
@@ -487,6 +487,7 @@ pub fn prepare(
     let owner_uid = queue_owner_uid(&settings.queue_owner)?;
     clean_tcpto(Path::new("../lock/tcpto"));
     let (limits, responses) = read_controls(settings, &home, log)?;
+    let fleet = join_fleet(settings, &limits.parsed, log)?;
     let routes = read_routes(&home, log);
     // Checked here, in queue/mess, where the shards will run it.
     remote_runs(settings)?;
@@ -518,8 +519,7 @@ pub fn prepare(
             suspend_after: settings.suspend_after,
             suspend: settings.suspend,
             metrics_keys: settings.metrics_keys,
-            // Set from the fleet's settings (issue 18).
-            fleet: None,
+            fleet,
         },
         limits,
         responses,
@@ -532,6 +532,100 @@ pub fn prepare(
         },
         routes,
     })
+}
+
+/// Where Linux keeps the host name, a relay's name in its fleet unless
+/// `SHARDSPAWN_FLEET_NAME` says otherwise. Read here rather than asked
+/// of uname(2), which nix gives only with a feature we do not build.
+const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+/// What the shards are told of the fleet (issue 18), `None` without
+/// Redis; and before any shard starts, the Redis address put in the
+/// environment they inherit ([`REDIS_ENV`]), as a shard never takes it
+/// from its command line (anyone may read that). Logs one line either
+/// way, if there is something to say.
+fn join_fleet(
+    settings: &Settings,
+    limits: &Limits,
+    log: &Log,
+) -> Result<Option<FleetSettings>, Fatal> {
+    let shared = limits.shared_rules();
+    let Some(fleet) = &settings.fleet else {
+        if shared > 0 {
+            log.warn(format_args!(
+                "limits file names shared keys but SHARDSPAWN_REDIS is \
+                 unset: they are kept by this relay alone"
+            ));
+        }
+        return Ok(None);
+    };
+    let told = fleet_settings(fleet, || std::fs::read(HOSTNAME))?;
+    // Set whether the address came from `--redis` or from the variable:
+    // either way the shards then read exactly the address checked here,
+    // without the blanks or newline the settings trimmed.
+    //
+    // SAFETY: the supervisor is single-threaded here (no thread is ever
+    // started before the event loop, and none by it), so nothing reads
+    // the environment while this writes it; and no shard exists yet, so
+    // every shard inherits it.
+    unsafe { std::env::set_var(REDIS_ENV, fleet.redis.as_str()) };
+    log.info(format_args!("{}", fleet_line(fleet, &told, shared)));
+    Ok(Some(told))
+}
+
+/// The fleet's settings for the shards; the relay's name, when not set,
+/// is the host name `host` reads (a trailing newline dropped), which
+/// must pass as a name would.
+fn fleet_settings(
+    fleet: &settings::Fleet,
+    host: impl FnOnce() -> io::Result<Vec<u8>>,
+) -> Result<FleetSettings, Fatal> {
+    let name = match &fleet.name {
+        Some(name) => name.clone(),
+        None => {
+            let unnamed = |why: String| {
+                Fatal::Setting(SettingsError {
+                    source: "SHARDSPAWN_FLEET_NAME".to_owned(),
+                    value: String::new(),
+                    why: format!("unset, and {why}: set it"),
+                })
+            };
+            let host = host().map_err(|e| {
+                unnamed(format!("unable to read the host name: {e}"))
+            })?;
+            let host = host.strip_suffix(b"\n").unwrap_or(&host);
+            settings::fleet_name(host).map_err(|why| {
+                let host = String::from_utf8_lossy(host);
+                unnamed(format!("the host name {host:?} {why}"))
+            })?
+        }
+    };
+    Ok(FleetSettings {
+        prefix: fleet.prefix.clone(),
+        relays: fleet.relays,
+        batch: fleet.batch,
+        lease: fleet.lease,
+        name,
+    })
+}
+
+/// The one line that says how this relay is in its fleet: the address
+/// with its password as `***`.
+fn fleet_line(
+    fleet: &settings::Fleet,
+    told: &FleetSettings,
+    shared: usize,
+) -> String {
+    format!(
+        "fleet: Redis {}, prefix {}, {} relays, batch {}, lease {}s, \
+         relay {}; {shared} shared rules",
+        fleet.redis,
+        told.prefix,
+        told.relays,
+        told.batch,
+        told.lease.as_secs(),
+        told.name
+    )
 }
 
 /// qmail-rspawn's first duty: work in `HOME/queue/mess`, where a
@@ -1066,6 +1160,66 @@ mod tests {
                 assert_eq!((fatal.code(), fatal.to_string()), (code, text));
             }
         }
+    }
+
+    /// Issue 18: the shards are told the fleet's settings, the relay
+    /// named after the host unless named; the line logged shows no
+    /// password.
+    #[test]
+    fn a_fleet_is_told_to_the_shards_without_its_password() {
+        let env = [
+            ("SHARDSPAWN_REDIS", "redis://:secret@10.0.0.5:6379/0"),
+            ("SHARDSPAWN_FLEET_RELAYS", "3"),
+        ];
+        let lookup =
+            |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into());
+        let settings = Settings::from_env(&lookup).unwrap();
+        let fleet = settings.fleet.unwrap();
+        let told =
+            fleet_settings(&fleet, || Ok(b"mx1.example.net\n".to_vec()))
+                .unwrap();
+        assert_eq!(
+            told,
+            FleetSettings {
+                prefix: "shardspawn:".to_owned(),
+                relays: 3,
+                batch: 2,
+                lease: Duration::from_secs(30),
+                name: "mx1.example.net".to_owned(),
+            }
+        );
+        assert_eq!(
+            fleet_line(&fleet, &told, 2),
+            "fleet: Redis redis://:***@10.0.0.5:6379/0, prefix shardspawn:, \
+             3 relays, batch 2, lease 30s, relay mx1.example.net; 2 shared \
+             rules"
+        );
+        // A name set is kept; a host name that is no name is refused.
+        let named = settings::Fleet {
+            name: Some("relay-a".to_owned()),
+            ..fleet.clone()
+        };
+        let told = fleet_settings(&named, || unreachable!()).unwrap();
+        assert_eq!(told.name, "relay-a");
+        let e = fleet_settings(&fleet, || Ok(b"a b".to_vec())).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string()),
+            (
+                100,
+                "bad setting: SHARDSPAWN_FLEET_NAME=: unset, and the host \
+                 name \"a b\" must be 1 to 64 printable ASCII bytes, no \
+                 blanks: set it"
+                    .to_owned()
+            )
+        );
+        let e = fleet_settings(&fleet, || Err(io_error())).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "unable to read the host name: Permission denied (os error \
+                 13): set it"
+            ),
+            "{e}"
+        );
     }
 
     /// Issue 15, finding 7: status files are rewritten in the state
