@@ -46,7 +46,8 @@
 //! up the one way the tests run it ([`spawner`]: the settings every test
 //! gives, and always a state directory inside the home); qmail-start
 //! and qmail-send under real supervision ([`qmail_start`]); the kernel's
-//! exit reports ([`exits`]); synthetic traffic with a Zipf-like spread
+//! exit reports ([`exits`]); a real `redis-server` on loopback for the
+//! fleet's tests ([`redis`]); synthetic traffic with a Zipf-like spread
 //! over domains ([`workload`]); helpers to wait, find the built
 //! binaries and look at processes through /proc ([`util`]); and the two
 //! programs built on all of it, the demo ([`simulate`]) and the bench
@@ -82,6 +83,7 @@ pub mod exits;
 pub mod home;
 pub mod qmail_start;
 pub mod recorder;
+pub mod redis;
 pub mod remote;
 pub mod spawner;
 mod sys;

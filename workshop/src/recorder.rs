@@ -19,6 +19,11 @@
 //! mix. Times come from `CLOCK_MONOTONIC`, so they compare across
 //! processes. A process killed before it exits (a `crash`, a `hang`)
 //! leaves a start with no end: its interval counts as open for ever.
+//!
+//! So two spawners can share one recording: the relays of a fleet
+//! (issue 18), each with its own home, point their stand-ins at one
+//! file, and the peak of a key is measured across the fleet; the parent
+//! pid says which relay's shard started each stand-in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -249,6 +254,69 @@ impl Recording {
     pub fn peak(&self) -> usize {
         self.peak_by(|_| String::new()).values().copied().max().unwrap_or(0)
     }
+
+    /// The largest number of intervals chosen by `pick` open at one
+    /// instant `t` with `from <= t < to`: a peak within one phase of a
+    /// run (before an outage, during it, after it). Open at `t` means as
+    /// in [`Recording::peak_by`]: started at or before `t`, not ended
+    /// before or at it (a zero-length interval counts at its instant).
+    pub fn peak_within(
+        &self,
+        pick: impl Fn(&Interval) -> bool,
+        from: u64,
+        to: u64,
+    ) -> usize {
+        let picked: Vec<&Interval> =
+            self.intervals.iter().filter(|i| pick(i)).collect();
+        let open_at = |t: u64| {
+            picked
+                .iter()
+                .filter(|i| {
+                    i.start <= t
+                        && i.end
+                            .is_none_or(|e| e > t || (e == t && e == i.start))
+                })
+                .count()
+        };
+        // The count only rises at a start, so the peak is at `from` or
+        // at a start inside the window.
+        picked
+            .iter()
+            .map(|i| i.start)
+            .filter(|&s| s > from && s < to)
+            .chain((from < to).then_some(from))
+            .map(open_at)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts of intervals chosen by `pick`, sorted.
+    pub fn starts(&self, pick: impl Fn(&Interval) -> bool) -> Vec<u64> {
+        let mut starts: Vec<u64> = self
+            .intervals
+            .iter()
+            .filter(|i| pick(i))
+            .map(|i| i.start)
+            .collect();
+        starts.sort_unstable();
+        starts
+    }
+}
+
+/// The most of `starts` (sorted, ns) in any window `[t, t + window)`
+/// that begins at one of them: the busiest stretch of that length, for a
+/// test of a rate.
+pub fn most_in_window(starts: &[u64], window: u64) -> usize {
+    let mut most = 0;
+    let mut end = 0;
+    for (i, &t) in starts.iter().enumerate() {
+        end = end.max(i);
+        while end < starts.len() && starts[end] < t.saturating_add(window) {
+            end += 1;
+        }
+        most = most.max(end - i);
+    }
+    most
 }
 
 fn number(field: Option<&[u8]>) -> Option<u64> {
@@ -386,6 +454,38 @@ mod tests {
         for text in ["X 1 1 a\n", "S x 1 a\n", "S 1 -1 a\n", "E 1 5 a\n"] {
             assert!(Recording::parse(text.as_bytes()).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn peak_within_a_window() {
+        // a: 10-30, 20-40, 35-50; b: 25-60; 9 never ends.
+        let r = rec("S 1 10 a\nS 2 20 a\nS 3 25 b\nE 1 30 a\n\
+             S 4 35 a\nE 2 40 a\nE 4 50 a\nE 3 60 b\nS 9 70 a\n");
+        let a = |i: &Interval| i.host == "a";
+        assert_eq!(r.peak_within(a, 0, 100), 2);
+        // Open at 30: only 2 (1 ended at 30); at 35: 2 and 4.
+        assert_eq!(r.peak_within(a, 30, 35), 1);
+        assert_eq!(r.peak_within(a, 30, 36), 2);
+        assert_eq!(r.peak_within(a, 41, 69), 1);
+        assert_eq!(r.peak_within(a, 50, 70), 0);
+        assert_eq!(r.peak_within(a, 70, 1000), 1);
+        assert_eq!(r.peak_within(|_| true, 25, 26), 3);
+        assert_eq!(r.peak_within(|_| true, 5, 5), 0);
+        assert_eq!(r.starts(a), [10, 20, 35, 70]);
+    }
+
+    #[test]
+    fn most_in_window_counts_a_burst() {
+        let ms = 1_000_000;
+        let starts = [0, 10 * ms, 20 * ms, 500 * ms, 501 * ms, 502 * ms];
+        assert_eq!(most_in_window(&starts, 100 * ms), 3);
+        assert_eq!(most_in_window(&starts, 10 * ms), 3);
+        assert_eq!(most_in_window(&starts, 11 * ms), 3);
+        assert_eq!(most_in_window(&starts, 21 * ms), 3);
+        assert_eq!(most_in_window(&starts, ms), 1);
+        assert_eq!(most_in_window(&starts, 2 * ms), 2);
+        assert_eq!(most_in_window(&starts, 1000 * ms), 6);
+        assert_eq!(most_in_window(&[], ms), 0);
     }
 
     #[test]

@@ -44,9 +44,11 @@
 //! (results matched back to exits), `machine` (/proc and getrusage),
 //! `measures` (what each measurement holds and how rounds merge), `report`
 //! (the tables of `BENCHMARKS.md`) and `plot` (`benchmarks.svg`).
-//! `--sites` runs only `sites`: MX grouping (issue 16) on against off.
+//! `--sites` runs only `sites`: MX grouping (issue 16) on against off;
+//! `--fleet` only `fleet`: a key shared on Redis (issue 18) against local.
 
 mod baselines;
+mod fleet;
 mod latency;
 mod machine;
 mod measures;
@@ -89,8 +91,13 @@ pub fn main() -> i32 {
             return 100;
         }
     };
-    let outcome =
-        if plan.sites { sites::run(&plan, &args) } else { run(&plan, &args) };
+    let outcome = if plan.sites {
+        sites::run(&plan, &args)
+    } else if plan.fleet {
+        fleet::run(&plan, &args)
+    } else {
+        run(&plan, &args)
+    };
     match outcome {
         Ok(true) => 0,
         Ok(false) => 1,

@@ -13,6 +13,8 @@ usage: shardspawn-bench [--deliveries N] [--rounds N] [--in-flight N,...]
        shardspawn-bench --sites [--deliveries N] [--rounds N]
                         [--in-flight N] [--shards N,...] [--domains N]
                         [--mx-sets N] [--cold N] [--out DIR]
+       shardspawn-bench --fleet [--deliveries N] [--rounds N]
+                        [--in-flight N] [--shards N] [--out DIR]
 
 Measures shardspawn (supervisor and shards, driven by an emulated
 qmail-send) and two baselines with no protocol (one spawn/waitpid loop
@@ -57,6 +59,16 @@ between its markers) and DIR/benchmarks.svg.
   --mx-sets N      with --sites: the domains' MX sets   (default 100)
   --cold N         with --sites: fresh domains per cold run, each run
                    once per round                      (default 1000)
+  --fleet          instead of all that, one key shared on Redis (issue
+                   18) against the same key local, same binary and
+                   workload, in one sitting: deliveries/s and Redis
+                   commands per delivery, every delivery to one domain,
+                   under three rules (a limit never reached, one reached,
+                   a limit with a rate), a redis-server on loopback started
+                   by the bench (needs redis-server in PATH), rounds
+                   alternating. Writes its own block of DIR/BENCHMARKS.md.
+                   Defaults: 30000 deliveries, 6 rounds, 100 in flight, 1
+                   shard (flags after it still count)
 ";
 
 /// What to measure.
@@ -81,6 +93,8 @@ pub(super) struct Plan {
     pub(super) sites: bool,
     pub(super) mx_sets: usize,
     pub(super) cold: usize,
+    /// `--fleet`: a key shared on Redis against local, nothing else.
+    pub(super) fleet: bool,
 }
 
 impl Default for Plan {
@@ -102,6 +116,7 @@ impl Default for Plan {
             sites: false,
             mx_sets: 100,
             cold: 1000,
+            fleet: false,
         }
     }
 }
@@ -132,6 +147,17 @@ pub(super) fn parse(args: &[String]) -> Result<Plan, String> {
                 plan.in_flight = vec![1000];
                 plan.shards = vec![1, 2];
                 plan.domains = 1000;
+                plan.baselines = false;
+                plan.live = None;
+                continue;
+            }
+            "--fleet" => {
+                plan.fleet = true;
+                plan.deliveries = 30_000;
+                plan.rounds = 6;
+                plan.in_flight = vec![100];
+                plan.shards = vec![1];
+                plan.domains = 1;
                 plan.baselines = false;
                 plan.live = None;
                 continue;
@@ -244,6 +270,9 @@ mod tests {
             (vec![1, 2], vec![1000], 50)
         );
         assert_eq!(p(&["--sites", "--mx-sets=7"]).unwrap().mx_sets, 7);
+        let q = p(&["--fleet", "--rounds", "2"]).unwrap();
+        assert!(q.fleet && !q.sites && !q.baselines && q.live.is_none());
+        assert_eq!((q.rounds, q.in_flight.clone()), (2, vec![100]));
         assert_eq!(p(&["--quick"]).unwrap().live, None);
         for bad in [
             &["--deliveries"][..],
