@@ -450,6 +450,51 @@ pub struct Spawner {
     /// disappears.
     path: Option<std::ffi::CString>,
     program: std::ffi::CString,
+    /// What every child gets as its environment.
+    env: Environment,
+}
+
+/// A child's environment: a copy of the process's, taken once, less
+/// any variable hidden from children ([`Spawner::hide_env`]). Its own
+/// copy, so a child's `envp` never depends on `environ` staying as it
+/// was.
+struct Environment {
+    /// `NAME=value`, each with its NUL. A `CString`'s bytes stay where
+    /// they are when the vector moves or grows.
+    strings: Vec<std::ffi::CString>,
+    /// Pointers into `strings`, then NULL: the `envp` of every child.
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl Environment {
+    /// The process's environment now, in its order.
+    fn of_process() -> Environment {
+        use std::os::unix::ffi::OsStrExt;
+        let strings = std::env::vars_os()
+            .filter_map(|(name, value)| {
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                // Neither holds a NUL (the kernel's strings cannot).
+                std::ffi::CString::new(entry).ok()
+            })
+            .collect();
+        let mut env = Environment { strings, ptrs: Vec::new() };
+        env.point();
+        env
+    }
+
+    /// Drops `name` from it.
+    fn hide(&mut self, name: &str) {
+        let prefix = [name.as_bytes(), b"="].concat();
+        self.strings.retain(|s| !s.as_bytes().starts_with(&prefix));
+        self.point();
+    }
+
+    fn point(&mut self) {
+        self.ptrs = self.strings.iter().map(|s| s.as_ptr()).collect();
+        self.ptrs.push(ptr::null());
+    }
 }
 
 /// The child between clone and exec. It runs on its pad's stack in the
@@ -459,7 +504,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the pad's `Shared`, which the shard keeps and does
     // not write until `busy` is zeroed by the kernel at our exec or exit;
     // the pointers in it are valid until then for the same reason
-    // (`environ` is never changed by a shard). Each system call gets
+    // (the environment's copy changes only in `hide_env`, which takes
+    // `&mut Spawner` and waits for every pad first). Each system call gets
     // valid arguments: plain numbers (prctl, getppid: no pointer, no
     // errno written), descriptor numbers, a zeroed `sigaction` (SIG_DFL)
     // and an empty mask of the kernel's size (8 bytes), NUL-terminated
@@ -601,6 +647,7 @@ impl Spawner {
             failed: Vec::new(),
             path: None,
             program,
+            env: Environment::of_process(),
         };
         for i in 0..pads as libc::c_int {
             let shared = Box::new(Shared {
@@ -668,9 +715,22 @@ impl Spawner {
         path
     }
 
+    /// Keeps the variable `name` from every child started from now on:
+    /// a shard's Redis address, which may hold a password, is the
+    /// shard's own and no business of qmail-remote's. Waits first for
+    /// any child still before its exec, which may be reading the
+    /// environment being changed.
+    pub fn hide_env(&mut self, name: &str) {
+        for i in 0..self.pads.len() {
+            self.settle(i);
+        }
+        self.env.hide(name);
+    }
+
     /// Runs the program with `argv` (argv\[0\] included), fd 0 =
-    /// `stdin`, fds 1 and 2 = `out`, nothing else open, the process
-    /// environment, an empty signal mask and SIGPIPE at default. With
+    /// `stdin`, fds 1 and 2 = `out`, nothing else open, the process's
+    /// environment as it was when the spawner was made (less what
+    /// [`Spawner::hide_env`] hid), an empty signal mask and SIGPIPE at default. With
     /// [`Mode::Overlap`] it waits only when every pad's child is still
     /// before its exec, for the oldest.
     pub fn spawn(
@@ -730,7 +790,7 @@ impl Spawner {
             let args = &mut *(*shared).args.get();
             args.path = base;
             args.argv = pad.ptrs.as_ptr();
-            args.envp = libc::environ.cast_const().cast();
+            args.envp = self.env.ptrs.as_ptr();
         }
         pad.shared().err.store(0, Ordering::Relaxed);
         pad.shared().busy.store(1, Ordering::Release);

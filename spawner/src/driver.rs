@@ -904,8 +904,12 @@ impl Launch {
                     "NUL in the remote",
                 )
             })?;
-        let spawner =
+        let mut spawner =
             spawn::Spawner::new(program.clone(), spawn::Mode::Overlap)?;
+        // The shard's Redis address may hold a password: it is for the
+        // fleet's thread alone, never for a qmail-remote (stock passes
+        // its environment on, and so do we, all but this).
+        spawner.hide_env(REDIS_ENV);
         Ok(Launch { spawner, program, queue: VecDeque::new() })
     }
 }

@@ -435,7 +435,7 @@ impl Mux {
 
     /// Starts incarnation `id` and watches its result pipe.
     fn start(&mut self, id: ShardId) -> io::Result<Pid> {
-        let p = shards::start(id, &self.rt.shard)?;
+        let p = shards::start(id, &self.rt.shard, self.rt.redis.as_ref())?;
         // Not watched, it is dropped here: its job pipe closes, and it
         // exits on its own.
         self.poller.add(

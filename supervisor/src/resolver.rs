@@ -47,7 +47,7 @@ pub fn start(
     generation: u32,
     cfg: &ResolverConfig,
 ) -> io::Result<ResolverProc> {
-    let child = start_self("resolver", cfg.to_args())?;
+    let child = start_self("resolver", cfg.to_args(), None)?;
     Ok(ResolverProc {
         generation,
         pid: child.pid,

@@ -22,7 +22,8 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
 use shardspawn_common::frame::{FrameDecoder, HEADER, Job, text_header};
-use shardspawn_common::shard_config::ShardConfig;
+use shardspawn_common::settings::RedisUrl;
+use shardspawn_common::shard_config::{REDIS_ENV, ShardConfig};
 use shardspawn_os::spawn;
 use shardspawn_os::sys::{self, io_err, set_nonblocking};
 
@@ -56,9 +57,13 @@ pub struct Process {
 
 /// Starts incarnation `id` of a shard: fork and exec of our own binary
 /// with its pipes wired as the module docs say.
-pub fn start(id: ShardId, cfg: &ShardConfig) -> io::Result<Process> {
+pub fn start(
+    id: ShardId,
+    cfg: &ShardConfig,
+    redis: Option<&RedisUrl>,
+) -> io::Result<Process> {
     let cfg = ShardConfig { index: id.index, ..cfg.clone() };
-    let child = start_self("shard", cfg.to_args())?;
+    let child = start_self("shard", cfg.to_args(), redis)?;
     Ok(Process {
         id,
         pid: child.pid,
@@ -84,8 +89,14 @@ pub struct SelfChild {
 /// Starts our own binary as `shardspawn ROLE ARGS` (a shard, or the
 /// resolver) with fd 0 and fd 1 pipes to us, fd 2 ours (the log), and
 /// nothing else of ours: everything the supervisor holds is
-/// close-on-exec.
-pub fn start_self(role: &str, args: Vec<OsString>) -> io::Result<SelfChild> {
+/// close-on-exec. Its environment is ours, but for the Redis address
+/// ([`REDIS_ENV`]): exactly `redis`, as the settings checked it (the
+/// variable's blanks trimmed, or `--redis`), or none.
+pub fn start_self(
+    role: &str,
+    args: Vec<OsString>,
+    redis: Option<&RedisUrl>,
+) -> io::Result<SelfChild> {
     let (in_read, in_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err)?;
     let (out_read, out_write) =
@@ -101,7 +112,11 @@ pub fn start_self(role: &str, args: Vec<OsString>) -> io::Result<SelfChild> {
         .args(args)
         .stdin(Stdio::from(in_read))
         .stdout(Stdio::from(out_write))
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::inherit())
+        .env_remove(REDIS_ENV);
+    if let Some(url) = redis {
+        cmd.env(REDIS_ENV, url.as_str());
+    }
     // With us gone what it sends reaches no one: it dies with us, and a
     // shard's qmail-remotes with it (issue 15).
     spawn::die_with_parent(&mut cmd);

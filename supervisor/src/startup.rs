@@ -22,7 +22,7 @@ use shardspawn_common::lookup::ResolverConfig;
 use shardspawn_common::response::Responses;
 use shardspawn_common::routes::Routes;
 use shardspawn_common::settings::{self, QueueOwner, Settings, SettingsError};
-use shardspawn_common::shard_config::{FleetSettings, REDIS_ENV, ShardConfig};
+use shardspawn_common::shard_config::{FleetSettings, ShardConfig};
 use shardspawn_os::log::Log;
 use shardspawn_os::sys;
 
@@ -424,6 +424,9 @@ pub struct Runtime {
     pub shards: u16,
     /// What each shard is told, but its index.
     pub shard: ShardConfig,
+    /// The fleet's Redis, put in each shard's environment (never on its
+    /// command line, which anyone may read) and no other child's.
+    pub redis: Option<settings::RedisUrl>,
     /// The per-destination limits.
     pub limits: LimitsSource,
     /// The response rules.
@@ -521,6 +524,7 @@ pub fn prepare(
             metrics_keys: settings.metrics_keys,
             fleet,
         },
+        redis: settings.fleet.as_ref().map(|f| f.redis.clone()),
         limits,
         responses,
         state_dir,
@@ -540,10 +544,8 @@ pub fn prepare(
 const HOSTNAME: &str = "/proc/sys/kernel/hostname";
 
 /// What the shards are told of the fleet (issue 18), `None` without
-/// Redis; and before any shard starts, the Redis address put in the
-/// environment they inherit ([`REDIS_ENV`]), as a shard never takes it
-/// from its command line (anyone may read that). Logs one line either
-/// way, if there is something to say.
+/// Redis (the address goes to them apart: [`Runtime::redis`]). Logs one
+/// line either way, if there is something to say.
 fn join_fleet(
     settings: &Settings,
     limits: &Limits,
@@ -560,15 +562,6 @@ fn join_fleet(
         return Ok(None);
     };
     let told = fleet_settings(fleet, || std::fs::read(HOSTNAME))?;
-    // Set whether the address came from `--redis` or from the variable:
-    // either way the shards then read exactly the address checked here,
-    // without the blanks or newline the settings trimmed.
-    //
-    // SAFETY: the supervisor is single-threaded here (no thread is ever
-    // started before the event loop, and none by it), so nothing reads
-    // the environment while this writes it; and no shard exists yet, so
-    // every shard inherits it.
-    unsafe { std::env::set_var(REDIS_ENV, fleet.redis.as_str()) };
     log.info(format_args!("{}", fleet_line(fleet, &told, shared)));
     Ok(Some(told))
 }

@@ -668,6 +668,11 @@ fn inspect(args: &[Vec<u8>], message: BorrowedFd<'_>) -> String {
     let probe = std::env::var_os(ENV_PROBE)
         .map_or_else(|| "unset".to_string(), |v| escape(v.as_encoded_bytes()));
     let _ = writeln!(out, "env_PROBE={probe}");
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| escape(name.as_encoded_bytes()))
+        .collect();
+    names.sort();
+    let _ = writeln!(out, "env_names={}", names.join(","));
     let blocked = status_mask("SigBlk");
     let _ = writeln!(
         out,

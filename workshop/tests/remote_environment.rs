@@ -199,6 +199,35 @@ fn the_environment_is_passed_unchanged() {
     assert!(finish(&mut emu).is_empty());
 }
 
+/// The one exception to "unchanged": the fleet's Redis address, which
+/// may hold a password, is the shard's and never a qmail-remote's,
+/// whether it came in the variable or by `--redis`. (No Redis listens
+/// at the address: the relay runs alone, and delivers.)
+#[test]
+fn the_redis_address_never_reaches_qmail_remote() {
+    let url = "redis://:s3cret@127.0.0.1:1/0";
+    for by_flag in [false, true] {
+        let home = QmailHome::new().unwrap();
+        let m = home.add_message(b"x\n");
+        let mut spawner = spawner(&home, ONE);
+        spawner
+            .env("SHARDSPAWN_FLEET_RELAYS", "2")
+            .env(ENV_PROBE, "passed on");
+        if by_flag {
+            spawner.arg("--redis").arg(url);
+        } else {
+            spawner.env("SHARDSPAWN_REDIS", url);
+        }
+        let mut emu = start(spawner, ONE);
+        let facts = inspect(&mut emu, 0, &m, b"", b"u+inspect@d.test");
+        assert_eq!(facts["env_PROBE"], "passed on", "{facts:?}");
+        let names = &facts["env_names"];
+        assert!(names.contains("SHARDSPAWN_FLEET_RELAYS"), "{names}");
+        assert!(!names.contains("SHARDSPAWN_REDIS"), "{names}");
+        assert!(finish(&mut emu).is_empty());
+    }
+}
+
 /// A program that runs, at `rel` in `home`, for a test to take away
 /// once shardspawn has started: startup refuses a QMAILREMOTE that
 /// cannot run (issue 15), so a program that goes away later is how a
