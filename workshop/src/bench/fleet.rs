@@ -37,7 +37,7 @@ use super::machine::{loadavg, machine};
 use super::measures::{Machine, Point, median, spread};
 use super::plan::Plan;
 use super::points::{Setup, run_point};
-use super::report::{Align, Table, micros, pass, splice_between, thousands};
+use super::report::{Align, Table, micros, pass, thousands, write_block};
 use super::run::{command_line, context};
 use crate::emulator::Delivery;
 use crate::redis::RedisServer;
@@ -196,18 +196,7 @@ pub(super) fn run(plan: &Plan, args: &[String]) -> Result<bool, String> {
         seconds: began.elapsed().as_secs(),
         problems: &problems,
     });
-    let md = plan.out.join("BENCHMARKS.md");
-    std::fs::create_dir_all(&plan.out).map_err(|e| {
-        format!("unable to create {}: {e}", plan.out.display())
-    })?;
-    let existing = std::fs::read_to_string(&md).ok();
-    std::fs::write(
-        &md,
-        splice_between(existing.as_deref(), &block, BEGIN, END),
-    )
-    .map_err(|e| format!("unable to write {}: {e}", md.display()))?;
-    eprintln!("shardspawn-bench: wrote {}", md.display());
-    print!("{block}");
+    write_block(&plan.out, &block, BEGIN, END)?;
     Ok(problems.is_empty())
 }
 

@@ -686,6 +686,29 @@ pub(super) fn splice(existing: Option<&str>, block: &str) -> String {
     splice_between(existing, block, BEGIN, END)
 }
 
+/// Writes `block`, between `begin` and `end`, into `out/BENCHMARKS.md`
+/// (made if need be) in place of the block there, says so on stderr and
+/// prints the block: how every mode with markers of its own ends.
+pub(super) fn write_block(
+    out: &std::path::Path,
+    block: &str,
+    begin: &str,
+    end: &str,
+) -> Result<(), String> {
+    let md = out.join("BENCHMARKS.md");
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("unable to create {}: {e}", out.display()))?;
+    let existing = std::fs::read_to_string(&md).ok();
+    std::fs::write(
+        &md,
+        splice_between(existing.as_deref(), block, begin, end),
+    )
+    .map_err(|e| format!("unable to write {}: {e}", md.display()))?;
+    eprintln!("shardspawn-bench: wrote {}", md.display());
+    print!("{block}");
+    Ok(())
+}
+
 /// [`splice`] for a block with markers of its own (`--sites`).
 pub(super) fn splice_between(
     existing: Option<&str>,
