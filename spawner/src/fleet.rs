@@ -3,7 +3,7 @@
 //! and what bounds the key while Redis is away. Pure, like the core:
 //! time comes in as arguments, claims go out as values.
 //!
-//! The rules (ISSUE18.md, "The shard"):
+//! The rules (the README's "A fleet of relays" tells them to admins):
 //!
 //! - **Shared** (Redis answers): a delivery starts only while the key
 //!   runs fewer than its leases ([`Leases::cap`]), and, for a key with a

@@ -14,8 +14,8 @@
 //! - no delivery is lost: every one answered once, with a K, on each
 //!   side, and every stand-in that started ended;
 //! - the peak of the key across the fleet is at most 10 before the
-//!   outage, at most 10 + 2 relays × batch 2 = 14 in all (the bound in
-//!   ISSUE18.md: in a change-over no relay runs more than the leases it
+//!   outage, at most 10 + 2 relays × batch 2 = 14 in all (the README's
+//!   bound: in a change-over no relay runs more than the leases it
 //!   held plus one batch), at most 5 per relay and 10 for the fleet once
 //!   a lease time has passed since both were seen alone (each alone at
 //!   limit/2), and at most 10 again from a lease time after both were

@@ -3,8 +3,8 @@
 //!
 //! Every delivery goes to one domain, `fleet.test`, whose rule carries
 //! `shared`. *Local* runs without `SHARDSPAWN_REDIS`, so the key is a
-//! plain local key with its whole limit (what ISSUE18.md says a shared
-//! key is when no Redis is configured); *shared* runs with a
+//! plain local key with its whole limit (what a shared key is when no
+//! Redis is configured); *shared* runs with a
 //! `redis-server` on loopback that the bench starts (no persistence), a
 //! fleet of one relay (`SHARDSPAWN_FLEET_RELAYS=1`, so its share is the
 //! whole limit too), a fresh key prefix per run, batch 2 and the default
