@@ -162,9 +162,12 @@ pub struct Fleet {
 /// A Redis server's address, as the `redis` crate reads one:
 /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (or `valkey://`), or
 /// `redis+unix:///PATH[?pass=PASSWORD]` (or `valkey+unix://`, `unix://`).
-/// `rediss://` (TLS) is refused: the workspace builds `redis` without a
-/// TLS feature, and a relay that could never connect would run alone
-/// for good.
+/// `rediss://` (or `valkeys://`), the same over TLS, only in a build
+/// with the `tls` feature (the product's default): the server is always
+/// verified, against the Mozilla roots or `SHARDSPAWN_REDIS_CA`'s, so a
+/// `#insecure` fragment is refused. A build without it refuses
+/// `rediss://`, as a relay that could never connect would run alone for
+/// good.
 ///
 /// Only the scheme, the host or path, and the port and database numbers
 /// are checked here; the client reads the rest. `Display` and `Debug`
@@ -190,6 +193,14 @@ impl RedisUrl {
         match scheme.as_str() {
             "redis" | "valkey" => check_tcp(rest)?,
             "redis+unix" | "valkey+unix" | "unix" => check_unix(rest)?,
+            "rediss" | "valkeys" if cfg!(feature = "tls") => {
+                check_tcp(rest)?;
+                if rest.split_once('#').is_some_and(|(_, f)| f == "insecure") {
+                    return Err("#insecure: the server is always verified \
+                                (a private CA: SHARDSPAWN_REDIS_CA)"
+                        .to_owned());
+                }
+            }
             "rediss" | "valkeys" => {
                 return Err(format!(
                     "{scheme}:// (TLS) is not built in: use redis:// \
@@ -205,6 +216,13 @@ impl RedisUrl {
     /// never for a log.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it is `rediss://` or `valkeys://`: Redis over TLS.
+    pub fn is_tls(&self) -> bool {
+        let scheme = self.0.split_once("://").map_or("", |(s, _)| s);
+        scheme.eq_ignore_ascii_case("rediss")
+            || scheme.eq_ignore_ascii_case("valkeys")
     }
 }
 
@@ -1257,11 +1275,6 @@ mod tests {
             ("redis+unix://", "no socket path: redis+unix:///PATH"),
             ("redis+unix://host/x.sock", "no socket path: redis+unix:///PATH"),
             (
-                "rediss://:secret@r.example.net",
-                "rediss:// (TLS) is not built in: use redis:// over a TLS \
-                 tunnel",
-            ),
-            (
                 "redis://:s\u{e9}cret@r",
                 "must be printable ASCII with no blanks (percent-encode \
                  other bytes of a password)",
@@ -1301,6 +1314,56 @@ mod tests {
         assert_eq!(url.as_str(), "redis://u:secret@r/1");
         assert_eq!(url.to_string(), "redis://u:***@r/1");
         assert_eq!(format!("{url:?}"), r#"RedisUrl("redis://u:***@r/1")"#);
+    }
+
+    /// A build without `tls` refuses `rediss://` as a setting, saying
+    /// what to do instead, and without the password.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_is_refused_without_tls() {
+        for (text, scheme) in [
+            ("rediss://:secret@r.example.net", "rediss"),
+            ("VALKEYS://:secret@v.example.net", "valkeys"),
+        ] {
+            let why = format!(
+                "{scheme}:// (TLS) is not built in: use redis:// over a TLS \
+                 tunnel"
+            );
+            assert_eq!(RedisUrl::parse(text.as_bytes()), Err(why.clone()));
+            let e = parse(&[], &[("--redis", text)]).unwrap_err();
+            assert_eq!(e.why, why);
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    /// With `tls`, `rediss://` is checked as `redis://` is, and never
+    /// unverified.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_is_taken_with_tls() {
+        for good in [
+            "rediss://r.example.net",
+            "rediss://:secret@10.0.0.5:6380/2",
+            "REDISS://[::1]:6380",
+            "valkeys://fleet:secret@v.example.net",
+        ] {
+            let url = RedisUrl::parse(good.as_bytes()).unwrap();
+            assert!(url.is_tls(), "{good}");
+        }
+        assert!(!RedisUrl::parse(b"redis://r").unwrap().is_tls());
+        for (text, why) in [
+            ("rediss://:secret@", "no host"),
+            ("rediss://r:x", "port x is not a number 0 to 65535"),
+            (
+                "rediss://:secret@r/#insecure",
+                "#insecure: the server is always verified (a private CA: \
+                 SHARDSPAWN_REDIS_CA)",
+            ),
+        ] {
+            let e = parse(&[], &[("--redis", text)]).unwrap_err();
+            assert_eq!(e.why, why, "{text}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 
     #[test]
