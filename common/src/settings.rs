@@ -36,11 +36,14 @@
 //! | `SHARDSPAWN_FLEET_BATCH` | `--fleet-batch` |
 //! | `SHARDSPAWN_LEASE_SECONDS` | `--lease-seconds` |
 //! | `SHARDSPAWN_FLEET_NAME` | `--fleet-name` |
+//! | `SHARDSPAWN_REDIS_CA` | `--redis-ca` |
 //!
-//! The last six make this relay one of a fleet that keeps its `shared`
+//! The last seven make this relay one of a fleet that keeps its `shared`
 //! keys' limits and rates in Redis (issue 18; [`Fleet`]). They mean
 //! nothing unless `SHARDSPAWN_REDIS` is set, and then
-//! `SHARDSPAWN_FLEET_RELAYS` must be set too. The Redis address may hold
+//! `SHARDSPAWN_FLEET_RELAYS` must be set too; `SHARDSPAWN_REDIS_CA`
+//! (the CA to trust instead of the Mozilla roots) is an error unless
+//! the address is `rediss://`. The Redis address may hold
 //! a password: it is never shown with it ([`RedisUrl`]), and is better
 //! given in the environment than as `--redis`, as anyone may read a
 //! command line.
@@ -157,14 +160,22 @@ pub struct Fleet {
     /// This relay's name in the fleet; `None`: the host name, which the
     /// supervisor looks up (see [`fleet_name`]).
     pub name: Option<String>,
+    /// `SHARDSPAWN_REDIS_CA`: a PEM file of the CA certificates a
+    /// `rediss://` server's certificate must chain to, instead of the
+    /// Mozilla roots; only with `rediss://`. As given: the supervisor
+    /// reads and checks it (this module reads no file).
+    pub ca: Option<PathBuf>,
 }
 
 /// A Redis server's address, as the `redis` crate reads one:
 /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (or `valkey://`), or
 /// `redis+unix:///PATH[?pass=PASSWORD]` (or `valkey+unix://`, `unix://`).
-/// `rediss://` (TLS) is refused: the workspace builds `redis` without a
-/// TLS feature, and a relay that could never connect would run alone
-/// for good.
+/// `rediss://` (or `valkeys://`), the same over TLS, only in a build
+/// with the `tls` feature (the product's default): the server is always
+/// verified, against the Mozilla roots or `SHARDSPAWN_REDIS_CA`'s, so a
+/// `#insecure` fragment is refused. A build without it refuses
+/// `rediss://`, as a relay that could never connect would run alone for
+/// good.
 ///
 /// Only the scheme, the host or path, and the port and database numbers
 /// are checked here; the client reads the rest. `Display` and `Debug`
@@ -190,6 +201,14 @@ impl RedisUrl {
         match scheme.as_str() {
             "redis" | "valkey" => check_tcp(rest)?,
             "redis+unix" | "valkey+unix" | "unix" => check_unix(rest)?,
+            "rediss" | "valkeys" if cfg!(feature = "tls") => {
+                check_tcp(rest)?;
+                if rest.split_once('#').is_some_and(|(_, f)| f == "insecure") {
+                    return Err("#insecure: the server is always verified \
+                                (a private CA: SHARDSPAWN_REDIS_CA)"
+                        .to_owned());
+                }
+            }
             "rediss" | "valkeys" => {
                 return Err(format!(
                     "{scheme}:// (TLS) is not built in: use redis:// \
@@ -205,6 +224,13 @@ impl RedisUrl {
     /// never for a log.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it is `rediss://` or `valkeys://`: Redis over TLS.
+    pub fn is_tls(&self) -> bool {
+        let scheme = self.0.split_once("://").map_or("", |(s, _)| s);
+        scheme.eq_ignore_ascii_case("rediss")
+            || scheme.eq_ignore_ascii_case("valkeys")
     }
 }
 
@@ -466,10 +492,11 @@ enum Name {
     FleetBatch,
     LeaseSeconds,
     Relay,
+    RedisCa,
 }
 
 /// The table of the module docs: setting, variable, flag.
-const TABLE: [(Name, &str, &str); 27] = [
+const TABLE: [(Name, &str, &str); 28] = [
     (Name::Home, "SHARDSPAWN_HOME", "--home"),
     (Name::Shards, "SHARDSPAWN_SHARDS", "--shards"),
     (Name::DelnumBytes, "SHARDSPAWN_DELNUM_BYTES", "--delnum-bytes"),
@@ -497,6 +524,7 @@ const TABLE: [(Name, &str, &str); 27] = [
     (Name::FleetBatch, "SHARDSPAWN_FLEET_BATCH", "--fleet-batch"),
     (Name::LeaseSeconds, "SHARDSPAWN_LEASE_SECONDS", "--lease-seconds"),
     (Name::Relay, "SHARDSPAWN_FLEET_NAME", "--fleet-name"),
+    (Name::RedisCa, "SHARDSPAWN_REDIS_CA", "--redis-ca"),
 ];
 
 /// Longest hold we accept, in seconds. Far beyond any sane setting, and
@@ -751,6 +779,20 @@ fn fleet<'a>(
         DEFAULT_LEASE.as_secs(),
     )?;
     let name = get(Name::Relay).map(Raw::fleet_name).transpose()?;
+    let ca = get(Name::RedisCa).map(|r| r.path().map(|p| (r, p)));
+    let ca = ca.transpose()?;
+    if let Some((r, _)) = ca {
+        let why = match &redis {
+            None => "only applies to rediss://, and SHARDSPAWN_REDIS is unset",
+            Some((_, url)) if !url.is_tls() => {
+                "only applies to rediss://: SHARDSPAWN_REDIS is not rediss://"
+            }
+            Some(_) => "",
+        };
+        if !why.is_empty() {
+            return Err(r.error(why));
+        }
+    }
     let Some((raw, redis)) = redis else { return Ok(None) };
     let Some(relays) = relays else {
         return Err(SettingsError {
@@ -770,6 +812,7 @@ fn fleet<'a>(
         batch: small(batch),
         lease: Duration::from_secs(lease),
         name,
+        ca: ca.map(|(_, path)| path),
     }))
 }
 
@@ -987,7 +1030,14 @@ mod tests {
 
     #[test]
     fn every_variable_and_every_flag() {
-        let env = [
+        // The CA needs rediss://, which needs `tls`; without it the last
+        // row is left out.
+        let tls = cfg!(feature = "tls");
+        let redis = match tls {
+            true => "rediss://:pw@10.0.0.5:6380/2",
+            false => "redis://:pw@10.0.0.5:6380/2",
+        };
+        let mut env = vec![
             ("SHARDSPAWN_HOME", "/q"),
             ("SHARDSPAWN_SHARDS", "3"),
             ("SHARDSPAWN_DELNUM_BYTES", "2"),
@@ -1009,13 +1059,16 @@ mod tests {
             ("SHARDSPAWN_DNS", "127.0.0.1:5353, ::1"),
             ("SHARDSPAWN_DNS_SECONDS", "2"),
             ("SHARDSPAWN_METRICS_KEYS", "0"),
-            ("SHARDSPAWN_REDIS", "redis://:pw@10.0.0.5:6380/2"),
+            ("SHARDSPAWN_REDIS", redis),
             ("SHARDSPAWN_REDIS_PREFIX", "fleet1:"),
             ("SHARDSPAWN_FLEET_RELAYS", "3"),
             ("SHARDSPAWN_FLEET_BATCH", "5"),
             ("SHARDSPAWN_LEASE_SECONDS", "12"),
             ("SHARDSPAWN_FLEET_NAME", "relay-a"),
         ];
+        if tls {
+            env.push(("SHARDSPAWN_REDIS_CA", "/etc/redis-ca.pem"));
+        }
         let want = Settings {
             home: PathBuf::from("/q"),
             shards: Some(3),
@@ -1044,13 +1097,13 @@ mod tests {
             dns_wait: Duration::from_secs(2),
             metrics_keys: 0,
             fleet: Some(Fleet {
-                redis: RedisUrl::parse(b"redis://:pw@10.0.0.5:6380/2")
-                    .unwrap(),
+                redis: RedisUrl::parse(redis.as_bytes()).unwrap(),
                 prefix: "fleet1:".to_owned(),
                 relays: 3,
                 batch: 5,
                 lease: Duration::from_secs(12),
                 name: Some("relay-a".to_owned()),
+                ca: tls.then(|| PathBuf::from("/etc/redis-ca.pem")),
             }),
         };
         assert_eq!(parse(&env, &[]).unwrap(), want);
@@ -1154,6 +1207,7 @@ mod tests {
                 batch: 2,
                 lease: Duration::from_secs(30),
                 name: None,
+                ca: None,
             })
         );
         // The flag beats the variable; blanks and the newline go.
@@ -1257,11 +1311,6 @@ mod tests {
             ("redis+unix://", "no socket path: redis+unix:///PATH"),
             ("redis+unix://host/x.sock", "no socket path: redis+unix:///PATH"),
             (
-                "rediss://:secret@r.example.net",
-                "rediss:// (TLS) is not built in: use redis:// over a TLS \
-                 tunnel",
-            ),
-            (
                 "redis://:s\u{e9}cret@r",
                 "must be printable ASCII with no blanks (percent-encode \
                  other bytes of a password)",
@@ -1301,6 +1350,101 @@ mod tests {
         assert_eq!(url.as_str(), "redis://u:secret@r/1");
         assert_eq!(url.to_string(), "redis://u:***@r/1");
         assert_eq!(format!("{url:?}"), r#"RedisUrl("redis://u:***@r/1")"#);
+    }
+
+    /// `SHARDSPAWN_REDIS_CA` means something only with `rediss://`: set
+    /// with no Redis or with `redis://` it is an error naming it, not a
+    /// CA silently unused. (That it reads as a PEM certificate is the
+    /// supervisor's check: this module reads no file.)
+    #[test]
+    fn a_redis_ca_needs_rediss() {
+        let ca = "/etc/redis-ca.pem";
+        let e = parse(&[("SHARDSPAWN_REDIS_CA", ca)], &[]).unwrap_err();
+        assert_eq!(
+            e,
+            error(
+                "SHARDSPAWN_REDIS_CA",
+                ca,
+                "only applies to rediss://, and SHARDSPAWN_REDIS is unset"
+            )
+        );
+        let e = parse(
+            &[
+                ("SHARDSPAWN_REDIS", "redis://:secret@10.0.0.5"),
+                ("SHARDSPAWN_FLEET_RELAYS", "2"),
+            ],
+            &[("--redis-ca", ca)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--redis-ca=/etc/redis-ca.pem: only applies to rediss://: \
+             SHARDSPAWN_REDIS is not rediss://"
+        );
+        let e = parse(&[("SHARDSPAWN_REDIS_CA", "")], &[]).unwrap_err();
+        assert_eq!(e.why, "must not be empty");
+        if cfg!(feature = "tls") {
+            let s = parse(
+                &[
+                    ("SHARDSPAWN_REDIS", "rediss://:secret@10.0.0.5"),
+                    ("SHARDSPAWN_FLEET_RELAYS", "2"),
+                    ("SHARDSPAWN_REDIS_CA", ca),
+                ],
+                &[],
+            )
+            .unwrap();
+            assert_eq!(s.fleet.unwrap().ca, Some(PathBuf::from(ca)));
+        }
+    }
+
+    /// A build without `tls` refuses `rediss://` as a setting, saying
+    /// what to do instead, and without the password.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_is_refused_without_tls() {
+        for (text, scheme) in [
+            ("rediss://:secret@r.example.net", "rediss"),
+            ("VALKEYS://:secret@v.example.net", "valkeys"),
+        ] {
+            let why = format!(
+                "{scheme}:// (TLS) is not built in: use redis:// over a TLS \
+                 tunnel"
+            );
+            assert_eq!(RedisUrl::parse(text.as_bytes()), Err(why.clone()));
+            let e = parse(&[], &[("--redis", text)]).unwrap_err();
+            assert_eq!(e.why, why);
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    /// With `tls`, `rediss://` is checked as `redis://` is, and never
+    /// unverified.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_is_taken_with_tls() {
+        for good in [
+            "rediss://r.example.net",
+            "rediss://:secret@10.0.0.5:6380/2",
+            "REDISS://[::1]:6380",
+            "valkeys://fleet:secret@v.example.net",
+        ] {
+            let url = RedisUrl::parse(good.as_bytes()).unwrap();
+            assert!(url.is_tls(), "{good}");
+        }
+        assert!(!RedisUrl::parse(b"redis://r").unwrap().is_tls());
+        for (text, why) in [
+            ("rediss://:secret@", "no host"),
+            ("rediss://r:x", "port x is not a number 0 to 65535"),
+            (
+                "rediss://:secret@r/#insecure",
+                "#insecure: the server is always verified (a private CA: \
+                 SHARDSPAWN_REDIS_CA)",
+            ),
+        ] {
+            let e = parse(&[], &[("--redis", text)]).unwrap_err();
+            assert_eq!(e.why, why, "{text}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 
     #[test]

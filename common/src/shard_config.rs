@@ -69,6 +69,10 @@ pub struct FleetSettings {
     /// This relay's name in the fleet (the holder of its leases, with
     /// the supervisor's pid and the shard's index).
     pub name: String,
+    /// A PEM file of the CAs a `rediss://` server must chain to, instead
+    /// of the Mozilla roots (`SHARDSPAWN_REDIS_CA`, absolute, checked by
+    /// the supervisor). A path is no secret: it goes on the command line.
+    pub ca: Option<PathBuf>,
 }
 
 impl ShardConfig {
@@ -119,6 +123,12 @@ impl ShardConfig {
                 "--fleet-name".into(),
                 f.name.clone().into(),
             ]);
+            if let Some(ca) = &f.ca {
+                args.extend([
+                    "--fleet-redis-ca".into(),
+                    ca.clone().into_os_string(),
+                ]);
+            }
         }
         args
     }
@@ -185,6 +195,7 @@ impl ShardConfig {
                             batch: 1,
                             lease: Duration::from_secs(30),
                             name: String::new(),
+                            ca: None,
                         });
                     let text = || {
                         value
@@ -203,6 +214,7 @@ impl ShardConfig {
                                 Duration::from_millis(number(flag, value)?)
                         }
                         "--fleet-name" => fleet.name = text()?,
+                        "--fleet-redis-ca" => fleet.ca = Some(value.into()),
                         _ => return Err(format!("{f}: unknown flag")),
                     }
                 }
@@ -245,6 +257,7 @@ mod tests {
                 batch: 2,
                 lease: Duration::from_millis(7500),
                 name: "relay-a".into(),
+                ca: Some("/etc/shardspawn/redis-ca.pem".into()),
             }),
         };
         assert_eq!(ShardConfig::from_args(&cfg.to_args()), Ok(cfg));

@@ -61,8 +61,13 @@ pub const CHUNK: usize = 256;
 /// password.
 #[derive(Clone)]
 pub struct Config {
-    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` with
+    /// the `tls` feature.
     pub url: String,
+    /// For `rediss://` only: the CA certificates (PEM, one or more) the
+    /// server's certificate must chain to, instead of the Mozilla roots
+    /// compiled in. The caller reads the file: the thread opens none.
+    pub ca: Option<Vec<u8>>,
     /// Put before every Redis key: one fleet per prefix.
     pub prefix: String,
     /// This shard's name in the lease hashes:
@@ -78,6 +83,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("url", &redact(&self.url))
+            .field("ca", &self.ca.as_ref().map(|pem| CaBytes(pem.len())))
             .field("prefix", &self.prefix)
             .field("holder", &self.holder)
             .field("lease", &self.lease)
@@ -102,16 +108,26 @@ enum Order {
     Shutdown(Instant),
 }
 
+/// A CA's length, as `Config`'s `Debug` shows it (not its text).
+struct CaBytes(usize);
+
+impl fmt::Debug for CaBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes of PEM", self.0)
+    }
+}
+
 impl Fleet {
     /// Starts the thread; never blocks on Redis (the connection is made
     /// by the thread). Fails on a URL that does not parse (the message
-    /// shows it without its password), or when the eventfd or the
-    /// thread cannot be made.
+    /// shows it without its password), on a CA with no certificate or
+    /// given without `rediss://`, or when the eventfd or the thread
+    /// cannot be made.
     pub fn start(cfg: Config) -> io::Result<Fleet> {
-        let redis = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+        let redis = redis_client(&cfg).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: {}", redact(&cfg.url), one_line(&e.to_string())),
+                format!("{}: {why}", redact(&cfg.url)),
             )
         })?;
         let wake = Arc::new(EventFd::from_flags(
@@ -176,6 +192,65 @@ impl Fleet {
     }
 }
 
+/// The client of `cfg`'s URL, trusting its CA if it has one; the error
+/// in one line, without the URL.
+fn redis_client(cfg: &Config) -> Result<redis::Client, String> {
+    let text = |e: redis::RedisError| one_line(&e.to_string());
+    let Some(pem) = &cfg.ca else {
+        return redis::Client::open(cfg.url.as_str()).map_err(text);
+    };
+    let scheme = cfg.url.split_once("://").map_or("", |(s, _)| s);
+    if !["rediss", "valkeys"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return Err("a CA applies to rediss:// only".to_owned());
+    }
+    #[cfg(feature = "tls")]
+    {
+        ca_certificates(pem)?;
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(text)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = pem;
+        Err("rediss:// (TLS) is not built in (the fleet's tls feature)"
+            .to_owned())
+    }
+}
+
+/// How many CA certificates `pem` (a CA file's text) gives a `rediss://`
+/// client to trust, parsed as the client will; an error, in one line, if
+/// none, or if one does not parse or is no CA the client can take.
+#[cfg(feature = "tls")]
+pub fn ca_certificates(pem: &[u8]) -> Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let cert = cert.map_err(|e| {
+            format!(
+                "certificate {} is not PEM: {}",
+                n + 1,
+                one_line(&e.to_string())
+            )
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "certificate {} is no CA: {}",
+                n + 1,
+                one_line(&e.to_string())
+            )
+        })?;
+    }
+    match roots.len() {
+        0 => Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+            .to_owned()),
+        n => Ok(n),
+    }
+}
+
 /// `url` with its password, if any, replaced by `***`: what a log line
 /// or a report may show.
 pub fn redact(url: &str) -> String {
@@ -208,6 +283,7 @@ mod tests {
     fn config_debug_hides_the_password() {
         let cfg = Config {
             url: "redis://:secret@h".into(),
+            ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
             prefix: "t:".into(),
             holder: "h".into(),
             lease: Duration::from_secs(2),
@@ -216,6 +292,7 @@ mod tests {
         let shown = format!("{cfg:?}");
         assert!(shown.contains("redis://:***@h"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("ca: Some(27 bytes of PEM)"), "{shown}");
     }
 
     #[test]
@@ -239,6 +316,7 @@ mod tests {
     fn rediss_needs_the_tls_feature() {
         let cfg = Config {
             url: "rediss://:secret@h".into(),
+            ca: None,
             prefix: "t:".into(),
             holder: "h".into(),
             lease: Duration::from_secs(2),
@@ -247,6 +325,62 @@ mod tests {
         let e = Fleet::start(cfg).err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
+    }
+
+    /// A CA is for `rediss://`: given with `redis://` it is a
+    /// configuration error, not a CA silently unused.
+    #[test]
+    fn a_ca_needs_rediss() {
+        let cfg = Config {
+            url: "redis://:secret@h".into(),
+            ca: Some(Vec::new()),
+            prefix: "t:".into(),
+            holder: "h".into(),
+            lease: Duration::from_secs(2),
+            batch: 2,
+        };
+        let e = Fleet::start(cfg).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "redis://:***@h: a CA applies to rediss:// only"
+        );
+    }
+
+    /// A CA file must give the client at least one CA, each parsed as
+    /// the client will.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        for (pem, why) in [
+            (&b""[..], "no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
+            (
+                b"just some text\n",
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "certificate 1 is no CA: ",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+                "certificate 1 is not PEM: ",
+            ),
+        ] {
+            let e = ca_certificates(pem).unwrap_err();
+            assert!(e.starts_with(why), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            let cfg = Config {
+                url: "rediss://:secret@h".into(),
+                ca: Some(pem.to_vec()),
+                prefix: "t:".into(),
+                holder: "h".into(),
+                lease: Duration::from_secs(2),
+                batch: 2,
+            };
+            let e = Fleet::start(cfg).err().expect("refused");
+            assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
+        }
     }
 
     #[test]
@@ -260,6 +394,7 @@ mod tests {
         ] {
             let cfg = Config {
                 url: url.into(),
+                ca: None,
                 prefix: "t:".into(),
                 holder: "h".into(),
                 lease: Duration::from_secs(2),

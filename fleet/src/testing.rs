@@ -4,8 +4,12 @@
 //! when dropped. It can be killed and started again on the same port,
 //! as an outage.
 //!
-//! A missing `redis-server` is a failure, never a skip: the test panics
-//! saying `apt-get install redis-server`.
+//! [`RedisServer::start_tls`] starts one that speaks TLS only, with a
+//! throw-away CA and a certificate for 127.0.0.1 made by the `openssl`
+//! program in its directory.
+//!
+//! A missing `redis-server` (or `openssl`) is a failure, never a skip:
+//! the test panics saying what to install.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Servers started so far: each logs to its own file.
     spawns: u32,
+    /// TLS only: the CA file its certificate chains to.
+    ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -40,6 +46,23 @@ impl RedisServer {
     /// Starts a server with more arguments (`["--requirepass", "pw"]`),
     /// kept for [`RedisServer::restart`].
     pub fn start_with(args: &[&str]) -> RedisServer {
+        RedisServer::launch(args, false)
+    }
+
+    /// Starts a server that speaks TLS only (no plain port), its
+    /// certificate for `127.0.0.1` (an IP address SAN) signed by a CA
+    /// made for it alone: [`RedisServer::ca`]. Clients are not asked
+    /// for certificates. Panics if `openssl` is missing or fails.
+    pub fn start_tls() -> RedisServer {
+        RedisServer::start_tls_with(&[])
+    }
+
+    /// [`RedisServer::start_tls`] with more arguments.
+    pub fn start_tls_with(args: &[&str]) -> RedisServer {
+        RedisServer::launch(args, true)
+    }
+
+    fn launch(args: &[&str], tls: bool) -> RedisServer {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "shardspawn-redis-{}-{}",
@@ -48,9 +71,23 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("unable to create {dir:?}: {e}"));
-        let args = args.iter().map(|&a| a.to_owned()).collect();
+        let mut args: Vec<String> =
+            args.iter().map(|&a| a.to_owned()).collect();
+        let ca = tls.then(|| {
+            let (ca, cert, key) = make_certificates(&dir);
+            for (option, file) in [
+                ("--tls-cert-file", &cert),
+                ("--tls-key-file", &key),
+                ("--tls-ca-cert-file", &ca),
+            ] {
+                args.push(option.to_owned());
+                args.push(file.display().to_string());
+            }
+            args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+            ca
+        });
         let mut server =
-            RedisServer { port: 0, dir, args, child: None, spawns: 0 };
+            RedisServer { port: 0, dir, args, child: None, spawns: 0, ca };
         // A free port may be taken between our probe and the server's
         // bind: then try another.
         for _ in 0..5 {
@@ -67,9 +104,16 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT` (no password: add yours).
+    /// `redis://127.0.0.1:PORT`, or `rediss://` if it speaks TLS (no
+    /// password: add yours).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA file of a TLS server ([`RedisServer::start_tls`]).
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// Its temporary directory (each start logs to `redis.N.log` there).
@@ -78,17 +122,34 @@ impl RedisServer {
     }
 
     /// A connection, to look at what the fleet keeps (the first
-    /// `--requirepass` given is used).
+    /// `--requirepass` given is used; over TLS, trusting its CA, which
+    /// needs the `tls` feature).
     pub fn connection(&self) -> redis::Connection {
+        let url = self.url();
         let url = match self.args.iter().position(|a| a == "--requirepass") {
-            Some(i) => format!(
-                "redis://:{}@127.0.0.1:{}",
-                self.args[i + 1],
-                self.port
-            ),
-            None => self.url(),
+            Some(i) => {
+                url.replacen("://", &format!("://:{}@", self.args[i + 1]), 1)
+            }
+            None => url,
         };
-        redis::Client::open(url)
+        let client = match &self.ca {
+            None => redis::Client::open(url),
+            #[cfg(feature = "tls")]
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .unwrap_or_else(|e| panic!("unable to read {ca:?}: {e}"));
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url, certs)
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                panic!("a TLS server's connection needs the tls feature")
+            }
+        };
+        client
             .and_then(|c| c.get_connection_with_timeout(READY))
             .unwrap_or_else(|e| panic!("unable to connect to Redis: {e}"))
     }
@@ -127,8 +188,15 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         self.spawns += 1;
         let log = self.log_path();
+        // A TLS server listens on the port with TLS, and on no other.
+        let port = self.port.to_string();
+        let ports: &[&str] = match self.ca {
+            None => &["--port", &port],
+            Some(_) => &["--port", "0", "--tls-port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -179,6 +247,73 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Makes, in `dir`, a CA and a server certificate for 127.0.0.1 signed
+/// by it (P-256 keys: quick to make, and what rustls verifies); returns
+/// the CA's, the certificate's and the key's files. Valid for a day.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let file = |name: &str| dir.join(name);
+    std::fs::write(
+        file("ca.cnf"),
+        "[req]\ndistinguished_name = dn\nprompt = no\n\
+         x509_extensions = ext\n\
+         [dn]\nCN = shardspawn test CA\n\
+         [ext]\nbasicConstraints = critical, CA:TRUE\n\
+         keyUsage = critical, keyCertSign, cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .unwrap_or_else(|e| panic!("unable to write in {dir:?}: {e}"));
+    std::fs::write(
+        file("server.cnf"),
+        "[req]\ndistinguished_name = dn\nprompt = no\n\
+         [dn]\nCN = 127.0.0.1\n\
+         [ext]\nbasicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\n\
+         subjectAltName = IP:127.0.0.1\n\
+         authorityKeyIdentifier = keyid\n",
+    )
+    .unwrap_or_else(|e| panic!("unable to write in {dir:?}: {e}"));
+    let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let path = |name: &str| file(name).display().to_string();
+    openssl(&[
+        &["req", "-x509", "-nodes", "-days", "1"][..],
+        &p256,
+        &["-config", &path("ca.cnf"), "-keyout", &path("ca.key")],
+        &["-out", &path("ca.pem")],
+    ]);
+    openssl(&[
+        &["req", "-new", "-nodes"][..],
+        &p256,
+        &["-config", &path("server.cnf"), "-keyout", &path("server.key")],
+        &["-out", &path("server.csr")],
+    ]);
+    openssl(&[
+        &["x509", "-req", "-days", "1", "-in", &path("server.csr")][..],
+        &["-CA", &path("ca.pem"), "-CAkey", &path("ca.key")],
+        &["-set_serial", "2", "-extfile", &path("server.cnf")],
+        &["-extensions", "ext", "-out", &path("server.pem")],
+    ]);
+    (file("ca.pem"), file("server.pem"), file("server.key"))
+}
+
+/// Runs `openssl` with `args`; panics, with what it said, unless it
+/// succeeds.
+fn openssl(args: &[&[&str]]) {
+    let out = Command::new("openssl")
+        .args(args.concat())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("unable to run openssl ({e}): apt-get install openssl")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {:?}: {}",
+        args.concat(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A loopback port nobody listens on now.

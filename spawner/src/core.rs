@@ -2450,6 +2450,7 @@ mod tests {
             relays,
             batch: 2,
             lease: Duration::from_secs(30),
+            ca: None,
             name: "relay".into(),
         });
         c
@@ -2873,6 +2874,7 @@ mod tests {
                         relays: 2,
                         batch: 2,
                         lease: Duration::from_secs(5),
+                        ca: None,
                         name: "t".into(),
                     });
                 }

@@ -842,9 +842,10 @@ impl Shard {
 /// line, which anyone may read), and has the core share its shared keys
 /// through it. With a fleet but no address, no thread: shared keys are
 /// this shard's alone, with their whole limit, and a line says so. A
-/// thread that cannot start (an address that does not parse) leaves the
-/// core in its fleet, alone from the start: each key takes 1/relays of
-/// its limit, which never puts the fleet over it.
+/// thread that cannot start (an address that does not parse, a CA file
+/// that cannot be read) leaves the core in its fleet, alone from the
+/// start: each key takes 1/relays of its limit, which never puts the
+/// fleet over it.
 fn join_fleet(
     cfg: &ShardConfig,
     core: &mut Core,
@@ -862,14 +863,27 @@ fn join_fleet(
     let holder =
         format!("{}:{}:{}", settings.name, nix::unistd::getppid(), cfg.index);
     core.join_fleet(settings);
-    let config = shardspawn_fleet::Config {
-        url: url.clone(),
-        prefix: settings.prefix.clone(),
-        holder: holder.clone(),
-        lease: settings.lease,
-        batch: settings.batch,
-    };
-    match shardspawn_fleet::Fleet::start(config) {
+    // The CA is read here, once: the thread opens no file. Checked by
+    // the supervisor already; a file gone since is a failed start.
+    let ca = settings.ca.as_ref().map(|path| {
+        std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("unable to read the CA {}: {e}", path.display()),
+            )
+        })
+    });
+    let started = ca.transpose().and_then(|ca| {
+        shardspawn_fleet::Fleet::start(shardspawn_fleet::Config {
+            url: url.clone(),
+            ca,
+            prefix: settings.prefix.clone(),
+            holder: holder.clone(),
+            lease: settings.lease,
+            batch: settings.batch,
+        })
+    });
+    match started {
         Ok(fleet) => {
             log.info(format_args!(
                 "sharing shared keys through {} as {holder}",

@@ -38,6 +38,7 @@ usage: shardspawn [--home DIR] [--shards N] [--delnum-bytes 1|2] [--slots N]
                   [--suspend-seconds N] [--responses FILE]
                   [--redis URL] [--redis-prefix PREFIX] [--fleet-relays N]
                   [--fleet-batch N] [--lease-seconds N] [--fleet-name NAME]
+                  [--redis-ca FILE]
        shardspawn simulate [--help] [options]
        shardspawn limits check [FILE]
        shardspawn limits explain [--limits FILE] DOMAIN...
@@ -55,7 +56,9 @@ SHARDSPAWN_REDIS (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]) makes this
 relay one of a fleet whose `shared` limits are kept in Redis; it needs
 SHARDSPAWN_FLEET_RELAYS, the number of relays, as each takes 1/N of a
 shared limit while Redis is away. Prefer the variable to --redis: anyone
-can read a command line, password and all.
+can read a command line, password and all. rediss:// is Redis over TLS
+(if built with it), the server verified against the Mozilla roots, or
+against the CA certificates of the PEM file SHARDSPAWN_REDIS_CA names.
 ";
 
 /// Runs the program; returns the exit code.

@@ -486,11 +486,14 @@ pub fn prepare(
     logs: &LogSetup,
     log: &Log,
 ) -> Result<Runtime, Fatal> {
+    // Before the queue: a relative CA path is the caller's, not
+    // queue/mess's.
+    let ca = redis_ca(settings)?;
     let home = enter_queue(&settings.home)?;
     let owner_uid = queue_owner_uid(&settings.queue_owner)?;
     clean_tcpto(Path::new("../lock/tcpto"));
     let (limits, responses) = read_controls(settings, &home, log)?;
-    let fleet = join_fleet(settings, &limits.parsed, log)?;
+    let fleet = join_fleet(settings, ca, &limits.parsed, log)?;
     let routes = read_routes(&home, log);
     // Checked here, in queue/mess, where the shards will run it.
     remote_runs(settings)?;
@@ -548,6 +551,7 @@ const HOSTNAME: &str = "/proc/sys/kernel/hostname";
 /// line either way, if there is something to say.
 fn join_fleet(
     settings: &Settings,
+    ca: Option<PathBuf>,
     limits: &Limits,
     log: &Log,
 ) -> Result<Option<FleetSettings>, Fatal> {
@@ -561,16 +565,52 @@ fn join_fleet(
         }
         return Ok(None);
     };
-    let told = fleet_settings(fleet, || std::fs::read(HOSTNAME))?;
+    let told = fleet_settings(fleet, ca, || std::fs::read(HOSTNAME))?;
     log.info(format_args!("{}", fleet_line(fleet, &told, shared)));
     Ok(Some(told))
 }
 
-/// The fleet's settings for the shards; the relay's name, when not set,
-/// is the host name `host` reads (a trailing newline dropped), which
-/// must pass as a name would.
+/// `SHARDSPAWN_REDIS_CA`, if set: made absolute (the shards run
+/// elsewhere) and checked as the shards' TLS client will read it, so
+/// that a CA it would refuse stops the relay now (a bad setting, 100)
+/// rather than leave every shard alone in its fleet for good.
+fn redis_ca(settings: &Settings) -> Result<Option<PathBuf>, Fatal> {
+    let Some(ca) = settings.fleet.as_ref().and_then(|f| f.ca.as_ref()) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        Fatal::Setting(SettingsError {
+            source: "SHARDSPAWN_REDIS_CA".to_owned(),
+            value: ca.display().to_string(),
+            why,
+        })
+    };
+    let path = std::path::absolute(ca)
+        .map_err(|e| bad(format!("unable to make it absolute: {e}")))?;
+    let pem = std::fs::read(&path)
+        .map_err(|e| bad(format!("unable to read it: {e}")))?;
+    check_ca(&pem).map_err(|why| bad(format!("not a CA file: {why}")))?;
+    Ok(Some(path))
+}
+
+/// At least one CA certificate, in PEM, that the TLS client takes.
+#[cfg(feature = "tls")]
+fn check_ca(pem: &[u8]) -> Result<(), String> {
+    shardspawn_fleet::ca_certificates(pem).map(drop)
+}
+
+/// Without TLS the settings refuse `rediss://`, and so any CA.
+#[cfg(not(feature = "tls"))]
+fn check_ca(_: &[u8]) -> Result<(), String> {
+    Err("rediss:// (TLS) is not built in".to_owned())
+}
+
+/// The fleet's settings for the shards, with the checked CA path `ca`;
+/// the relay's name, when not set, is the host name `host` reads (a
+/// trailing newline dropped), which must pass as a name would.
 fn fleet_settings(
     fleet: &settings::Fleet,
+    ca: Option<PathBuf>,
     host: impl FnOnce() -> io::Result<Vec<u8>>,
 ) -> Result<FleetSettings, Fatal> {
     let name = match &fleet.name {
@@ -599,6 +639,7 @@ fn fleet_settings(
         batch: fleet.batch,
         lease: fleet.lease,
         name,
+        ca,
     })
 }
 
@@ -609,8 +650,13 @@ fn fleet_line(
     told: &FleetSettings,
     shared: usize,
 ) -> String {
+    let ca = match &told.ca {
+        Some(path) => format!(", CA {}", path.display()),
+        None if fleet.redis.is_tls() => ", Mozilla's CAs".to_owned(),
+        None => String::new(),
+    };
     format!(
-        "fleet: Redis {}, prefix {}, {} relays, batch {}, lease {}s, \
+        "fleet: Redis {}{ca}, prefix {}, {} relays, batch {}, lease {}s, \
          relay {}; {shared} shared rules",
         fleet.redis,
         told.prefix,
@@ -1169,7 +1215,7 @@ mod tests {
         let settings = Settings::from_env(&lookup).unwrap();
         let fleet = settings.fleet.unwrap();
         let told =
-            fleet_settings(&fleet, || Ok(b"mx1.example.net\n".to_vec()))
+            fleet_settings(&fleet, None, || Ok(b"mx1.example.net\n".to_vec()))
                 .unwrap();
         assert_eq!(
             told,
@@ -1179,6 +1225,7 @@ mod tests {
                 batch: 2,
                 lease: Duration::from_secs(30),
                 name: "mx1.example.net".to_owned(),
+                ca: None,
             }
         );
         assert_eq!(
@@ -1187,14 +1234,28 @@ mod tests {
              3 relays, batch 2, lease 30s, relay mx1.example.net; 2 shared \
              rules"
         );
+        // A CA is told to the shards (a path, no secret) and logged.
+        let with_ca =
+            fleet_settings(&fleet, Some("/etc/ca.pem".into()), || {
+                Ok(b"mx1".to_vec())
+            })
+            .unwrap();
+        assert_eq!(with_ca.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(
+            fleet_line(&fleet, &with_ca, 0)
+                .contains(":6379/0, CA /etc/ca.pem, "),
+            "{}",
+            fleet_line(&fleet, &with_ca, 0)
+        );
         // A name set is kept; a host name that is no name is refused.
         let named = settings::Fleet {
             name: Some("relay-a".to_owned()),
             ..fleet.clone()
         };
-        let told = fleet_settings(&named, || unreachable!()).unwrap();
+        let told = fleet_settings(&named, None, || unreachable!()).unwrap();
         assert_eq!(told.name, "relay-a");
-        let e = fleet_settings(&fleet, || Ok(b"a b".to_vec())).unwrap_err();
+        let e =
+            fleet_settings(&fleet, None, || Ok(b"a b".to_vec())).unwrap_err();
         assert_eq!(
             (e.code(), e.to_string()),
             (
@@ -1205,7 +1266,7 @@ mod tests {
                     .to_owned()
             )
         );
-        let e = fleet_settings(&fleet, || Err(io_error())).unwrap_err();
+        let e = fleet_settings(&fleet, None, || Err(io_error())).unwrap_err();
         assert!(
             e.to_string().ends_with(
                 "unable to read the host name: Permission denied (os error \

@@ -108,3 +108,45 @@ fn a_password_is_never_printed_nor_on_a_command_line() {
     finish(&mut emu);
     assert!(!rig.log_text().contains("hunter2"), "{}", rig.log_text());
 }
+
+/// `SHARDSPAWN_REDIS_CA` is checked at start: it needs a rediss://
+/// address, and a file the shards' TLS client takes (readable, with at
+/// least one PEM certificate). Else a bad setting naming it and the
+/// file, with no password.
+#[test]
+fn a_redis_ca_is_checked_at_start() {
+    let rig = Rig::new(LIMITS, 2);
+    let tls = "rediss://:hunter2@127.0.0.1:1";
+    let dir = rig.home.path();
+    let missing = dir.join("no-such-ca.pem");
+    let garbage = dir.join("garbage-ca.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let broken = dir.join("broken-ca.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = missing.to_str().unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let broken = broken.to_str().unwrap();
+    for (redis, ca, why) in [
+        (URL, garbage, "only applies to rediss://"),
+        (tls, missing, "unable to read it: No such file or directory"),
+        (tls, garbage, "not a CA file: no PEM certificate"),
+        (tls, broken, "not a CA file: certificate 1 is no CA"),
+    ] {
+        let env = [
+            ("SHARDSPAWN_REDIS", redis),
+            ("SHARDSPAWN_FLEET_RELAYS", "2"),
+            ("SHARDSPAWN_REDIS_CA", ca),
+        ];
+        let out = run(&rig, &env, &[]);
+        let line =
+            refused(&out, &[&format!("SHARDSPAWN_REDIS_CA={ca}: "), why]);
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+    // Without any Redis, from the flag.
+    let out = run(&rig, &[], &["--redis-ca", garbage]);
+    refused(&out, &["--redis-ca", garbage, "SHARDSPAWN_REDIS is unset"]);
+}

@@ -35,11 +35,17 @@ impl Shard {
     ) -> Shard {
         let cfg = Config {
             url,
+            ca: None,
             prefix: PREFIX.into(),
             holder: holder.into(),
             lease,
             batch,
         };
+        Shard::start(cfg)
+    }
+
+    /// A shard whose fleet client has `cfg`.
+    pub fn start(cfg: Config) -> Shard {
         Shard { fleet: Fleet::start(cfg).unwrap(), backlog: VecDeque::new() }
     }
 
