@@ -14,9 +14,9 @@
 //! tokens each relay may hold ahead of need, the bound the issue
 //! states); both W = 1 s and W = 3 s, where two relays each keeping the
 //! rate alone would start 20 and 60. And the rate was reached: the
-//! whole run kept at least 60% of it; and in its first half, while both
-//! had work, each relay made at least a third of the starts (the rate
-//! was shared, not taken by one relay first).
+//! whole run kept at least 60% of it; and in the half of the run's
+//! starts that follow both relays' first, each relay made at least a
+//! third (the rate was shared, not taken by one relay first).
 
 mod fleet_common;
 mod limits_common;
@@ -57,13 +57,16 @@ fn two_relays_together_keep_the_shared_rate_within_a_batch_each() {
     let total = 2 * PER_RELAY;
     assert_eq!(recording.started(), total);
     let starts = recording.starts(|_| true);
-    let half = starts[total / 2];
+    // Sharing is judged from when both relays had started one (on a busy
+    // machine one relay's first jobs may reach it a second late, and the
+    // other rightly has the rate to itself till then), over the next half
+    // of the run's starts.
+    let of = |r: usize| recording.starts(|i| fleet.relay_of(i) == Some(r));
+    let both = of(0)[0].max(of(1)[0]);
+    let from = starts.iter().position(|&t| t >= both).expect("both started");
+    let half_end = starts[(from + total / 2).min(total - 1)];
     let per_relay: Vec<usize> = (0..2)
-        .map(|r| {
-            recording
-                .starts(|i| fleet.relay_of(i) == Some(r) && i.start < half)
-                .len()
-        })
+        .map(|r| of(r).iter().filter(|&&t| t >= both && t < half_end).count())
         .collect();
     let span = secs(starts[0], starts[total - 1]);
     let kept = (total - 1) as f64 / span;
@@ -75,7 +78,7 @@ fn two_relays_together_keep_the_shared_rate_within_a_batch_each() {
     }
     eprintln!(
         "{total} starts in {span:.2} s: {kept:.2}/s (rate {RATE}/s); per \
-         relay in the first half {per_relay:?}; busiest windows (s, starts, bound) {windows:?}"
+         relay in the half after both started {per_relay:?}; busiest windows (s, starts, bound) {windows:?}"
     );
     for (w, most, bound) in windows {
         assert!(
@@ -89,7 +92,9 @@ fn two_relays_together_keep_the_shared_rate_within_a_batch_each() {
     for (r, &n) in per_relay.iter().enumerate() {
         assert!(
             n >= total / 2 / 3,
-            "relay {r} made {n} of the first half's starts: {per_relay:?}"
+            "relay {r} made {n} of the {} starts after both had: \
+             {per_relay:?}",
+            total / 2
         );
     }
 }
