@@ -306,9 +306,9 @@ impl Client {
 /// The EVALSHA of `chunk`.
 fn evalsha(sha: &str, cfg: &Config, chunk: &[Claim]) -> redis::Cmd {
     let mut call = redis::cmd("EVALSHA");
-    call.arg(sha).arg(2 * chunk.len());
+    call.arg(sha).arg(3 * chunk.len());
     for claim in chunk {
-        for kind in [&b"lease:"[..], b"rate:"] {
+        for kind in [&b"lease:"[..], b"rate:", b"turn:"] {
             let mut key = Vec::with_capacity(
                 cfg.prefix.len() + kind.len() + claim.key.len(),
             );

@@ -21,8 +21,9 @@
 //!
 //! The Redis side (one Lua script, `claim.lua`): per key, a hash of
 //! holder → `"COUNT WANT EXPIRY_MS"` (the leases; expired holders are
-//! dropped; when others wait, a holder is cut toward a fair share) and
-//! a GCRA's theoretical arrival time (the rate).
+//! dropped; when others wait, a holder is cut toward a fair share), a
+//! GCRA's theoretical arrival time (the rate), and the holders that wait
+//! for a token, served the longest-waiting first (the rate's turns).
 //!
 //! What the thread never does: fork, read or change the environment (the
 //! shard clones its children with raw syscalls beside it), block the

@@ -1,6 +1,7 @@
 //! A shared rate is one GCRA on the server: two holders asking as fast
 //! as they can get, together, at most the rate over the time plus one
-//! burst; tokens taken and not used go back to the fleet.
+//! burst; tokens taken and not used go back to the fleet; a holder
+//! given none is served before those that ask after it.
 
 mod util;
 
@@ -48,6 +49,28 @@ fn unused_tokens_go_back() {
     assert_eq!(a.claim(tokens("k", rate, 0, 1)).tokens, 0);
     assert_eq!(b.claim(tokens("k", rate, 1, 0)).tokens, 1);
     assert_eq!(a.claim(tokens("k", rate, 1, 0)).tokens, 0);
+}
+
+/// A holder given no token waits its turn: the next token due is its,
+/// even when another holder asks first (a relay slower to ask again is
+/// not always second). Tokens given back make one due without waiting.
+#[test]
+fn the_holder_waiting_longest_gets_the_next_token() {
+    let server = RedisServer::start();
+    let rate = Rate { count: 1, per: Per::Minute };
+    let mut a = Shard::with(server.url(), "a", Duration::from_secs(30), 1);
+    let mut b = Shard::with(server.url(), "b", Duration::from_secs(30), 1);
+    assert_eq!(a.claim(tokens("k", rate, 1, 0)).tokens, 1);
+    assert_eq!(b.claim(tokens("k", rate, 1, 0)).tokens, 0, "b waits");
+    // a gives its token back and asks again at once: due, but b's.
+    assert_eq!(a.claim(tokens("k", rate, 1, 1)).tokens, 0, "b's turn");
+    assert_eq!(b.claim(tokens("k", rate, 1, 0)).tokens, 1);
+    // And the other way round: a has waited since.
+    assert_eq!(b.claim(tokens("k", rate, 1, 1)).tokens, 0, "a's turn");
+    assert_eq!(a.claim(tokens("k", rate, 1, 0)).tokens, 1);
+    // A holder that asks for none waits for none.
+    assert_eq!(b.claim(tokens("k", rate, 0, 0)).tokens, 0);
+    assert_eq!(a.claim(tokens("k", rate, 1, 1)).tokens, 1);
 }
 
 /// `N/d`: 50,000 a day is one every 1.728 s, no burst with a batch of 1.
