@@ -280,16 +280,24 @@ fn one_line(text: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_debug_hides_the_password() {
-        let cfg = Config {
-            url: "redis://:secret@h".into(),
-            ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+    /// A config for `url` and `ca`, the rest as any test wants it.
+    fn config(url: impl Into<String>, ca: Option<Vec<u8>>) -> Config {
+        Config {
+            url: url.into(),
+            ca,
             prefix: "t:".into(),
             holder: "h".into(),
             lease: Duration::from_secs(2),
             batch: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn config_debug_hides_the_password() {
+        let cfg = config(
+            "redis://:secret@h",
+            Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+        );
         let shown = format!("{cfg:?}");
         assert!(shown.contains("redis://:***@h"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
@@ -315,14 +323,7 @@ mod tests {
     #[cfg(not(feature = "tls"))]
     #[test]
     fn rediss_needs_the_tls_feature() {
-        let cfg = Config {
-            url: "rediss://:secret@h".into(),
-            ca: None,
-            prefix: "t:".into(),
-            holder: "h".into(),
-            lease: Duration::from_secs(2),
-            batch: 2,
-        };
+        let cfg = config("rediss://:secret@h", None);
         let e = Fleet::start(cfg).err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
@@ -332,14 +333,7 @@ mod tests {
     /// configuration error, not a CA silently unused.
     #[test]
     fn a_ca_needs_rediss() {
-        let cfg = Config {
-            url: "redis://:secret@h".into(),
-            ca: Some(Vec::new()),
-            prefix: "t:".into(),
-            holder: "h".into(),
-            lease: Duration::from_secs(2),
-            batch: 2,
-        };
+        let cfg = config("redis://:secret@h", Some(Vec::new()));
         let e = Fleet::start(cfg).err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(
@@ -371,14 +365,7 @@ mod tests {
             let e = ca_certificates(pem).unwrap_err();
             assert!(e.starts_with(why), "{e}");
             assert!(!e.contains('\n'), "{e}");
-            let cfg = Config {
-                url: "rediss://:secret@h".into(),
-                ca: Some(pem.to_vec()),
-                prefix: "t:".into(),
-                holder: "h".into(),
-                lease: Duration::from_secs(2),
-                batch: 2,
-            };
+            let cfg = config("rediss://:secret@h", Some(pem.to_vec()));
             let e = Fleet::start(cfg).err().expect("refused");
             assert!(e.to_string().starts_with("rediss://:***@h: "), "{e}");
         }
@@ -393,14 +380,7 @@ mod tests {
             "redis://:secret@/0",
             "redis://u:secret@h:6379/0?protocol=x",
         ] {
-            let cfg = Config {
-                url: url.into(),
-                ca: None,
-                prefix: "t:".into(),
-                holder: "h".into(),
-                lease: Duration::from_secs(2),
-                batch: 2,
-            };
+            let cfg = config(url, None);
             let e = Fleet::start(cfg).err().expect(url);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             assert!(!e.to_string().contains("secret"), "{e}");
